@@ -1,0 +1,410 @@
+//! Payload-carrying syscalls on tracked connections.
+//!
+//! At entry the arguments are remembered (only for connections of watched processes); at exit
+//! the syscall's return value says how many bytes really moved: the connection's stream offset
+//! advances by exactly that, the protocol is classified on first use, and the bytes are copied
+//! (bounded) unless the connection is ignored, stopped, or inside userspace's skip range.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sensor_common::{
+    event::{DATA_CHUNKS_PER_SYSCALL, DataSource, Direction, EventKind, IOV_MAX_SCANNED},
+    maps::{ConnControl, Counter, Protocol, SOCKET_FLAG_MIDSTREAM, SocketKey},
+};
+
+use crate::{
+    Outcome, Skip,
+    classify::{PEEK_LEN, classify},
+    emit::Copy,
+    finish,
+    state::{
+        CONN_CONTROL, CONNS, FDS, PENDING_IO, PendingIo, count, current_tgid, is_watched, pid_tgid,
+        syscall_arg, syscall_ret,
+    },
+};
+
+const MSG_PEEK: u64 = 2;
+/// Messages of a recvmmsg/sendmmsg whose lengths are summed (to keep offsets exact).
+const MMSG_SUMMED: u32 = 64;
+const MMSGHDR_SIZE: u64 = 64;
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+const MMSGHDR_LEN: u64 = 56;
+
+/// Remembers a payload syscall on a tracked connection until its exit.
+#[inline(always)]
+fn enter(fd: u64, direction: Direction, source: DataSource, ptr: u64, count: u64) -> Outcome {
+    let tgid = current_tgid();
+    if !is_watched(tgid) {
+        return Err(Skip::NotTracked);
+    }
+    let entry = FDS
+        .get_ptr(SocketKey {
+            tgid,
+            fd: fd as i32,
+        })
+        .ok_or(Skip::NotTracked)?;
+    let conn_id = unsafe { (*entry).conn_id };
+    if conn_id == 0 {
+        return Err(Skip::NotTracked);
+    }
+    let pending = PendingIo {
+        conn_id,
+        ptr,
+        count,
+        fd: fd as i32,
+        direction: direction as u8,
+        source: source as u8,
+        _pad: [0; 2],
+    };
+    PENDING_IO
+        .insert(pid_tgid(), pending, 0)
+        .map_err(|_| Skip::Failed)
+}
+
+macro_rules! plain_io {
+    ($enter:ident, $exit:ident, $direction:expr, $source:expr, $peek_flags_arg:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            let flags_arg: Option<usize> = $peek_flags_arg;
+            if let Some(index) = flags_arg {
+                if syscall_arg(&ctx, index) & MSG_PEEK != 0 {
+                    return 0;
+                }
+            }
+            finish(enter(
+                syscall_arg(&ctx, 0),
+                $direction,
+                $source,
+                syscall_arg(&ctx, 1),
+                syscall_arg(&ctx, 2),
+            ))
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            finish(exit::<{ shape($source) }>(&ctx))
+        }
+    };
+}
+
+/// How a syscall's buffer is laid out, fixed per program so each verifies only its own path.
+const CONTIGUOUS: u8 = 0;
+const IOVEC: u8 = 1;
+const MMSG: u8 = 2;
+const COUNTED: u8 = 3;
+
+const fn shape(source: DataSource) -> u8 {
+    match source {
+        DataSource::ReadWrite | DataSource::RecvSend => CONTIGUOUS,
+        DataSource::Vectored | DataSource::Msg => IOVEC,
+        DataSource::MultiMsg => MMSG,
+        DataSource::Sendfile => COUNTED,
+    }
+}
+
+plain_io!(
+    sys_enter_read,
+    sys_exit_read,
+    Direction::Ingress,
+    DataSource::ReadWrite,
+    None
+);
+plain_io!(
+    sys_enter_write,
+    sys_exit_write,
+    Direction::Egress,
+    DataSource::ReadWrite,
+    None
+);
+plain_io!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    Direction::Ingress,
+    DataSource::RecvSend,
+    Some(3)
+);
+plain_io!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    Direction::Egress,
+    DataSource::RecvSend,
+    None
+);
+plain_io!(
+    sys_enter_readv,
+    sys_exit_readv,
+    Direction::Ingress,
+    DataSource::Vectored,
+    None
+);
+plain_io!(
+    sys_enter_writev,
+    sys_exit_writev,
+    Direction::Egress,
+    DataSource::Vectored,
+    None
+);
+plain_io!(
+    sys_enter_recvmmsg,
+    sys_exit_recvmmsg,
+    Direction::Ingress,
+    DataSource::MultiMsg,
+    Some(3)
+);
+plain_io!(
+    sys_enter_sendmmsg,
+    sys_exit_sendmmsg,
+    Direction::Egress,
+    DataSource::MultiMsg,
+    None
+);
+
+/// recvmsg/sendmsg: the iovec array is read from the msghdr at entry.
+macro_rules! msg_io {
+    ($enter:ident, $exit:ident, $direction:expr, $peek:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            if $peek && syscall_arg(&ctx, 2) & MSG_PEEK != 0 {
+                return 0;
+            }
+            let msg = syscall_arg(&ctx, 1);
+            let iov = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+            let iovlen =
+                unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
+            finish(enter(
+                syscall_arg(&ctx, 0),
+                $direction,
+                DataSource::Msg,
+                iov,
+                iovlen,
+            ))
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            finish(exit::<IOVEC>(&ctx))
+        }
+    };
+}
+
+msg_io!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    Direction::Ingress,
+    true
+);
+msg_io!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    Direction::Egress,
+    false
+);
+
+#[tracepoint]
+pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    finish(enter(
+        syscall_arg(&ctx, 0),
+        Direction::Egress,
+        DataSource::Sendfile,
+        0,
+        syscall_arg(&ctx, 3),
+    ))
+}
+
+#[tracepoint]
+pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
+    finish(exit::<COUNTED>(&ctx))
+}
+
+/// Reads `(base, len)` of iovec `index` of the array at `iov`.
+#[inline(always)]
+fn iovec(iov: u64, index: u64) -> Option<(u64, u64)> {
+    // SAFETY: user memory through the checking helper.
+    let entry = unsafe { bpf_probe_read_user((iov + index * 16) as *const [u64; 2]) }.ok()?;
+    Some((entry[0], entry[1]))
+}
+
+/// First buffer of the syscall and its usable length, for classification.
+#[inline(always)]
+fn first_buffer<const SHAPE: u8>(io: &PendingIo, total: u64) -> Option<(u64, u64)> {
+    let (base, len) = match SHAPE {
+        CONTIGUOUS => (io.ptr, total),
+        IOVEC => iovec(io.ptr, 0)?,
+        MMSG => {
+            let iov = unsafe { bpf_probe_read_user((io.ptr + MSGHDR_IOV) as *const u64) }.ok()?;
+            iovec(iov, 0)?
+        }
+        _ => return None,
+    };
+    Some((base, if len < total { len } else { total }))
+}
+
+fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
+    let id = pid_tgid();
+    let io = PENDING_IO
+        .get_ptr(id)
+        .map(|p| unsafe { *p })
+        .ok_or(Skip::NotTracked)?;
+    let _ = PENDING_IO.remove(id);
+    let ret = syscall_ret(ctx);
+    if ret <= 0 {
+        return Err(Skip::NotTracked);
+    }
+    let total = if SHAPE == MMSG {
+        mmsg_total(io.ptr, ret as u64)
+    } else {
+        ret as u64
+    };
+    let conn = CONNS.get_ptr_mut(io.conn_id).ok_or(Skip::NotTracked)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let conn = unsafe { &mut *conn };
+    let direction = (io.direction & 1) as usize;
+    let offset = conn.bytes[direction];
+    conn.bytes[direction] = offset + total;
+
+    let control = match CONN_CONTROL.get_ptr(io.conn_id) {
+        Some(control) => unsafe { *control },
+        None => ConnControl::default(),
+    };
+    let protocol = Protocol::from_u8(conn.protocol);
+    let ignored = matches!(protocol, Protocol::Http2 | Protocol::Tls | Protocol::Other);
+    if control.stop != 0 || ignored {
+        count(Counter::IgnoredBytes, total);
+        return Ok(());
+    }
+    if SHAPE != COUNTED
+        && (protocol == Protocol::Unclassified || conn.flags & SOCKET_FLAG_MIDSTREAM != 0)
+    {
+        let mut peek = [0u8; PEEK_LEN];
+        let mut peeked = 0usize;
+        if let Some((base, len)) = first_buffer::<SHAPE>(&io, total) {
+            let mut n = len as usize;
+            if n > PEEK_LEN {
+                n = PEEK_LEN;
+            }
+            if n > 0
+                && unsafe { bpf_probe_read_user_buf(base as *const u8, &mut peek[..n]) }.is_ok()
+            {
+                peeked = n;
+            }
+        }
+        let found = classify(&peek, peeked);
+        if conn.flags & SOCKET_FLAG_MIDSTREAM != 0 {
+            if found != Protocol::Http1 {
+                count(Counter::IgnoredBytes, total);
+                return Ok(());
+            }
+            conn.flags &= !SOCKET_FLAG_MIDSTREAM;
+        }
+        match found {
+            Protocol::Unclassified => {}
+            Protocol::Http1 => conn.protocol = Protocol::Http1 as u8,
+            other => {
+                conn.protocol = other as u8;
+                count(
+                    match other {
+                        Protocol::Http2 => Counter::IgnoredHttp2,
+                        Protocol::Tls => Counter::IgnoredTls,
+                        _ => Counter::IgnoredOther,
+                    },
+                    1,
+                );
+                count(Counter::IgnoredBytes, total);
+                return Ok(());
+            }
+        }
+    }
+
+    let skip_until = control.skip_until[direction];
+    let end = offset + total;
+    let copy_from = if skip_until > offset {
+        skip_until
+    } else {
+        offset
+    };
+    let skipped = if copy_from < end { copy_from } else { end } - offset;
+    let mut copy = Copy {
+        conn_id: io.conn_id,
+        fd: io.fd,
+        direction: io.direction,
+        source: io.source,
+        syscall_offset: offset,
+        syscall_len: total,
+        copy_from,
+        chunks_left: DATA_CHUNKS_PER_SYSCALL as u32,
+        kind: if SHAPE == COUNTED {
+            EventKind::Uncopied
+        } else {
+            EventKind::Data
+        },
+    };
+    if copy_from < end {
+        match SHAPE {
+            CONTIGUOUS => copy.segment(io.ptr, offset, total),
+            IOVEC => copy_iovecs(&mut copy, io.ptr, io.count, offset, total),
+            MMSG => copy_first_message(&mut copy, io.ptr, ret as u64, offset),
+            _ => {}
+        }
+    }
+    copy.finish(skipped);
+    Ok(())
+}
+
+/// Copies the first `len` bytes spread over an iovec array, starting at stream offset `offset`:
+/// up to `IOV_CHUNKS` chunks per entry, the rest counted as truncated.
+#[inline(always)]
+fn copy_iovecs(copy: &mut Copy, iov: u64, iovcnt: u64, offset: u64, len: u64) {
+    let mut seg_offset = offset;
+    let mut remaining = len;
+    for i in 0..IOV_MAX_SCANNED as u64 {
+        if remaining == 0 || i >= iovcnt {
+            break;
+        }
+        let Some((base, l)) = iovec(iov, i) else {
+            count(Counter::ReadFailed, 1);
+            break;
+        };
+        let seg_len = if l < remaining { l } else { remaining };
+        copy.segment_bounded(base, seg_offset, seg_len);
+        seg_offset += seg_len;
+        remaining -= seg_len;
+    }
+    if remaining > 0 {
+        count(Counter::TruncatedBytes, remaining);
+    }
+    // Nothing is left for `finish` to count: everything was copied or counted above.
+    copy.copy_from = offset + len;
+    copy.chunks_left = 0;
+}
+
+/// Sum of the byte counts of the first `messages` entries of an mmsghdr array.
+#[inline(always)]
+fn mmsg_total(vec: u64, messages: u64) -> u64 {
+    let mut total = 0u64;
+    for i in 0..MMSG_SUMMED {
+        if u64::from(i) >= messages {
+            break;
+        }
+        let addr = vec + u64::from(i) * MMSGHDR_SIZE + MMSGHDR_LEN;
+        total += u64::from(unsafe { bpf_probe_read_user(addr as *const u32) }.unwrap_or(0));
+    }
+    total
+}
+
+/// Copies the first message of a recvmmsg/sendmmsg; later messages are counted, not copied
+/// (HTTP clients and servers do not batch TCP writes this way).
+#[inline(always)]
+fn copy_first_message(copy: &mut Copy, vec: u64, messages: u64, offset: u64) {
+    if messages == 0 {
+        return;
+    }
+    let iov = unsafe { bpf_probe_read_user((vec + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+    let iovlen = unsafe { bpf_probe_read_user((vec + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
+    let len =
+        u64::from(unsafe { bpf_probe_read_user((vec + MMSGHDR_LEN) as *const u32) }.unwrap_or(0));
+    copy_iovecs(copy, iov, iovlen, offset, len);
+}

@@ -1,0 +1,144 @@
+//! Project tasks. `cargo xtask setup | build | run | test | bench`.
+//!
+//! `setup` installs everything the build and the tests need and is idempotent: each step checks
+//! first and acts only when something is missing, so a machine that has everything passes in a
+//! few seconds. A failed step names itself and its fix.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, set-up and test tasks of the sensor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker), mount tracefs/bpffs, and create
+    /// the Python venv the end-to-end tests use.
+    Setup,
+    /// Set up, then build the release binary (left at target/release/sensor).
+    Build,
+    /// Build, then run the sensor (as root). Arguments after `--` go to `sensor`; the default is
+    /// `run` (watch every Python process, print exchanges to the console).
+    Run {
+        /// Arguments for the sensor binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run every check and test: fmt, clippy, unit tests, end-to-end tests
+    /// (root), and a bounded fuzzing run of the HTTP parser.
+    Test {
+        /// Seconds of fuzzing (0 skips it).
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u64,
+    },
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory for this workspace (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Runs a command, failing with its description when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the release binary and leaves a copy at `<workspace>/target/release/sensor`.
+fn build() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "sensor"]))?;
+    let built = target_dir().join("release/sensor");
+    let wanted = workspace_root().join("target/release/sensor");
+    if built != wanted {
+        std::fs::create_dir_all(wanted.parent().expect("has a parent"))?;
+        std::fs::copy(&built, &wanted)
+            .with_context(|| format!("copying {} to {}", built.display(), wanted.display()))?;
+    }
+    Ok(wanted)
+}
+
+fn test(fuzz_seconds: u64) -> Result<()> {
+    let env = setup::setup()?;
+    let binary = build()?;
+    run(cargo().args(["fmt", "--all", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if !setup::is_root() {
+        bail!("the end-to-end tests load eBPF programs: run `cargo xtask test` as root");
+    }
+    run(cargo()
+        .args(["test", "--release", "--workspace", "--", "--test-threads=1"])
+        .env("SENSOR_BIN", &binary)
+        .env("SENSOR_TEST_PYTHON", &env.python))?;
+    if fuzz_seconds > 0 {
+        run(Command::new("cargo")
+            .current_dir(workspace_root().join("sensor/fuzz"))
+            .args(["+nightly", "fuzz", "run", "http_parser", "--"])
+            .arg(format!("-max_total_time={fuzz_seconds}"))
+            .arg("-rss_limit_mb=1024"))
+        .context("fuzzing the HTTP parser found a failure")?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::setup().map(|_| ()),
+        Task::Build => {
+            setup::setup()?;
+            let binary = build()?;
+            println!("built {}", binary.display());
+            Ok(())
+        }
+        Task::Run { args } => {
+            setup::setup()?;
+            let binary = build()?;
+            let args = if args.is_empty() {
+                vec!["run".to_owned()]
+            } else {
+                args
+            };
+            run(Command::new(binary).args(args))
+        }
+        Task::Test { fuzz_seconds } => test(fuzz_seconds),
+    }
+}
