@@ -1,0 +1,378 @@
+//! Capture: loads the kernel programs, attaches them, and turns ring-buffer records into
+//! [`CaptureEvent`]s. Also the control path back into the kernel: which processes are watched,
+//! which sockets are adopted, and what each connection should (not) copy.
+
+pub mod events;
+pub mod layout;
+pub mod seed;
+
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use sensor_common::{
+    maps::{
+        self as names, COUNTER_COUNT, ConnControl, ConnState, Counter, FdEntry, SocketKey,
+        WatchState,
+    },
+    settings::Settings,
+};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info, warn};
+
+pub use events::{CaptureEvent, DecodeError};
+
+/// The compiled kernel programs, built by build.rs from `sensor-ebpf`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
+
+/// Every program with the tracepoint it attaches to.
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_socket", "syscalls", "sys_enter_socket"),
+    ("sys_exit_socket", "syscalls", "sys_exit_socket"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_close_range", "syscalls", "sys_enter_close_range"),
+    ("sys_enter_dup", "syscalls", "sys_enter_dup"),
+    ("sys_exit_dup", "syscalls", "sys_exit_dup"),
+    ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
+    ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
+    ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
+    ("sys_enter_fcntl", "syscalls", "sys_enter_fcntl"),
+    ("sys_exit_fcntl", "syscalls", "sys_exit_fcntl"),
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_exit_read", "syscalls", "sys_exit_read"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_exit_write", "syscalls", "sys_exit_write"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("sys_enter_recvmmsg", "syscalls", "sys_enter_recvmmsg"),
+    ("sys_exit_recvmmsg", "syscalls", "sys_exit_recvmmsg"),
+    ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
+    ("sys_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
+    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
+    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
+    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
+    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+];
+
+/// What to capture.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureOptions {
+    /// Watch every new program provisionally (discovery); userspace confirms or drops each.
+    pub discover: bool,
+    /// Ring buffer size in bytes (power of two); 0 keeps the compiled-in default.
+    pub ring_bytes: u32,
+}
+
+/// Kernel-side loss and activity counters, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Values indexed like [`Counter::ALL`].
+    pub values: Vec<u64>,
+}
+
+impl KernelCounters {
+    /// One counter's value.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values.get(counter as usize).copied().unwrap_or(0)
+    }
+
+    /// `(name, value)` pairs for logs and metrics.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|c| (c.name(), self.get(*c)))
+    }
+}
+
+/// The loaded and attached programs, and handles on the maps userspace drives.
+pub struct Capture {
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    watched: HashMap<MapData, u32, u32>,
+    fds: HashMap<MapData, SocketKey, FdEntry>,
+    conns: HashMap<MapData, u64, ConnState>,
+    control: HashMap<MapData, u64, ConnControl>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+}
+
+impl Capture {
+    /// Loads and attaches every program. Requires root (or CAP_BPF + CAP_PERFMON + ...).
+    pub fn load(options: &CaptureOptions) -> Result<Self> {
+        let root = layout::tracefs_root().ok_or_else(|| {
+            anyhow!("tracefs is not mounted; fix: mount -t tracefs tracefs /sys/kernel/tracing")
+        })?;
+        let layout = layout::read_layout(&root)?;
+        let mut loader = EbpfLoader::new();
+        if options.ring_bytes != 0 {
+            loader.map_max_entries(names::EVENTS, options.ring_bytes);
+        }
+        let mut ebpf = loader
+            .load(PROGRAMS)
+            .context("loading the eBPF programs (are you root?)")?;
+        let settings = Settings {
+            discover: u32::from(options.discover),
+            sensor_tgid: std::process::id(),
+            layout,
+        };
+        let mut settings_map: Array<_, Settings> = Array::try_from(
+            ebpf.map_mut(names::SETTINGS)
+                .ok_or_else(|| anyhow!("no SETTINGS map"))?,
+        )?;
+        settings_map.set(0, settings, 0)?;
+        for (program, category, name) in TRACEPOINTS {
+            let tracepoint: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+                .try_into()?;
+            tracepoint
+                .load()
+                .with_context(|| format!("verifier rejected {program}"))?;
+            tracepoint
+                .attach(category, name)
+                .with_context(|| format!("attaching {program} to {category}:{name}"))?;
+        }
+        let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
+        let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED_PROCESSES)?)?;
+        let fds = HashMap::try_from(take(&mut ebpf, names::FDS)?)?;
+        let conns = HashMap::try_from(take(&mut ebpf, names::CONNS)?)?;
+        let control = HashMap::try_from(take(&mut ebpf, names::CONN_CONTROL)?)?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)?;
+        info!(
+            programs = TRACEPOINTS.len(),
+            discover = options.discover,
+            "capture attached"
+        );
+        Ok(Capture {
+            _ebpf: ebpf,
+            // SAFETY: the ring buffer map owns its descriptor for as long as the AsyncFd lives.
+            ring: unsafe { AsyncFd::register(ring) }
+                .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?,
+            watched,
+            fds,
+            conns,
+            control,
+            counters,
+            decode_errors: 0,
+        })
+    }
+
+    /// Waits until records are available, then hands each decoded one to `handle`. Returns after
+    /// draining what was there, so the caller can interleave timers.
+    pub async fn next_batch(
+        &mut self,
+        mut handle: impl FnMut(&mut Self, CaptureEvent),
+    ) -> Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        drop(guard);
+        let mut batch = Vec::new();
+        {
+            let ring = self.ring.get_mut();
+            while let Some(item) = ring.next() {
+                batch.push(events::decode(&item));
+                if batch.len() >= 4096 {
+                    break;
+                }
+            }
+        }
+        for decoded in batch {
+            match decoded {
+                Ok(event) => handle(self, event),
+                Err(error) => {
+                    self.decode_errors += 1;
+                    debug!(?error, "undecodable ring-buffer record");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts (or keeps) capturing a process.
+    pub fn watch(&mut self, pid: u32) -> Result<()> {
+        self.watched
+            .insert(pid, WatchState::Watched as u32, 0)
+            .with_context(|| format!("watching pid {pid}"))
+    }
+
+    /// Stops capturing a process. Its descriptor entries stay until it exits (see [`Self::sweep`]);
+    /// the kernel ignores them meanwhile because the process is not watched.
+    pub fn unwatch(&mut self, pid: u32) {
+        let _ = self.watched.remove(&pid);
+    }
+
+    /// Whether the kernel watches `pid` (in any state).
+    pub fn is_watched(&self, pid: u32) -> bool {
+        self.watched.get(&pid, 0).is_ok()
+    }
+
+    /// Removes one descriptor from the kernel's tables (and its connection, if it was the last).
+    pub fn forget_fd(&mut self, key: SocketKey) {
+        if let Ok(entry) = self.fds.get(&key, 0) {
+            let _ = self.fds.remove(&key);
+            if entry.conn_id != 0
+                && let Ok(mut state) = self.conns.get(&entry.conn_id, 0)
+            {
+                if state.refs > 1 {
+                    state.refs -= 1;
+                    let _ = self.conns.insert(entry.conn_id, state, 0);
+                } else {
+                    let _ = self.conns.remove(&entry.conn_id);
+                    let _ = self.control.remove(&entry.conn_id);
+                }
+            }
+        }
+    }
+
+    /// Registers an existing socket (found in `/proc`) so its next bytes are captured.
+    pub fn adopt(&mut self, key: SocketKey, entry: FdEntry, state: ConnState) -> Result<()> {
+        self.conns.insert(state.conn_id, state, 0)?;
+        self.fds.insert(key, entry, 0)?;
+        Ok(())
+    }
+
+    /// Adds a descriptor for an already tracked connection (a forked child inherited it).
+    pub fn share_fd(&mut self, key: SocketKey, conn_id: u64) -> Result<()> {
+        let mut state = self.conns.get(&conn_id, 0)?;
+        state.refs += 1;
+        self.conns.insert(conn_id, state, 0)?;
+        self.fds.insert(
+            key,
+            FdEntry {
+                conn_id,
+                kind: sensor_common::maps::SocketKind::Stream as u8,
+                family: state.family,
+                _pad: [0; 6],
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Tells the kernel what to copy of a connection from now on.
+    pub fn set_control(&mut self, conn_id: u64, control: ConnControl) {
+        if self.conns.get(&conn_id, 0).is_err() {
+            return;
+        }
+        if let Err(error) = self.control.insert(conn_id, control, 0) {
+            warn!(conn_id, %error, "could not update connection control");
+        }
+    }
+
+    /// The descriptors the kernel tracks for `pid`.
+    pub fn fds_of(&self, pid: u32) -> Vec<(SocketKey, FdEntry)> {
+        self.fds
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, _)| k.tgid == pid)
+            .collect()
+    }
+
+    /// Forgets every descriptor of processes that no longer exist (exit records can be lost
+    /// when the ring buffer is full; this bounds what is left behind).
+    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool) {
+        let dead: Vec<SocketKey> = self
+            .fds
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !alive(k.tgid))
+            .collect();
+        for key in dead {
+            self.forget_fd(key);
+        }
+        let gone: Vec<u32> = self
+            .watched
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|pid| !alive(*pid))
+            .collect();
+        for pid in gone {
+            let _ = self.watched.remove(&pid);
+        }
+    }
+
+    /// Reads the kernel counters.
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let mut values = Vec::with_capacity(COUNTER_COUNT as usize);
+        for index in 0..COUNTER_COUNT {
+            let per_cpu = self.counters.get(&index, 0)?;
+            values.push(per_cpu.iter().sum());
+        }
+        Ok(KernelCounters { values })
+    }
+
+    /// File descriptor of the ring buffer (diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+/// Wall-clock conversion for the kernel's monotonic timestamps.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    /// Measures the current offset between CLOCK_REALTIME and CLOCK_MONOTONIC.
+    pub fn now() -> Result<Self> {
+        let realtime = clock_ns(libc::CLOCK_REALTIME)?;
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC)?;
+        Ok(Clock {
+            offset_ns: realtime as i128 - monotonic as i128,
+        })
+    }
+
+    /// Nanoseconds since the epoch for a `bpf_ktime_get_ns()` value.
+    pub fn to_unix_nanos(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset_ns).max(0) as u64
+    }
+
+    /// The current monotonic time, comparable to event timestamps.
+    pub fn monotonic_now() -> u64 {
+        clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        bail!("clock_gettime failed");
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}

@@ -1,0 +1,691 @@
+//! The table of configuration keys: documentation and, for each key, how a value is parsed and
+//! stored. Every source (file, `HT_*`, `OTEL_*`) sets values through this table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_yaml::Value;
+
+use super::{Config, MetricReporterType, OutputKind, Protocol, TraceReporterType};
+
+/// One configuration key: its path in the file, default, variables and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// Path in the file, snake_case, sections joined by `.` (camelCase is accepted too).
+    pub key: &'static str,
+    /// Default value as text; empty when the key is unset by default.
+    pub default: &'static str,
+    /// The `HT_*` environment variable (HT_ + the path in upper snake case).
+    pub env: &'static str,
+    /// Standard `OTEL_*` variables that also set the key (lower precedence than `env`).
+    pub otel: &'static [&'static str],
+    /// Command-line flag that sets the key, if any.
+    pub flag: Option<&'static str>,
+    /// What the key does.
+    pub description: &'static str,
+    setter: Setter,
+}
+
+/// How a key's value is parsed and where it is stored.
+#[derive(Debug, Clone, Copy)]
+enum Setter {
+    Bool(fn(&mut Config) -> &mut bool),
+    U64(fn(&mut Config) -> &mut u64, u64),
+    Usize(fn(&mut Config) -> &mut usize, usize),
+    Text(fn(&mut Config) -> &mut Option<String>),
+    Endpoint,
+    Path(fn(&mut Config) -> &mut Option<PathBuf>),
+    List(fn(&mut Config) -> &mut Vec<String>),
+    Map(fn(&mut Config) -> &mut BTreeMap<String, String>),
+    Mode,
+    MetricReporter,
+    Output,
+    Addr(fn(&mut Config) -> &mut Option<SocketAddr>),
+}
+
+/// Every configuration key, in the order values of one source are applied.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "enabled",
+        default: "true",
+        env: "HT_ENABLED",
+        otel: &[],
+        flag: None,
+        description: "When false the sensor captures and exports nothing.",
+        setter: Setter::Bool(|c| &mut c.enabled),
+    },
+    KeyDoc {
+        key: "service_name",
+        default: "",
+        env: "HT_SERVICE_NAME",
+        otel: &["OTEL_SERVICE_NAME"],
+        flag: None,
+        description: "Names this sensor instance; used as the service name of captured traffic only when no better name is found.",
+        setter: Setter::Text(|c| &mut c.service_name),
+    },
+    KeyDoc {
+        key: "resource_attributes",
+        default: "",
+        env: "HT_RESOURCE_ATTRIBUTES",
+        otel: &["OTEL_RESOURCE_ATTRIBUTES"],
+        flag: None,
+        description: "Static resource attributes added to every export: a mapping, or `k=v,k2=v2` (URL-decoded) in variables. Sources merge key by key.",
+        setter: Setter::Map(|c| &mut c.resource_attributes),
+    },
+    KeyDoc {
+        key: "reporting.endpoint",
+        default: "",
+        env: "HT_REPORTING_ENDPOINT",
+        otel: &[
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ],
+        flag: None,
+        description: "Collector address (URL or host:port). Without scheme it gets `http://`, or `https://` when secure. HTTP protocols get `/v1/traces` appended unless the path ends with it; gRPC endpoints and `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` are used as given. Unset: records go to the local output.",
+        setter: Setter::Endpoint,
+    },
+    KeyDoc {
+        key: "reporting.trace_reporter_type",
+        default: "OTLP",
+        env: "HT_REPORTING_TRACE_REPORTER_TYPE",
+        otel: &[],
+        flag: None,
+        description: "OTLP (gRPC), OTLP_HTTP (http/protobuf), LOGGING (local output instead of a collector) or NONE (no export). Also accepts the protocol values; a protocol value alone never turns LOGGING or NONE back into export.",
+        setter: Setter::Mode,
+    },
+    KeyDoc {
+        key: "reporting.protocol",
+        default: "grpc",
+        env: "HT_REPORTING_PROTOCOL",
+        otel: &[
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ],
+        flag: None,
+        description: "OTLP protocol: grpc, http/protobuf or http/json; also accepts the trace_reporter_type values. Applied after trace_reporter_type of the same source.",
+        setter: Setter::Mode,
+    },
+    KeyDoc {
+        key: "reporting.secure",
+        default: "false",
+        env: "HT_REPORTING_SECURE",
+        otel: &[
+            "OTEL_EXPORTER_OTLP_INSECURE",
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+        ],
+        flag: None,
+        description: "Use TLS for an endpoint given without scheme (`OTEL_EXPORTER_OTLP_INSECURE=true` means `false`).",
+        setter: Setter::Bool(|c| &mut c.reporting.secure),
+    },
+    KeyDoc {
+        key: "reporting.cert_file",
+        default: "",
+        env: "HT_REPORTING_CERT_FILE",
+        otel: &[
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        ],
+        flag: None,
+        description: "CA certificate file (PEM) that verifies the collector's certificate.",
+        setter: Setter::Path(|c| &mut c.reporting.cert_file),
+    },
+    KeyDoc {
+        key: "reporting.headers",
+        default: "",
+        env: "HT_REPORTING_HEADERS",
+        otel: &[
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ],
+        flag: None,
+        description: "Extra headers on every export request (e.g. tokens): a mapping, or `k=v,k2=v2` (URL-decoded) in variables. Sources merge key by key.",
+        setter: Setter::Map(|c| &mut c.reporting.headers),
+    },
+    KeyDoc {
+        key: "reporting.token",
+        default: "",
+        env: "HT_REPORTING_TOKEN",
+        otel: &[],
+        flag: None,
+        description: "agent-config user token for the backend.",
+        setter: Setter::Text(|c| &mut c.reporting.token),
+    },
+    KeyDoc {
+        key: "reporting.metric_reporter_type",
+        default: "NONE",
+        env: "HT_REPORTING_METRIC_REPORTER_TYPE",
+        otel: &[],
+        flag: None,
+        description: "OTLP, PROMETHEUS, LOGGING or NONE (METRIC_REPORTER_TYPE_ prefix optional). The sensor only serves Prometheus metrics, on sensor.metrics_addr.",
+        setter: Setter::MetricReporter,
+    },
+    KeyDoc {
+        key: "data_capture.body_max_size_bytes",
+        default: "131072",
+        env: "HT_DATA_CAPTURE_BODY_MAX_SIZE_BYTES",
+        otel: &[],
+        flag: None,
+        description: "Largest number of body bytes recorded per request or response.",
+        setter: Setter::U64(|c| &mut c.data_capture.body_max_size_bytes, 0),
+    },
+    KeyDoc {
+        key: "data_capture.body_max_processing_size_bytes",
+        default: "1048576",
+        env: "HT_DATA_CAPTURE_BODY_MAX_PROCESSING_SIZE_BYTES",
+        otel: &[],
+        flag: None,
+        description: "Largest number of body bytes buffered per message for processing (e.g. decompression).",
+        setter: Setter::U64(|c| &mut c.data_capture.body_max_processing_size_bytes, 0),
+    },
+    KeyDoc {
+        key: "data_capture.http_headers.request",
+        default: "true",
+        env: "HT_DATA_CAPTURE_HTTP_HEADERS_REQUEST",
+        otel: &[],
+        flag: None,
+        description: "Record request headers.",
+        setter: Setter::Bool(|c| &mut c.data_capture.http_headers.request),
+    },
+    KeyDoc {
+        key: "data_capture.http_headers.response",
+        default: "true",
+        env: "HT_DATA_CAPTURE_HTTP_HEADERS_RESPONSE",
+        otel: &[],
+        flag: None,
+        description: "Record response headers.",
+        setter: Setter::Bool(|c| &mut c.data_capture.http_headers.response),
+    },
+    KeyDoc {
+        key: "data_capture.http_body.request",
+        default: "true",
+        env: "HT_DATA_CAPTURE_HTTP_BODY_REQUEST",
+        otel: &[],
+        flag: None,
+        description: "Record request bodies.",
+        setter: Setter::Bool(|c| &mut c.data_capture.http_body.request),
+    },
+    KeyDoc {
+        key: "data_capture.http_body.response",
+        default: "true",
+        env: "HT_DATA_CAPTURE_HTTP_BODY_RESPONSE",
+        otel: &[],
+        flag: None,
+        description: "Record response bodies.",
+        setter: Setter::Bool(|c| &mut c.data_capture.http_body.response),
+    },
+    KeyDoc {
+        key: "data_capture.allowed_content_types",
+        default: "application/json,application/xml,text/json,text/xml,application/x-www-form-urlencoded,application/graphql",
+        env: "HT_DATA_CAPTURE_ALLOWED_CONTENT_TYPES",
+        otel: &[],
+        flag: None,
+        description: "Bodies are recorded only when one of these substrings occurs in the Content-Type (ignoring case); a list, or comma-separated. Empty allows every type.",
+        setter: Setter::List(|c| &mut c.data_capture.allowed_content_types),
+    },
+    KeyDoc {
+        key: "data_capture.redact_headers",
+        default: "authorization,proxy-authorization,cookie,set-cookie,x-api-key",
+        env: "HT_DATA_CAPTURE_REDACT_HEADERS",
+        otel: &[],
+        flag: None,
+        description: "Headers whose values are redacted before export (names ignore case); a list, or comma-separated.",
+        setter: Setter::List(|c| &mut c.data_capture.redact_headers),
+    },
+    KeyDoc {
+        key: "sensor.output",
+        default: "console",
+        env: "HT_SENSOR_OUTPUT",
+        otel: &[],
+        flag: Some("--output"),
+        description: "Local output when no collector is used: console (readable lines) or jsonl (one JSON record per line).",
+        setter: Setter::Output,
+    },
+    KeyDoc {
+        key: "sensor.response_timeout_ms",
+        default: "30000",
+        env: "HT_SENSOR_RESPONSE_TIMEOUT_MS",
+        otel: &[],
+        flag: None,
+        description: "How long a request waits for its response before it is reported without one.",
+        setter: Setter::U64(|c| &mut c.sensor.response_timeout_ms, 1),
+    },
+    KeyDoc {
+        key: "sensor.max_connections",
+        default: "65536",
+        env: "HT_SENSOR_MAX_CONNECTIONS",
+        otel: &[],
+        flag: None,
+        description: "Most connections tracked at once.",
+        setter: Setter::Usize(|c| &mut c.sensor.max_connections, 1),
+    },
+    KeyDoc {
+        key: "sensor.idle_timeout_ms",
+        default: "300000",
+        env: "HT_SENSOR_IDLE_TIMEOUT_MS",
+        otel: &[],
+        flag: None,
+        description: "How long an idle connection is kept before it is forgotten.",
+        setter: Setter::U64(|c| &mut c.sensor.idle_timeout_ms, 1),
+    },
+    KeyDoc {
+        key: "sensor.metrics_addr",
+        default: "",
+        env: "HT_SENSOR_METRICS_ADDR",
+        otel: &[],
+        flag: Some("--metrics-addr"),
+        description: "Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); unset serves none.",
+        setter: Setter::Addr(|c| &mut c.sensor.metrics_addr),
+    },
+    KeyDoc {
+        key: "sensor.export_queue_size",
+        default: "2048",
+        env: "HT_SENSOR_EXPORT_QUEUE_SIZE",
+        otel: &[],
+        flag: None,
+        description: "Most spans waiting for export; beyond it new spans are dropped.",
+        setter: Setter::Usize(|c| &mut c.sensor.export_queue_size, 1),
+    },
+    KeyDoc {
+        key: "sensor.batch_max_bytes",
+        default: "3145728",
+        env: "HT_SENSOR_BATCH_MAX_BYTES",
+        otel: &[],
+        flag: None,
+        description: "Largest export request body in bytes (3 MiB).",
+        setter: Setter::Usize(|c| &mut c.sensor.batch_max_bytes, 1),
+    },
+    KeyDoc {
+        key: "sensor.batch_timeout_ms",
+        default: "1000",
+        env: "HT_SENSOR_BATCH_TIMEOUT_MS",
+        otel: &[],
+        flag: None,
+        description: "Longest time a span waits before its batch is sent.",
+        setter: Setter::U64(|c| &mut c.sensor.batch_timeout_ms, 1),
+    },
+];
+
+/// Renders [`KEYS`] as a Markdown table (key, default, environment variables, flag, meaning).
+pub fn keys_markdown() -> String {
+    let mut out = String::from(
+        "| Key | Default | Environment | Flag | Description |\n|---|---|---|---|---|\n",
+    );
+    for doc in KEYS {
+        let default = if doc.default.is_empty() {
+            "—".to_string()
+        } else {
+            format!("`{}`", doc.default.replace(',', ", "))
+        };
+        let env = std::iter::once(doc.env)
+            .chain(doc.otel.iter().copied())
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join("<br>");
+        let flag = doc.flag.map_or("—".to_string(), |f| format!("`{f}`"));
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            doc.key,
+            default,
+            env,
+            flag,
+            doc.description.replace('|', "\\|")
+        );
+    }
+    out
+}
+
+/// The entry of `key` (a canonical snake_case path).
+pub(super) fn find(key: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|doc| doc.key == key)
+}
+
+/// A value as a source gives it: text from a variable or flag, or a YAML node from the file.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Raw<'a> {
+    /// Text (environment variables).
+    Text(&'a str),
+    /// A YAML node (the file).
+    Yaml(&'a Value),
+}
+
+/// How the `protocol` / `trace_reporter_type` keys change the reporting mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A wire protocol; keeps LOGGING / NONE.
+    Wire(Protocol),
+    /// A reporter type; OTLP implies gRPC, OTLP_HTTP an HTTP protocol.
+    Reporter(TraceReporterType),
+}
+
+impl KeyDoc {
+    /// Whether the key holds a mapping of user data (its sub-keys are not schema keys).
+    pub(super) fn is_map(&self) -> bool {
+        matches!(self.setter, Setter::Map(_))
+    }
+
+    /// Parses `raw` and stores it in `config`; the error is the reason, without the key path.
+    /// YAML `null` leaves the value as it was.
+    pub(super) fn apply(&self, raw: Raw<'_>, config: &mut Config) -> Result<(), String> {
+        if let Raw::Yaml(Value::Null) = raw {
+            return Ok(());
+        }
+        match self.setter {
+            Setter::Bool(field) => *field(config) = parse_scalar(raw, parse_bool)?,
+            Setter::U64(field, min) => *field(config) = parse_scalar(raw, |s| parse_int(s, min))?,
+            Setter::Usize(field, min) => {
+                let min = min as u64;
+                let n = parse_scalar(raw, |s| parse_int(s, min))?;
+                *field(config) =
+                    usize::try_from(n).map_err(|_| format!("{n} is too large for this machine"))?;
+            }
+            Setter::Text(field) => *field(config) = parse_scalar(raw, |s| Ok(non_empty(s)))?,
+            Setter::Endpoint => {
+                let endpoint = parse_scalar(raw, parse_endpoint)?;
+                config.reporting.endpoint = endpoint;
+                config.reporting.endpoint_exact = false;
+            }
+            Setter::Path(field) => {
+                *field(config) = parse_scalar(raw, |s| Ok(non_empty(s).map(PathBuf::from)))?
+            }
+            Setter::List(field) => *field(config) = parse_list(raw)?,
+            Setter::Map(field) => field(config).extend(parse_map(raw)?),
+            Setter::Mode => apply_mode(config, parse_scalar(raw, parse_mode)?),
+            Setter::MetricReporter => {
+                config.reporting.metric_reporter_type = parse_scalar(raw, parse_metric_reporter)?
+            }
+            Setter::Output => config.sensor.output = parse_scalar(raw, parse_output)?,
+            Setter::Addr(field) => *field(config) = parse_scalar(raw, parse_addr)?,
+        }
+        Ok(())
+    }
+}
+
+/// Changes the reporter type and protocol together, keeping them consistent.
+pub(super) fn apply_mode(config: &mut Config, mode: Mode) {
+    let reporting = &mut config.reporting;
+    match mode {
+        Mode::Wire(protocol) => {
+            reporting.protocol = protocol;
+            if matches!(
+                reporting.trace_reporter_type,
+                TraceReporterType::Otlp | TraceReporterType::OtlpHttp
+            ) {
+                reporting.trace_reporter_type = if protocol == Protocol::Grpc {
+                    TraceReporterType::Otlp
+                } else {
+                    TraceReporterType::OtlpHttp
+                };
+            }
+        }
+        Mode::Reporter(TraceReporterType::Otlp) => {
+            reporting.trace_reporter_type = TraceReporterType::Otlp;
+            reporting.protocol = Protocol::Grpc;
+        }
+        Mode::Reporter(TraceReporterType::OtlpHttp) => {
+            reporting.trace_reporter_type = TraceReporterType::OtlpHttp;
+            if reporting.protocol == Protocol::Grpc {
+                reporting.protocol = Protocol::HttpProtobuf;
+            }
+        }
+        Mode::Reporter(other) => reporting.trace_reporter_type = other,
+    }
+}
+
+/// Describes a value for an error message: strings quoted, numbers and booleans as written.
+pub(super) fn describe(raw: Raw<'_>) -> String {
+    match raw {
+        Raw::Text(s) => format!("{s:?}"),
+        Raw::Yaml(v) => describe_yaml(v),
+    }
+}
+
+/// Describes a YAML node for an error message.
+pub(super) fn describe_yaml(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".to_string(),
+        Value::Mapping(_) => "a mapping".to_string(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+/// The text of a scalar YAML node (strings, numbers, booleans).
+fn yaml_scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses a scalar value with `parse`, which returns what was expected on failure.
+fn parse_scalar<T>(
+    raw: Raw<'_>,
+    parse: impl Fn(&str) -> Result<T, &'static str>,
+) -> Result<T, String> {
+    let text = match raw {
+        Raw::Text(s) => Some(s.to_string()),
+        Raw::Yaml(v) => yaml_scalar_text(v),
+    };
+    let fail = |expected: &str| format!("expected {expected}, got {}", describe(raw));
+    match text {
+        Some(text) => parse(text.trim()).map_err(fail),
+        // A list or mapping: name what the parser wants (it rejects empty text when it wants
+        // something specific, and accepts it when any text does).
+        None => Err(fail(parse("").err().unwrap_or("a string"))),
+    }
+}
+
+/// Parses `true`/`false` (any case) or `1`/`0`.
+pub(super) fn parse_bool(s: &str) -> Result<bool, &'static str> {
+    if s.eq_ignore_ascii_case("true") || s == "1" {
+        Ok(true)
+    } else if s.eq_ignore_ascii_case("false") || s == "0" {
+        Ok(false)
+    } else {
+        Err("true or false")
+    }
+}
+
+/// Parses an integer of at least `min` (0 or 1).
+fn parse_int(s: &str, min: u64) -> Result<u64, &'static str> {
+    let expected = if min == 0 {
+        "a non-negative integer"
+    } else {
+        "a positive integer"
+    };
+    let s = s.strip_prefix('+').unwrap_or(s);
+    match s.replace('_', "").parse::<u64>() {
+        Ok(n) if n >= min && !s.is_empty() && s.as_bytes()[0].is_ascii_digit() => Ok(n),
+        _ => Err(expected),
+    }
+}
+
+/// `None` for empty text.
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// An endpoint: empty (unset), `host:port`, or an `http://` / `https://` URL.
+fn parse_endpoint(s: &str) -> Result<Option<String>, &'static str> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if let Some((scheme, _)) = s.split_once("://")
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err("an http:// or https:// URL or host:port");
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Parses a protocol or a reporter type.
+pub(super) fn parse_mode(s: &str) -> Result<Mode, &'static str> {
+    const EXPECTED: &str = "one of grpc, http/protobuf, http/json, OTLP, OTLP_HTTP, LOGGING, NONE";
+    let lower = s.to_ascii_lowercase().replace('-', "_");
+    Ok(match lower.as_str() {
+        "grpc" => Mode::Wire(Protocol::Grpc),
+        "http/protobuf" | "http" => Mode::Wire(Protocol::HttpProtobuf),
+        "http/json" => Mode::Wire(Protocol::HttpJson),
+        "otlp" | "unspecified" => Mode::Reporter(TraceReporterType::Otlp),
+        "otlp_http" => Mode::Reporter(TraceReporterType::OtlpHttp),
+        "logging" => Mode::Reporter(TraceReporterType::Logging),
+        "none" => Mode::Reporter(TraceReporterType::None),
+        "zipkin" => {
+            return Err("OTLP, OTLP_HTTP, LOGGING or NONE (the sensor does not export Zipkin)");
+        }
+        _ => return Err(EXPECTED),
+    })
+}
+
+/// Parses a metric reporter type, with or without the `METRIC_REPORTER_TYPE_` prefix.
+fn parse_metric_reporter(s: &str) -> Result<MetricReporterType, &'static str> {
+    let upper = s.to_ascii_uppercase();
+    let name = upper
+        .strip_prefix("METRIC_REPORTER_TYPE_")
+        .unwrap_or(&upper);
+    Ok(match name {
+        "OTLP" => MetricReporterType::Otlp,
+        "PROMETHEUS" => MetricReporterType::Prometheus,
+        "LOGGING" => MetricReporterType::Logging,
+        "NONE" | "UNSPECIFIED" => MetricReporterType::None,
+        _ => return Err("one of OTLP, PROMETHEUS, LOGGING, NONE"),
+    })
+}
+
+/// Parses `console` or `jsonl`.
+fn parse_output(s: &str) -> Result<OutputKind, &'static str> {
+    if s.eq_ignore_ascii_case("console") {
+        Ok(OutputKind::Console)
+    } else if s.eq_ignore_ascii_case("jsonl") {
+        Ok(OutputKind::Jsonl)
+    } else {
+        Err("console or jsonl")
+    }
+}
+
+/// Parses a socket address; empty text means none.
+fn parse_addr(s: &str) -> Result<Option<SocketAddr>, &'static str> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| "a socket address such as 127.0.0.1:9464")
+}
+
+/// Parses a list: a YAML sequence of scalars, or comma-separated text. Entries are trimmed,
+/// lower-cased and de-duplicated; empty entries are dropped.
+fn parse_list(raw: Raw<'_>) -> Result<Vec<String>, String> {
+    let items: Vec<String> = match raw {
+        Raw::Text(s) => s.split(',').map(str::to_string).collect(),
+        Raw::Yaml(Value::String(s)) => s.split(',').map(str::to_string).collect(),
+        Raw::Yaml(Value::Sequence(seq)) => seq
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(i, v)| {
+                yaml_scalar_text(v).ok_or_else(|| {
+                    format!("item {} is {}, expected a string", i + 1, describe_yaml(v))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Raw::Yaml(v) => {
+            return Err(format!(
+                "expected a list or a comma-separated string, got {}",
+                describe_yaml(v)
+            ));
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let item = item.trim().to_ascii_lowercase();
+        if !item.is_empty() && !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a mapping of strings: a YAML mapping of scalars, or `k=v,k2=v2` text.
+fn parse_map(raw: Raw<'_>) -> Result<BTreeMap<String, String>, String> {
+    match raw {
+        Raw::Text(s) => parse_pairs(s),
+        Raw::Yaml(Value::String(s)) => parse_pairs(s),
+        Raw::Yaml(Value::Mapping(map)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in map {
+                let key = yaml_scalar_text(k)
+                    .ok_or_else(|| format!("key {} is not a string", describe_yaml(k)))?;
+                let value = if v.is_null() {
+                    String::new()
+                } else {
+                    yaml_scalar_text(v).ok_or_else(|| {
+                        format!(
+                            "value of {key:?} is {}, expected a string",
+                            describe_yaml(v)
+                        )
+                    })?
+                };
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+        Raw::Yaml(v) => Err(format!(
+            "expected a mapping or k=v,k2=v2 text, got {}",
+            describe_yaml(v)
+        )),
+    }
+}
+
+/// Parses the OTEL list format `k=v,k2=v2`: keys and values trimmed and URL-decoded. Errors
+/// do not quote the text, which may hold credentials.
+pub(super) fn parse_pairs(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (i, entry) in s.split(',').enumerate() {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = entry.split_once('=') else {
+            return Err(format!(
+                "entry {} is not key=value (its text is not shown: it may hold a secret)",
+                i + 1
+            ));
+        };
+        let key = percent_decode(k.trim());
+        if key.is_empty() {
+            return Err(format!("entry {} has an empty key", i + 1));
+        }
+        out.insert(key, percent_decode(v.trim()));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes; malformed escapes are kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(hex) = std::str::from_utf8(hex)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

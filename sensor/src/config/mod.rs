@@ -1,0 +1,410 @@
+//! The one configuration schema of the sensor.
+//!
+//! The sensor reads the Hypertrace agent's configuration (the YAML file of
+//! [hypertrace/agent-config](https://github.com/hypertrace/agent-config), in its snake_case form
+//! or the camelCase form of the integration guides, mixed freely), the agent's `HT_*`
+//! environment variables, the standard `OTEL_EXPORTER_OTLP_*` variables and its own keys under
+//! `sensor:` in the same file.
+//!
+//! Precedence, highest first: command-line flags > `HT_*` variables > `OTEL_*` variables > the
+//! file (from `--config`, else `HT_CONFIG_FILE`) > defaults. [`KEYS`] lists every key with its
+//! default and variables; [`keys_markdown`] renders that list for the README.
+
+mod keys;
+mod load;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use keys::{KEYS, KeyDoc, keys_markdown};
+pub use load::{Loaded, Overrides, Source, load, load_from_process_env};
+
+/// The sensor's whole configuration, after every source has been merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// When `false` the sensor captures and exports nothing (`HT_ENABLED=false`).
+    pub enabled: bool,
+    /// Names this sensor instance; used as the service name of captured traffic only when no
+    /// better name (from the process itself) is found.
+    pub service_name: Option<String>,
+    /// Static resource attributes added to everything the sensor exports.
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Where and how spans are sent.
+    pub reporting: Reporting,
+    /// What is captured from each HTTP exchange.
+    pub data_capture: DataCapture,
+    /// The sensor's own settings (the `sensor:` section).
+    pub sensor: SensorSettings,
+}
+
+/// Where and how spans are sent (the `reporting:` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reporting {
+    /// The collector's address as configured; see [`Config::traces_endpoint`] for the URL used.
+    pub endpoint: Option<String>,
+    /// `true` when [`Reporting::endpoint`] is a complete traces URL to be used exactly as given
+    /// (it came from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub endpoint_exact: bool,
+    /// The OTLP wire protocol.
+    pub protocol: Protocol,
+    /// The agent-config reporter type; decides between OTLP export, local output and nothing.
+    pub trace_reporter_type: TraceReporterType,
+    /// Connect over TLS when the endpoint has no scheme.
+    pub secure: bool,
+    /// CA certificate file used to verify the collector's certificate.
+    pub cert_file: Option<PathBuf>,
+    /// Extra headers sent with every export request (e.g. authentication tokens).
+    pub headers: BTreeMap<String, String>,
+    /// The agent-config user token for the backend; the exporter decides how to send it.
+    pub token: Option<String>,
+    /// The agent-config metric reporter type; the sensor only serves Prometheus metrics.
+    pub metric_reporter_type: MetricReporterType,
+}
+
+/// What is captured from each HTTP exchange (the `data_capture:` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataCapture {
+    /// Largest number of body bytes recorded per message.
+    pub body_max_size_bytes: u64,
+    /// Largest number of body bytes buffered for processing per message.
+    pub body_max_processing_size_bytes: u64,
+    /// Whether request and response headers are recorded.
+    pub http_headers: CaptureToggle,
+    /// Whether request and response bodies are recorded.
+    pub http_body: CaptureToggle,
+    /// Content-type substrings (lower case) whose bodies are recorded; empty allows every type.
+    pub allowed_content_types: Vec<String>,
+    /// Header names (lower case) whose values are replaced before export.
+    pub redact_headers: Vec<String>,
+}
+
+/// A request/response pair of switches (agent-config's `Message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureToggle {
+    /// Capture on requests.
+    pub request: bool,
+    /// Capture on responses.
+    pub response: bool,
+}
+
+/// The sensor's own settings (the `sensor:` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorSettings {
+    /// Local output of exchange records when no OTLP endpoint is used.
+    pub output: OutputKind,
+    /// How long a request waits for its response before it is reported without one.
+    pub response_timeout_ms: u64,
+    /// Most connections tracked at once.
+    pub max_connections: usize,
+    /// How long an idle connection is kept before it is forgotten.
+    pub idle_timeout_ms: u64,
+    /// Address for Prometheus metrics; none serves no metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Most spans waiting for export; beyond it new spans are dropped.
+    pub export_queue_size: usize,
+    /// Largest export request body in bytes.
+    pub batch_max_bytes: usize,
+    /// Longest time a span waits before its batch is sent.
+    pub batch_timeout_ms: u64,
+}
+
+/// OTLP wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over gRPC (`grpc`).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (`http/protobuf`).
+    HttpProtobuf,
+    /// OTLP over HTTP with JSON bodies (`http/json`).
+    HttpJson,
+}
+
+/// agent-config's `TraceReporterType`, as far as the sensor supports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceReporterType {
+    /// OTLP over gRPC (`OTLP`, also agent-config's `UNSPECIFIED`).
+    Otlp,
+    /// OTLP over HTTP (`OTLP_HTTP`).
+    OtlpHttp,
+    /// Records go to the local output instead of a collector (`LOGGING`).
+    Logging,
+    /// Nothing is exported (`NONE`).
+    None,
+}
+
+/// agent-config's `MetricReporterType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricReporterType {
+    /// Push metrics over OTLP (not supported by the sensor).
+    Otlp,
+    /// Prometheus exposition, served on `sensor.metrics_addr`.
+    Prometheus,
+    /// Log metrics (not supported by the sensor).
+    Logging,
+    /// No metric reporting.
+    None,
+}
+
+/// Local output of exchange records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// One readable line per exchange.
+    Console,
+    /// One JSON record per line.
+    Jsonl,
+}
+
+/// Where the exporter sends records, as decided by [`Config::export_target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTarget {
+    /// Send spans to an OTLP collector at this URL.
+    Otlp {
+        /// The URL to connect or post to (see [`Config::traces_endpoint`]).
+        url: String,
+        /// The wire protocol.
+        protocol: Protocol,
+    },
+    /// Write records to the local output.
+    Local(OutputKind),
+    /// Export nothing (disabled sensor or reporter type `NONE`).
+    Nothing,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            service_name: None,
+            resource_attributes: BTreeMap::new(),
+            reporting: Reporting::default(),
+            data_capture: DataCapture::default(),
+            sensor: SensorSettings::default(),
+        }
+    }
+}
+
+impl Default for Reporting {
+    fn default() -> Self {
+        Reporting {
+            endpoint: None,
+            endpoint_exact: false,
+            protocol: Protocol::Grpc,
+            trace_reporter_type: TraceReporterType::Otlp,
+            secure: false,
+            cert_file: None,
+            headers: BTreeMap::new(),
+            token: None,
+            metric_reporter_type: MetricReporterType::None,
+        }
+    }
+}
+
+/// Content types whose bodies are recorded by default.
+pub const DEFAULT_ALLOWED_CONTENT_TYPES: &[&str] = &[
+    "application/json",
+    "application/xml",
+    "text/json",
+    "text/xml",
+    "application/x-www-form-urlencoded",
+    "application/graphql",
+];
+
+/// Headers whose values are redacted by default.
+pub const DEFAULT_REDACT_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+impl Default for DataCapture {
+    fn default() -> Self {
+        DataCapture {
+            body_max_size_bytes: 131_072,
+            body_max_processing_size_bytes: 1_048_576,
+            http_headers: CaptureToggle::default(),
+            http_body: CaptureToggle::default(),
+            allowed_content_types: DEFAULT_ALLOWED_CONTENT_TYPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            redact_headers: DEFAULT_REDACT_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl Default for CaptureToggle {
+    fn default() -> Self {
+        CaptureToggle {
+            request: true,
+            response: true,
+        }
+    }
+}
+
+impl Default for SensorSettings {
+    fn default() -> Self {
+        SensorSettings {
+            output: OutputKind::Console,
+            response_timeout_ms: 30_000,
+            max_connections: 65_536,
+            idle_timeout_ms: 300_000,
+            metrics_addr: None,
+            export_queue_size: 2048,
+            batch_max_bytes: 3 * 1024 * 1024,
+            batch_timeout_ms: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Parses one configuration file's text (either key style) over the defaults, without
+    /// looking at the environment; returns the configuration and its warnings.
+    pub fn from_yaml_str(text: &str) -> anyhow::Result<(Config, Vec<String>)> {
+        let loaded = load::from_yaml_str(text)?;
+        Ok((loaded.config, loaded.warnings))
+    }
+
+    /// The URL the OTLP exporter uses, or none when no endpoint is configured.
+    ///
+    /// An endpoint without scheme gets `http://` (`https://` when `reporting.secure`). An
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` and every gRPC endpoint are used as given; for the
+    /// HTTP protocols `/v1/traces` is appended unless the URL path already ends with it.
+    pub fn traces_endpoint(&self) -> Option<String> {
+        let raw = self.reporting.endpoint.as_deref()?.trim();
+        if raw.is_empty() {
+            return None;
+        }
+        let url = if has_scheme(raw) {
+            raw.to_string()
+        } else {
+            let scheme = if self.reporting.secure {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{raw}")
+        };
+        if self.reporting.endpoint_exact || self.reporting.protocol == Protocol::Grpc {
+            return Some(url);
+        }
+        Some(append_traces_path(&url))
+    }
+
+    /// Where records go: an OTLP collector, the local output, or nowhere.
+    pub fn export_target(&self) -> ExportTarget {
+        if !self.enabled {
+            return ExportTarget::Nothing;
+        }
+        match self.reporting.trace_reporter_type {
+            TraceReporterType::None => ExportTarget::Nothing,
+            TraceReporterType::Logging => ExportTarget::Local(self.sensor.output),
+            TraceReporterType::Otlp | TraceReporterType::OtlpHttp => match self.traces_endpoint() {
+                Some(url) => ExportTarget::Otlp {
+                    url,
+                    protocol: self.reporting.protocol,
+                },
+                None => ExportTarget::Local(self.sensor.output),
+            },
+        }
+    }
+}
+
+impl DataCapture {
+    /// Whether a body with this `Content-Type` value is recorded: some allowed entry is a
+    /// substring of it, ignoring case (an empty list allows everything).
+    pub fn content_type_allowed(&self, content_type: &str) -> bool {
+        if self.allowed_content_types.is_empty() {
+            return true;
+        }
+        let ct = content_type.to_ascii_lowercase();
+        self.allowed_content_types
+            .iter()
+            .any(|allowed| ct.contains(allowed.as_str()))
+    }
+
+    /// Whether the value of this header is redacted (names compare ignoring case).
+    pub fn is_redacted_header(&self, name: &str) -> bool {
+        self.redact_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+impl SensorSettings {
+    /// [`SensorSettings::response_timeout_ms`] as a duration.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+
+    /// [`SensorSettings::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`SensorSettings::batch_timeout_ms`] as a duration.
+    pub fn batch_timeout(&self) -> Duration {
+        Duration::from_millis(self.batch_timeout_ms)
+    }
+}
+
+impl Protocol {
+    /// The OTEL spelling: `grpc`, `http/protobuf` or `http/json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::HttpJson => "http/json",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<crate::cli::OutputFormat> for OutputKind {
+    fn from(format: crate::cli::OutputFormat) -> Self {
+        match format {
+            crate::cli::OutputFormat::Console => OutputKind::Console,
+            crate::cli::OutputFormat::Jsonl => OutputKind::Jsonl,
+        }
+    }
+}
+
+/// Whether `s` starts with `scheme://`.
+fn has_scheme(s: &str) -> bool {
+    s.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+/// Appends `/v1/traces` to the path of `url` unless its path already ends with it.
+fn append_traces_path(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority_start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let (base, suffix) = url.split_at(end);
+    let path = base[authority_start..]
+        .find('/')
+        .map_or("", |i| &base[authority_start + i..]);
+    if path.trim_end_matches('/').ends_with("/v1/traces") {
+        return url.to_string();
+    }
+    format!("{}/v1/traces{suffix}", base.trim_end_matches('/'))
+}

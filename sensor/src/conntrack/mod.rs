@@ -1,0 +1,432 @@
+//! Connection tracking: per-connection state between capture and HTTP reassembly.
+//!
+//! Each connection gets its two byte streams put in order by stream offset: a jump forward is a
+//! gap (bytes the kernel did not copy: lost, truncated, skipped on request, or sent by
+//! `sendfile`), an overlap is trimmed. The streams are fed to an [`HttpConnection`] oriented by
+//! the connection's role, and the parser's wishes (skip a body, stop after an upgrade) are
+//! turned into per-connection instructions for the kernel. Memory is bounded: a cap on tracked
+//! connections and an idle timeout, each eviction counted.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use sensor_common::{
+    event::{Direction, Family, Role},
+    maps::ConnControl,
+};
+use tracing::debug;
+
+use crate::{
+    capture::events::{ConnClose, ConnOpen, DataChunk},
+    http::{HttpConnection, HttpExchange, HttpSettings, Stream},
+};
+
+/// What is known of a connection's identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnMeta {
+    /// Connection id (kernel or adopted).
+    pub conn_id: u64,
+    /// Owning process.
+    pub pid: u32,
+    /// Descriptor at open.
+    pub fd: i32,
+    /// Server or client side.
+    pub role: Role,
+    /// Address family.
+    pub family: Family,
+    /// The process's end.
+    pub local: Option<SocketAddr>,
+    /// The peer's end.
+    pub remote: Option<SocketAddr>,
+    /// Unix socket path.
+    pub unix_path: Option<String>,
+    /// Adopted mid-stream from `/proc`.
+    pub midstream: bool,
+}
+
+/// An exchange finished on a connection.
+#[derive(Debug)]
+pub struct Completed {
+    /// The connection it happened on.
+    pub meta: Arc<ConnMeta>,
+    /// The exchange.
+    pub exchange: HttpExchange,
+}
+
+/// Limits of connection tracking.
+#[derive(Clone, Debug)]
+pub struct TrackerSettings {
+    /// Most connections tracked at once; beyond it the least recently active is evicted.
+    pub max_connections: usize,
+    /// A connection silent this long is finished and forgotten.
+    pub idle_timeout_ns: u64,
+    /// A request without a response for this long is emitted without one.
+    pub response_timeout_ns: u64,
+}
+
+impl Default for TrackerSettings {
+    fn default() -> Self {
+        TrackerSettings {
+            max_connections: 65_536,
+            idle_timeout_ns: 300_000_000_000,
+            response_timeout_ns: 30_000_000_000,
+        }
+    }
+}
+
+/// Everything connection tracking dropped or noticed, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    /// Connections opened (kernel or adopted).
+    pub opened: u64,
+    /// Connections finished by close, exit or eviction.
+    pub closed: u64,
+    /// Connections evicted because the cap was reached.
+    pub evicted_capacity: u64,
+    /// Connections evicted after the idle timeout.
+    pub evicted_idle: u64,
+    /// Data records for connections whose open record was never seen.
+    pub unknown_connection: u64,
+    /// Gaps in streams (bytes not copied and not asked to be skipped).
+    pub gaps: u64,
+    /// Bytes in those gaps.
+    pub gap_bytes: u64,
+    /// Overlapping bytes trimmed.
+    pub overlap_bytes: u64,
+}
+
+struct Conn {
+    meta: Arc<ConnMeta>,
+    parser: HttpConnection,
+    next: [u64; 2],
+    started: [bool; 2],
+    last_seen_ns: u64,
+    control: ConnControl,
+}
+
+/// The table of live connections.
+pub struct Tracker {
+    conns: HashMap<u64, Conn>,
+    http: Arc<HttpSettings>,
+    settings: TrackerSettings,
+    stats: TrackerStats,
+}
+
+impl Tracker {
+    /// An empty table.
+    pub fn new(http: Arc<HttpSettings>, settings: TrackerSettings) -> Self {
+        Tracker {
+            conns: HashMap::new(),
+            http,
+            settings,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &TrackerStats {
+        &self.stats
+    }
+
+    /// Connections tracked now.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether no connection is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Bytes buffered by all parsers.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(|c| c.parser.buffered_bytes()).sum()
+    }
+
+    /// A connection began.
+    pub fn open(&mut self, open: &ConnOpen, out: &mut Vec<Completed>) {
+        if let Some(old) = self.conns.remove(&open.conn_id) {
+            self.finish(old, open.time_ns, out);
+        }
+        self.make_room(open.time_ns, out);
+        self.stats.opened += 1;
+        let meta = ConnMeta {
+            conn_id: open.conn_id,
+            pid: open.pid,
+            fd: open.fd,
+            role: open.role,
+            family: open.family,
+            local: open.local,
+            remote: open.remote,
+            unix_path: open.unix_path.clone(),
+            midstream: open.midstream,
+        };
+        self.insert(meta, open.time_ns);
+    }
+
+    fn insert(&mut self, meta: ConnMeta, now_ns: u64) -> &mut Conn {
+        let conn_id = meta.conn_id;
+        self.conns.entry(conn_id).or_insert_with(|| Conn {
+            meta: Arc::new(meta),
+            parser: HttpConnection::new(self.http.clone()),
+            next: [0, 0],
+            started: [false, false],
+            last_seen_ns: now_ns,
+            control: ConnControl::default(),
+        })
+    }
+
+    fn make_room(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
+        while self.conns.len() >= self.settings.max_connections {
+            let Some(oldest) = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_seen_ns)
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
+            if let Some(conn) = self.conns.remove(&oldest) {
+                self.stats.evicted_capacity += 1;
+                self.finish(conn, now_ns, out);
+            }
+        }
+    }
+
+    /// Bytes moved on a connection. Returns a new kernel instruction for the connection when the
+    /// parser's needs changed.
+    pub fn data(
+        &mut self,
+        chunk: &DataChunk,
+        out: &mut Vec<Completed>,
+    ) -> Option<(u64, ConnControl)> {
+        if !self.conns.contains_key(&chunk.conn_id) {
+            self.stats.unknown_connection += 1;
+            self.make_room(chunk.time_ns, out);
+            let role = guess_role(chunk);
+            debug!(
+                conn_id = chunk.conn_id,
+                pid = chunk.pid,
+                ?role,
+                "data for an unknown connection"
+            );
+            self.insert(
+                ConnMeta {
+                    conn_id: chunk.conn_id,
+                    pid: chunk.pid,
+                    fd: chunk.fd,
+                    role,
+                    family: Family::Unknown,
+                    local: None,
+                    remote: None,
+                    unix_path: None,
+                    midstream: true,
+                },
+                chunk.time_ns,
+            );
+        }
+        let conn = self.conns.get_mut(&chunk.conn_id)?;
+        conn.last_seen_ns = chunk.time_ns;
+        let stream = stream_of(conn.meta.role, chunk.direction);
+        let dir = chunk.direction.index();
+        let skip_until = conn.control.skip_until[dir];
+        if !conn.started[dir] {
+            conn.started[dir] = true;
+            // Adopted or unknown connections start wherever the first record is.
+            if conn.meta.midstream && chunk.offset > 0 {
+                conn.next[dir] = chunk.offset;
+            }
+        }
+        let mut offset = chunk.offset;
+        let mut payload: &[u8] = &chunk.payload;
+        if offset > conn.next[dir] {
+            let gap_start = conn.next[dir];
+            let gap_len = offset - gap_start;
+            if gap_start + gap_len > skip_until {
+                self.stats.gaps += 1;
+                self.stats.gap_bytes += gap_len;
+            }
+            conn.parser
+                .on_gap(stream, gap_start, gap_len, chunk.time_ns);
+        } else if offset < conn.next[dir] {
+            let overlap = (conn.next[dir] - offset).min(payload.len() as u64);
+            self.stats.overlap_bytes += overlap;
+            payload = &payload[overlap as usize..];
+            offset += overlap;
+        }
+        if !payload.is_empty() {
+            conn.parser.on_data(stream, offset, payload, chunk.time_ns);
+            conn.next[dir] = offset + payload.len() as u64;
+        } else {
+            conn.next[dir] = conn.next[dir].max(offset);
+        }
+        for exchange in conn.parser.take_exchanges() {
+            out.push(Completed {
+                meta: conn.meta.clone(),
+                exchange,
+            });
+        }
+        let mut wanted = conn.control;
+        for (direction, s) in [
+            (
+                Direction::Ingress,
+                stream_of(conn.meta.role, Direction::Ingress),
+            ),
+            (
+                Direction::Egress,
+                stream_of(conn.meta.role, Direction::Egress),
+            ),
+        ] {
+            if let Some(until) = conn.parser.skip_until(s) {
+                let slot = &mut wanted.skip_until[direction.index()];
+                *slot = (*slot).max(until);
+            }
+        }
+        if conn.parser.is_upgraded() {
+            wanted.stop = 1;
+        }
+        if wanted.skip_until != conn.control.skip_until || wanted.stop != conn.control.stop {
+            conn.control = wanted;
+            return Some((chunk.conn_id, wanted));
+        }
+        None
+    }
+
+    /// A connection's last descriptor was closed.
+    pub fn close(&mut self, close: &ConnClose, out: &mut Vec<Completed>) {
+        let Some(mut conn) = self.conns.remove(&close.conn_id) else {
+            return;
+        };
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let dir = direction.index();
+            let total = close.bytes[dir];
+            if conn.started[dir] && total > conn.next[dir] {
+                let stream = stream_of(conn.meta.role, direction);
+                conn.parser.on_gap(
+                    stream,
+                    conn.next[dir],
+                    total - conn.next[dir],
+                    close.time_ns,
+                );
+                conn.next[dir] = total;
+            }
+        }
+        self.finish(conn, close.time_ns, out);
+    }
+
+    /// Late addresses of a connection (a non-blocking connect completed).
+    pub fn address(&mut self, conn_id: u64, local: Option<SocketAddr>, remote: Option<SocketAddr>) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            let meta = Arc::make_mut(&mut conn.meta);
+            meta.local = local.or(meta.local);
+            meta.remote = remote.or(meta.remote);
+        }
+    }
+
+    /// Finishes one connection whose close record may never come (its descriptor was closed by
+    /// `close_range` beyond what the kernel released itself).
+    pub fn forget(&mut self, conn_id: u64, time_ns: u64, out: &mut Vec<Completed>) {
+        if let Some(conn) = self.conns.remove(&conn_id) {
+            self.finish(conn, time_ns, out);
+        }
+    }
+
+    /// A process ended: all its connections are finished.
+    pub fn process_exit(&mut self, pid: u32, time_ns: u64, out: &mut Vec<Completed>) {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.meta.pid == pid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                self.finish(conn, time_ns, out);
+            }
+        }
+    }
+
+    /// Connection ids and descriptors of a process.
+    pub fn conns_of(&self, pid: u32) -> Vec<(u64, i32)> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.meta.pid == pid)
+            .map(|(id, c)| (*id, c.meta.fd))
+            .collect()
+    }
+
+    /// Periodic work: response timeouts and idle connections.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > self.settings.idle_timeout_ns)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            if let Some(conn) = self.conns.remove(&id) {
+                self.stats.evicted_idle += 1;
+                self.finish(conn, now_ns, out);
+            }
+        }
+        for conn in self.conns.values_mut() {
+            conn.parser
+                .expire(now_ns, self.settings.response_timeout_ns);
+            for exchange in conn.parser.take_exchanges() {
+                out.push(Completed {
+                    meta: conn.meta.clone(),
+                    exchange,
+                });
+            }
+        }
+    }
+
+    /// Finishes every connection (shutdown).
+    pub fn finish_all(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                self.finish(conn, now_ns, out);
+            }
+        }
+    }
+
+    fn finish(&mut self, mut conn: Conn, time_ns: u64, out: &mut Vec<Completed>) {
+        self.stats.closed += 1;
+        conn.parser.on_close(time_ns);
+        for exchange in conn.parser.take_exchanges() {
+            out.push(Completed {
+                meta: conn.meta.clone(),
+                exchange,
+            });
+        }
+    }
+}
+
+/// Which HTTP stream a direction carries for a role: a server receives requests, a client
+/// sends them.
+pub fn stream_of(role: Role, direction: Direction) -> Stream {
+    match (role, direction) {
+        (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress) => Stream::Request,
+        (Role::Client, Direction::Ingress) | (Role::Server, Direction::Egress) => Stream::Response,
+        (Role::Unknown, Direction::Ingress) => Stream::Request,
+        (Role::Unknown, Direction::Egress) => Stream::Response,
+    }
+}
+
+/// The role of a connection known only from its data: whoever sends a request line is the
+/// client, whoever sends a status line is the server.
+fn guess_role(chunk: &DataChunk) -> Role {
+    let starts_response = chunk.payload.starts_with(b"HTTP/");
+    let starts_request = !starts_response
+        && chunk
+            .payload
+            .iter()
+            .take_while(|b| **b != b' ')
+            .all(|b| b.is_ascii_uppercase())
+        && chunk.payload.contains(&b' ');
+    match (chunk.direction, starts_request, starts_response) {
+        (Direction::Ingress, true, _) | (Direction::Egress, _, true) => Role::Server,
+        (Direction::Egress, true, _) | (Direction::Ingress, _, true) => Role::Client,
+        _ => Role::Unknown,
+    }
+}

@@ -1,0 +1,338 @@
+//! The daemon: wires capture → conntrack → http → enrich → redact → export and decides which
+//! processes are watched (discovery, `--pid`).
+
+use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use sensor_common::maps::{SocketKey, WatchState};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{debug, info, warn};
+
+use crate::{
+    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed},
+    conntrack::{Completed, Tracker, TrackerSettings},
+    enrich::{self, ProcessInfo, ProcessTable, RecordContext, build_record, process},
+    export::{Exporter, StdoutFormat},
+    http::HttpSettings,
+    redact::Redactor,
+};
+
+/// What the daemon watches and how it reports.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Processes to watch (with their children); empty means discovery of every Python process.
+    pub pids: Vec<u32>,
+    /// Stdout format.
+    pub format: StdoutFormat,
+    /// HTTP reassembly settings.
+    pub http: HttpSettings,
+    /// Connection tracking limits.
+    pub tracker: TrackerSettings,
+    /// Header names whose values are redacted.
+    pub redact_headers: Vec<String>,
+    /// Records the export queue holds.
+    pub export_queue: usize,
+}
+
+/// Counters of the daemon's own decisions.
+#[derive(Debug, Default)]
+pub struct DaemonStats {
+    /// Records built and handed to the exporter.
+    pub records: u64,
+    /// Data records for processes userspace does not watch (in flight when unwatched).
+    pub unwatched_data: u64,
+    /// Processes watched.
+    pub watched: u64,
+    /// Processes rejected by discovery (not Python, or opted out).
+    pub rejected: u64,
+}
+
+/// Everything the event handler needs besides the capture itself.
+pub struct Pipeline {
+    procs: ProcessTable,
+    tracker: Tracker,
+    exporter: Exporter,
+    redactor: Redactor,
+    clock: Clock,
+    host_name: String,
+    watched: HashSet<u32>,
+    discover: bool,
+    completed: Vec<Completed>,
+    /// Counters.
+    pub stats: DaemonStats,
+}
+
+impl Pipeline {
+    fn watch(&mut self, capture: &mut Capture, pid: u32) {
+        if let Err(error) = capture.watch(pid) {
+            warn!(pid, %error, "cannot watch process");
+            return;
+        }
+        if self.watched.insert(pid) {
+            self.stats.watched += 1;
+            let info = self.procs.get(pid);
+            info!(
+                pid,
+                service = info
+                    .as_ref()
+                    .map(|i| i.service_name.as_str())
+                    .unwrap_or("?"),
+                "watching process"
+            );
+        }
+        let now = Clock::monotonic_now();
+        for adoption in seed::adoptions(self.procs.proc_root(), pid, now) {
+            if let Err(error) = capture.adopt(adoption.key, adoption.entry, adoption.state) {
+                warn!(pid, fd = adoption.key.fd, %error, "cannot adopt existing socket");
+                continue;
+            }
+            debug!(pid, fd = adoption.key.fd, remote = ?adoption.open.remote, "adopted existing connection");
+            self.tracker.open(&adoption.open, &mut self.completed);
+        }
+    }
+
+    fn unwatch(&mut self, capture: &mut Capture, pid: u32) {
+        capture.unwatch(pid);
+        self.watched.remove(&pid);
+    }
+
+    fn handle(&mut self, capture: &mut Capture, event: CaptureEvent) {
+        match event {
+            CaptureEvent::Data(chunk) => {
+                if !self.watched.contains(&chunk.pid) {
+                    self.stats.unwatched_data += 1;
+                    return;
+                }
+                if let Some((conn_id, control)) = self.tracker.data(&chunk, &mut self.completed) {
+                    capture.set_control(conn_id, control);
+                }
+            }
+            CaptureEvent::Open(open) => {
+                if self.watched.contains(&open.pid) {
+                    self.tracker.open(&open, &mut self.completed);
+                }
+            }
+            CaptureEvent::Close(close) => self.tracker.close(&close, &mut self.completed),
+            CaptureEvent::Address {
+                conn_id,
+                local,
+                remote,
+            } => {
+                self.tracker.address(conn_id, local, remote);
+            }
+            CaptureEvent::Fork { pid, child, .. } => {
+                if self.watched.contains(&pid) && self.watched.insert(child) {
+                    self.procs.fork(pid, child);
+                    debug!(parent = pid, child, "watching forked child");
+                }
+            }
+            CaptureEvent::ExecArg(arg) => self.procs.exec_arg(arg),
+            CaptureEvent::Exec(exec) => {
+                let info = self.procs.exec(&exec);
+                // Sockets are close-on-exec in Python: the old program's connections are over.
+                self.forget_process_sockets(capture, exec.pid, exec.time_ns);
+                if exec.watch_state == WatchState::Pending as u32 {
+                    if self.wanted(&info, &exec.filename) {
+                        self.watch(capture, exec.pid);
+                    } else {
+                        self.stats.rejected += 1;
+                        self.unwatch(capture, exec.pid);
+                    }
+                }
+            }
+            CaptureEvent::CloseRange {
+                pid,
+                first,
+                last,
+                time_ns,
+            } => {
+                for (conn_id, fd) in self.tracker.conns_of(pid) {
+                    let in_range = u32::try_from(fd).is_ok_and(|fd| fd >= first && fd <= last);
+                    if in_range {
+                        capture.forget_fd(SocketKey { tgid: pid, fd });
+                        self.tracker.forget(conn_id, time_ns, &mut self.completed);
+                    }
+                }
+            }
+            CaptureEvent::Exit { pid, time_ns } => {
+                self.tracker.process_exit(pid, time_ns, &mut self.completed);
+                self.flush_completed();
+                self.forget_process_sockets(capture, pid, time_ns);
+                self.watched.remove(&pid);
+                self.procs.remove(pid);
+            }
+        }
+        self.flush_completed();
+    }
+
+    fn wanted(&self, info: &ProcessInfo, filename: &str) -> bool {
+        self.discover
+            && !info.opted_out()
+            && process::is_python(self.procs.proc_root(), info.pid, filename)
+    }
+
+    fn forget_process_sockets(&mut self, capture: &mut Capture, pid: u32, time_ns: u64) {
+        for (_, fd) in self.tracker.conns_of(pid) {
+            capture.forget_fd(SocketKey { tgid: pid, fd });
+        }
+        self.tracker.process_exit(pid, time_ns, &mut self.completed);
+    }
+
+    fn flush_completed(&mut self) {
+        let completed = std::mem::take(&mut self.completed);
+        for done in completed {
+            let process = match self.procs.get(done.meta.pid) {
+                Some(p) => p,
+                None => Arc::new(ProcessInfo::new(
+                    done.meta.pid,
+                    String::new(),
+                    Vec::new(),
+                    Default::default(),
+                )),
+            };
+            let clock = self.clock;
+            let to_unix = move |ns: u64| clock.to_unix_nanos(ns);
+            let ctx = RecordContext {
+                host_name: &self.host_name,
+                scheme: "http",
+                to_unix_nanos: &to_unix,
+            };
+            if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx) {
+                self.redactor.apply(&mut record);
+                self.stats.records += 1;
+                self.exporter.send(record);
+            }
+        }
+    }
+}
+
+/// Every process id under `/proc`.
+pub fn all_pids(proc_root: &Path) -> Vec<u32> {
+    std::fs::read_dir(proc_root)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `pids` and all their descendants, from `/proc/*/stat` parent links.
+pub fn with_descendants(proc_root: &Path, pids: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = all_pids(proc_root)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat =
+                std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+            let after_comm = stat.rsplit_once(')')?.1;
+            let ppid = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut result: Vec<u32> = pids.to_vec();
+    let mut i = 0;
+    while i < result.len() {
+        let parent = result[i];
+        for (pid, ppid) in &parents {
+            if *ppid == parent && !result.contains(pid) {
+                result.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    result
+}
+
+/// Runs the daemon until SIGINT/SIGTERM, then flushes everything buffered.
+pub async fn run(options: DaemonOptions) -> Result<()> {
+    let discover = options.pids.is_empty();
+    let mut capture = Capture::load(&CaptureOptions {
+        discover,
+        ring_bytes: 0,
+    })?;
+    let exporter = Exporter::stdout(options.format, options.export_queue);
+    let mut pipeline = Pipeline {
+        procs: ProcessTable::new("/proc"),
+        tracker: Tracker::new(Arc::new(options.http.clone()), options.tracker.clone()),
+        exporter,
+        redactor: Redactor::new(options.redact_headers.clone()),
+        clock: Clock::now()?,
+        host_name: enrich::host_name(),
+        watched: HashSet::new(),
+        discover,
+        completed: Vec::new(),
+        stats: DaemonStats::default(),
+    };
+    let proc_root = Path::new("/proc");
+    let initial: Vec<u32> = if discover {
+        all_pids(proc_root)
+            .into_iter()
+            .filter(|pid| *pid != std::process::id())
+            .filter(|pid| {
+                process::read_proc(proc_root, *pid).is_some_and(|info| {
+                    !info.opted_out() && process::is_python(proc_root, *pid, "")
+                })
+            })
+            .collect()
+    } else {
+        with_descendants(proc_root, &options.pids)
+    };
+    for pid in initial {
+        pipeline.watch(&mut capture, pid);
+    }
+    info!(watched = pipeline.watched.len(), discover, "sensor running");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut report = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => result?,
+            _ = tick.tick() => {
+                pipeline.tracker.tick(Clock::monotonic_now(), &mut pipeline.completed);
+                pipeline.flush_completed();
+            }
+            _ = report.tick() => {
+                capture.sweep(|pid| proc_root.join(pid.to_string()).exists());
+                log_counters(&capture, &pipeline);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("stopping: draining capture and flushing buffered exchanges");
+    // Records already in the ring buffer still count.
+    let drain = capture.next_batch(|cap, event| pipeline.handle(cap, event));
+    let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+    pipeline
+        .tracker
+        .finish_all(Clock::monotonic_now(), &mut pipeline.completed);
+    pipeline.flush_completed();
+    log_counters(&capture, &pipeline);
+    pipeline.exporter.shutdown().await;
+    Ok(())
+}
+
+fn log_counters(capture: &Capture, pipeline: &Pipeline) {
+    let kernel = capture.counters().unwrap_or_default();
+    let export = pipeline.exporter.stats();
+    let tracker = pipeline.tracker.stats();
+    info!(
+        records = pipeline.stats.records,
+        watched = pipeline.watched.len(),
+        connections = pipeline.tracker.len(),
+        ringbuf_full = kernel.get(sensor_common::maps::Counter::RingbufFull),
+        truncated_bytes = kernel.get(sensor_common::maps::Counter::TruncatedBytes),
+        ignored_connections = kernel.get(sensor_common::maps::Counter::IgnoredOther)
+            + kernel.get(sensor_common::maps::Counter::IgnoredHttp2)
+            + kernel.get(sensor_common::maps::Counter::IgnoredTls),
+        gaps = tracker.gaps,
+        evicted = tracker.evicted_capacity + tracker.evicted_idle,
+        export_dropped = export
+            .dropped_queue_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        decode_errors = capture.decode_errors,
+        "counters"
+    );
+}

@@ -1,0 +1,509 @@
+//! Who a process is: executable, command line, telemetry environment and service name.
+//!
+//! A process's identity is taken at `execve` time from the kernel's argument records, so it is
+//! known even for a process that exits before `/proc` can be read; processes that were running
+//! before the sensor started are read from `/proc`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::capture::events::{ExecArg, ExecInfo};
+
+/// What the sensor knows of one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Basename of the executable (the interpreter for scripts).
+    pub executable_name: String,
+    /// Full executable path, when known.
+    pub executable_path: String,
+    /// Arguments.
+    pub argv: Vec<String>,
+    /// `HT_*` and `OTEL_*` environment entries.
+    pub env: BTreeMap<String, String>,
+    /// The service name chosen for the process.
+    pub service_name: String,
+}
+
+impl ProcessInfo {
+    /// The command line, space-separated.
+    pub fn command_line(&self) -> String {
+        self.argv.join(" ")
+    }
+
+    /// Builds the identity from its parts, choosing the service name.
+    pub fn new(
+        pid: u32,
+        executable_path: String,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+    ) -> Self {
+        let executable_name = basename(&executable_path).to_owned();
+        let service_name = service_name_from_env(&env)
+            .unwrap_or_else(|| service_name_from_command_line(&executable_name, &argv));
+        ProcessInfo {
+            pid,
+            executable_name,
+            executable_path,
+            argv,
+            env,
+            service_name,
+        }
+    }
+
+    /// Whether the process's own environment opts out (`HT_ENABLED=false`).
+    pub fn opted_out(&self) -> bool {
+        self.env
+            .get("HT_ENABLED")
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no"))
+    }
+
+    /// `OTEL_RESOURCE_ATTRIBUTES` pairs of the process (URL-decoded values).
+    pub fn resource_attributes(&self) -> Vec<(String, String)> {
+        self.env
+            .get("OTEL_RESOURCE_ATTRIBUTES")
+            .map(|raw| parse_key_values(raw))
+            .unwrap_or_default()
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Parses `k=v,k2=v2` (OTEL list syntax), percent-decoding values.
+pub fn parse_key_values(raw: &str) -> Vec<(String, String)> {
+    raw.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            if k.is_empty() {
+                return None;
+            }
+            Some((k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The service name the process's own environment gives: `HT_SERVICE_NAME`, then
+/// `OTEL_SERVICE_NAME`, then `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn service_name_from_env(env: &BTreeMap<String, String>) -> Option<String> {
+    let non_empty = |v: &String| {
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    };
+    env.get("HT_SERVICE_NAME")
+        .and_then(non_empty)
+        .or_else(|| env.get("OTEL_SERVICE_NAME").and_then(non_empty))
+        .or_else(|| {
+            env.get("OTEL_RESOURCE_ATTRIBUTES").and_then(|raw| {
+                parse_key_values(raw)
+                    .into_iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v)
+                    .filter(|v| !v.is_empty())
+            })
+        })
+}
+
+/// A service name from the command line: the WSGI/ASGI application module under gunicorn,
+/// uvicorn and friends (`app:app` gives `app`), the module of `python -m`, else the script name
+/// without `.py`; never a bare interpreter name.
+pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) -> String {
+    let mut args = argv.iter().map(String::as_str).peekable();
+    let first = args.next().unwrap_or(executable_name);
+    let launcher = basename(first);
+    let mut rest: Vec<&str> = args.collect();
+    if is_python_name(launcher) {
+        let mut i = 0;
+        while i < rest.len() {
+            let arg = rest[i];
+            if arg == "-m"
+                && let Some(module) = rest.get(i + 1)
+            {
+                let module = *module;
+                let tail: Vec<&str> = rest[i + 2..].to_vec();
+                if let Some(app) = app_module(&tail) {
+                    return app;
+                }
+                return module.to_owned();
+            }
+            if arg == "-c" {
+                return "python-command".to_owned();
+            }
+            if !arg.starts_with('-') {
+                rest = rest[i..].to_vec();
+                let script = basename(rest[0]);
+                let tail: Vec<&str> = rest[1..].to_vec();
+                if let Some(app) = app_module(&tail) {
+                    return app;
+                }
+                return script.strip_suffix(".py").unwrap_or(script).to_owned();
+            }
+            i += 1;
+        }
+        return "python".to_owned();
+    }
+    if let Some(app) = app_module(&rest) {
+        return app;
+    }
+    launcher.strip_suffix(".py").unwrap_or(launcher).to_owned()
+}
+
+/// The first `module:attribute` argument (gunicorn/uvicorn/hypercorn application spec).
+fn app_module(args: &[&str]) -> Option<String> {
+    args.iter().find_map(|arg| {
+        if arg.starts_with('-') || arg.contains('=') || arg.contains('/') {
+            return None;
+        }
+        let (module, attr) = arg.split_once(':')?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '(' || c == ')'
+                })
+        };
+        (valid(module) && valid(attr)).then(|| module.to_owned())
+    })
+}
+
+/// Whether an executable name is a CPython interpreter (`python`, `python3`, `python3.11`).
+pub fn is_python_name(name: &str) -> bool {
+    let Some(version) = name.strip_prefix("python") else {
+        return false;
+    };
+    let version = version.strip_suffix("-dbg").unwrap_or(version);
+    version.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// Whether a process is CPython: its executable is a Python interpreter, or it maps libpython
+/// (embedded interpreters), or — for a process already gone — its program is a Python script.
+pub fn is_python(proc_root: &Path, pid: u32, filename: &str) -> bool {
+    let dir = proc_root.join(pid.to_string());
+    if let Ok(exe) = std::fs::read_link(dir.join("exe")) {
+        let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if is_python_name(name) {
+            return true;
+        }
+        if let Ok(maps) = std::fs::read_to_string(dir.join("maps"))
+            && maps.contains("/libpython")
+        {
+            return true;
+        }
+        return false;
+    }
+    if is_python_name(basename(filename)) {
+        return true;
+    }
+    script_interpreter(Path::new(filename)).is_some_and(|i| is_python_name(basename(&i)))
+}
+
+/// The interpreter named by a script's `#!` line (`#!/usr/bin/env python3` gives `python3`).
+pub fn script_interpreter(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.strip_prefix("#!")?;
+    let mut parts = line.split_whitespace();
+    let interpreter = parts.next()?;
+    if basename(interpreter) == "env" {
+        return parts.find(|p| !p.starts_with('-')).map(str::to_owned);
+    }
+    Some(interpreter.to_owned())
+}
+
+/// Reads a live process's identity from `/proc`.
+pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
+    let dir = proc_root.join(pid.to_string());
+    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+    let argv: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let exe = std::fs::read_link(dir.join("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| argv.first().cloned().unwrap_or_default());
+    let env = std::fs::read(dir.join("environ"))
+        .map(|raw| {
+            telemetry_env(
+                raw.split(|&b| b == 0)
+                    .map(|e| String::from_utf8_lossy(e).into_owned()),
+            )
+        })
+        .unwrap_or_default();
+    Some(ProcessInfo::new(pid, exe, argv, env))
+}
+
+/// Keeps the `HT_*` and `OTEL_*` entries of an environment.
+pub fn telemetry_env(entries: impl IntoIterator<Item = String>) -> BTreeMap<String, String> {
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let (k, v) = entry.split_once('=')?;
+            (k.starts_with("HT_") || k.starts_with("OTEL_")).then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct PendingExec {
+    argv: BTreeMap<u32, String>,
+    env: Vec<String>,
+}
+
+/// Identities of the processes the sensor has seen.
+pub struct ProcessTable {
+    proc_root: PathBuf,
+    procs: HashMap<u32, Arc<ProcessInfo>>,
+    pending: HashMap<u32, PendingExec>,
+}
+
+impl ProcessTable {
+    /// An empty table reading `/proc` under `proc_root`.
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        ProcessTable {
+            proc_root: proc_root.into(),
+            procs: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Where `/proc` is.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    /// One argument record of an `execve` in progress.
+    pub fn exec_arg(&mut self, arg: ExecArg) {
+        let pending = self.pending.entry(arg.tid).or_default();
+        if arg.env {
+            pending.env.push(arg.value);
+        } else {
+            if arg.index == 0 {
+                // A new execve attempt by the same thread (e.g. PATH search) starts over.
+                *pending = PendingExec::default();
+            }
+            pending.argv.insert(arg.index, arg.value);
+        }
+        if self.pending.len() > 4096 {
+            self.pending.clear();
+        }
+    }
+
+    /// A successful `execve`: the identity from its argument records (or `/proc`).
+    pub fn exec(&mut self, exec: &ExecInfo) -> Arc<ProcessInfo> {
+        let pending = self
+            .pending
+            .remove(&exec.old_tid)
+            .or_else(|| self.pending.remove(&exec.pid));
+        let info = match pending {
+            Some(pending) if !pending.argv.is_empty() => {
+                let exe = std::fs::read_link(self.proc_root.join(exec.pid.to_string()).join("exe"))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| exec.filename.clone());
+                ProcessInfo::new(
+                    exec.pid,
+                    exe,
+                    pending.argv.into_values().collect(),
+                    telemetry_env(pending.env),
+                )
+            }
+            _ => read_proc(&self.proc_root, exec.pid).unwrap_or_else(|| {
+                ProcessInfo::new(
+                    exec.pid,
+                    exec.filename.clone(),
+                    vec![exec.filename.clone()],
+                    BTreeMap::new(),
+                )
+            }),
+        };
+        let info = Arc::new(info);
+        self.procs.insert(exec.pid, info.clone());
+        info
+    }
+
+    /// A forked child has its parent's identity (until it execs).
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        let info = self.get(parent).map(|p| {
+            let mut info = (*p).clone();
+            info.pid = child;
+            Arc::new(info)
+        });
+        if let Some(info) = info {
+            self.procs.insert(child, info);
+        }
+    }
+
+    /// The identity of `pid`, read from `/proc` the first time.
+    pub fn get(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        if let Some(info) = self.procs.get(&pid) {
+            return Some(info.clone());
+        }
+        let info = Arc::new(read_proc(&self.proc_root, pid)?);
+        self.procs.insert(pid, info.clone());
+        Some(info)
+    }
+
+    /// Forgets a process.
+    pub fn remove(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn service_names_from_command_lines() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "/venv/bin/python3",
+                    "/venv/bin/gunicorn",
+                    "-w",
+                    "2",
+                    "app:app",
+                ],
+                "app",
+            ),
+            (
+                &[
+                    "/venv/bin/python3",
+                    "/venv/bin/uvicorn",
+                    "main:app",
+                    "--port",
+                    "8000",
+                ],
+                "main",
+            ),
+            (
+                &[
+                    "/venv/bin/gunicorn",
+                    "--bind=0.0.0.0:8080",
+                    "mysite.wsgi:application",
+                ],
+                "mysite.wsgi",
+            ),
+            (&["python3", "server.py"], "server"),
+            (
+                &["python3", "-u", "/srv/api/server.py", "--port", "1"],
+                "server",
+            ),
+            (&["python3", "-m", "http.server", "8000"], "http.server"),
+            (
+                &["python3", "-m", "gunicorn", "orders:create_app()"],
+                "orders",
+            ),
+            (&["python3"], "python"),
+            (&["/usr/bin/python3.11", "-c", "print(1)"], "python-command"),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(
+                service_name_from_command_line("python3", &argv(args)),
+                *expected,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_names_win_in_order() {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            "team=a,service.name=from%20attrs".into(),
+        );
+        assert_eq!(service_name_from_env(&env).as_deref(), Some("from attrs"));
+        env.insert("OTEL_SERVICE_NAME".into(), "otel".into());
+        assert_eq!(service_name_from_env(&env).as_deref(), Some("otel"));
+        env.insert("HT_SERVICE_NAME".into(), "ht".into());
+        assert_eq!(service_name_from_env(&env).as_deref(), Some("ht"));
+        env.insert("HT_SERVICE_NAME".into(), "  ".into());
+        assert_eq!(service_name_from_env(&env).as_deref(), Some("otel"));
+    }
+
+    #[test]
+    fn python_names() {
+        for yes in ["python", "python3", "python3.11", "python3.12-dbg"] {
+            assert!(is_python_name(yes), "{yes}");
+        }
+        for no in ["pythonista", "gunicorn", "py", "python3x"] {
+            assert!(!is_python_name(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn opt_out_and_resource_attributes() {
+        let mut env = BTreeMap::new();
+        env.insert("HT_ENABLED".into(), "False".into());
+        env.insert(
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            "deployment.environment=prod, team = payments".into(),
+        );
+        let info = ProcessInfo::new(
+            1,
+            "/usr/bin/python3".into(),
+            argv(&["python3", "a.py"]),
+            env,
+        );
+        assert!(info.opted_out());
+        assert_eq!(
+            info.resource_attributes(),
+            vec![
+                ("deployment.environment".to_owned(), "prod".to_owned()),
+                ("team".to_owned(), "payments".to_owned())
+            ]
+        );
+        assert_eq!(info.executable_name, "python3");
+        assert_eq!(info.command_line(), "python3 a.py");
+    }
+
+    #[test]
+    fn shebang_interpreters() {
+        let dir = std::env::temp_dir().join(format!("sensor-shebang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let direct = dir.join("direct");
+        std::fs::write(&direct, "#!/opt/venv/bin/python3.11\nimport x\n").unwrap();
+        let via_env = dir.join("via_env");
+        std::fs::write(&via_env, "#!/usr/bin/env -S python3 -u\n").unwrap();
+        assert_eq!(
+            script_interpreter(&direct).as_deref(),
+            Some("/opt/venv/bin/python3.11")
+        );
+        assert_eq!(script_interpreter(&via_env).as_deref(), Some("python3"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,365 @@
+//! Builds the exchange record from a reassembled exchange, its connection and its process:
+//! the span name, both attribute naming schemes, captured headers and bodies.
+
+use std::net::SocketAddr;
+
+use sensor_common::event::Role;
+
+use super::process::ProcessInfo;
+use crate::{
+    conntrack::ConnMeta,
+    http::{Body, HttpExchange, HttpVersion},
+    record::{AttributeValue, Attributes, ExchangeRecord, SpanKind},
+};
+
+/// Per-record context that is not in the exchange itself.
+#[derive(Clone)]
+pub struct RecordContext<'a> {
+    /// The host's name (resource `host.name`).
+    pub host_name: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// Converts the kernel's monotonic nanoseconds to Unix nanoseconds.
+    pub to_unix_nanos: &'a dyn Fn(u64) -> u64,
+}
+
+/// The span name: method and path with id-like segments replaced by `{id}`.
+pub fn span_name(method: &str, target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let path = strip_origin(path);
+    let templated: Vec<String> = path
+        .split('/')
+        .map(|segment| {
+            if is_id_like(segment) {
+                "{id}".to_owned()
+            } else {
+                segment.to_owned()
+            }
+        })
+        .collect();
+    let mut path = templated.join("/");
+    if path.is_empty() {
+        path = "/".to_owned();
+    }
+    format!("{method} {path}")
+}
+
+/// `http://host/path` (absolute-form target) → `/path`.
+fn strip_origin(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+/// Numbers, UUIDs and long hex strings identify resources, not routes.
+fn is_id_like(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    if segment.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    let is_uuid = segment.len() == 36
+        && segment.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    if is_uuid {
+        return true;
+    }
+    segment.len() >= 16
+        && segment.bytes().all(|b| b.is_ascii_hexdigit())
+        && segment.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// Body bytes as text: UTF-8 where valid, `\xNN` for each invalid byte.
+pub fn body_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+fn header_values(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (name, value) in headers {
+        let name = name.to_ascii_lowercase();
+        let value = body_text(value);
+        match merged.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            None => merged.push((name, value)),
+        }
+    }
+    merged
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn put(attrs: &mut Attributes, key: &str, value: impl Into<AttributeValue>) {
+    attrs.insert(key.to_owned(), value.into());
+}
+
+fn put_body(attrs: &mut Attributes, prefix: &str, body: &Body) {
+    if !body.captured {
+        return;
+    }
+    put(attrs, &format!("{prefix}.body"), body_text(&body.bytes));
+    if body.truncated {
+        put(attrs, &format!("{prefix}.body.truncated"), true);
+    }
+}
+
+/// Splits a Host header into name and port.
+fn split_host(host: &str) -> (String, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((ip, port)) = rest.split_once(']')
+    {
+        return (
+            ip.to_owned(),
+            port.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            (name.to_owned(), port.parse().ok())
+        }
+        _ => (host.to_owned(), None),
+    }
+}
+
+fn version_text(version: HttpVersion) -> &'static str {
+    match version {
+        HttpVersion::Http10 => "1.0",
+        HttpVersion::Http11 => "1.1",
+    }
+}
+
+/// Builds the record, or `None` for an exchange without a request (never emitted).
+pub fn build_record(
+    exchange: &HttpExchange,
+    meta: &ConnMeta,
+    process: &ProcessInfo,
+    ctx: &RecordContext<'_>,
+) -> Option<ExchangeRecord> {
+    let request = exchange.request.as_ref()?;
+    let kind = if meta.role == Role::Client {
+        SpanKind::Client
+    } else {
+        SpanKind::Server
+    };
+    let mut attrs = Attributes::new();
+    let req_headers = header_values(&request.headers);
+    let method = request.method.as_str();
+    let target = request.target.as_str();
+    let origin_target = strip_origin(target);
+    let (path, query) = match origin_target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (origin_target, None),
+    };
+    let host = header(&req_headers, "host");
+    let default_port = if ctx.scheme == "https" { 443 } else { 80 };
+    let (host_name, host_port) = match host {
+        Some(h) => {
+            let (name, port) = split_host(h);
+            (Some(name), port)
+        }
+        None => (None, None),
+    };
+    let server_endpoint: Option<SocketAddr> = match kind {
+        SpanKind::Server => meta.local,
+        SpanKind::Client => meta.remote,
+    };
+    let server_address = host_name
+        .clone()
+        .or_else(|| server_endpoint.map(|a| a.ip().to_string()));
+    let server_port = host_port
+        .or_else(|| host.map(|_| default_port))
+        .or_else(|| server_endpoint.map(|a| a.port()));
+
+    put(&mut attrs, "http.method", method);
+    put(&mut attrs, "http.request.method", method);
+    put(&mut attrs, "http.target", origin_target);
+    put(&mut attrs, "url.path", path);
+    if let Some(query) = query {
+        put(&mut attrs, "url.query", query);
+    }
+    put(&mut attrs, "http.scheme", ctx.scheme);
+    put(&mut attrs, "url.scheme", ctx.scheme);
+    if let Some(host) = host {
+        put(&mut attrs, "http.host", host);
+    }
+    if let Some(address) = &server_address {
+        put(&mut attrs, "server.address", address.as_str());
+    }
+    if let Some(port) = server_port {
+        put(&mut attrs, "server.port", i64::from(port));
+    }
+    let flavor = version_text(request.version);
+    put(&mut attrs, "http.flavor", flavor);
+    put(&mut attrs, "network.protocol.version", flavor);
+    if let Some(agent) = header(&req_headers, "user-agent") {
+        put(&mut attrs, "http.user_agent", agent);
+        put(&mut attrs, "user_agent.original", agent);
+    }
+    if let Some(remote) = meta.remote {
+        put(&mut attrs, "net.peer.ip", remote.ip().to_string());
+        put(&mut attrs, "net.peer.port", i64::from(remote.port()));
+        put(&mut attrs, "network.peer.address", remote.ip().to_string());
+        put(&mut attrs, "network.peer.port", i64::from(remote.port()));
+        if kind == SpanKind::Server {
+            put(&mut attrs, "client.address", remote.ip().to_string());
+        }
+    }
+    if let Some(local) = meta.local {
+        put(&mut attrs, "net.host.port", i64::from(local.port()));
+    }
+    if kind == SpanKind::Client {
+        let authority = match (&host, server_endpoint) {
+            (Some(h), _) => Some((*h).to_owned()),
+            (None, Some(addr)) => Some(addr.to_string()),
+            (None, None) => None,
+        };
+        let full = if target.starts_with("http://") || target.starts_with("https://") {
+            Some(target.to_owned())
+        } else {
+            authority.map(|a| format!("{}://{}{}", ctx.scheme, a, origin_target))
+        };
+        if let Some(full) = full {
+            put(&mut attrs, "http.url", full.as_str());
+            put(&mut attrs, "url.full", full);
+        }
+    }
+    for (name, value) in &req_headers {
+        put(
+            &mut attrs,
+            &format!("http.request.header.{name}"),
+            value.as_str(),
+        );
+    }
+    put_body(&mut attrs, "http.request", &request.body);
+
+    let mut end_ns = request.end_ns;
+    let mut incomplete = exchange.incomplete || request.body.incomplete;
+    if let Some(response) = &exchange.response {
+        put(&mut attrs, "http.status_code", i64::from(response.status));
+        put(
+            &mut attrs,
+            "http.response.status_code",
+            i64::from(response.status),
+        );
+        for (name, value) in header_values(&response.headers) {
+            put(&mut attrs, &format!("http.response.header.{name}"), value);
+        }
+        put_body(&mut attrs, "http.response", &response.body);
+        end_ns = end_ns.max(response.end_ns);
+        incomplete |= response.body.incomplete;
+    }
+    if incomplete {
+        put(&mut attrs, "sensor.incomplete", true);
+    }
+
+    let mut resource = Attributes::new();
+    put(&mut resource, "service.name", process.service_name.as_str());
+    put(&mut resource, "process.pid", i64::from(process.pid));
+    put(
+        &mut resource,
+        "process.executable.name",
+        process.executable_name.as_str(),
+    );
+    put(
+        &mut resource,
+        "process.command_line",
+        process.command_line(),
+    );
+    put(&mut resource, "host.name", ctx.host_name);
+
+    Some(ExchangeRecord {
+        resource,
+        name: span_name(method, target),
+        kind,
+        start_time_unix_nano: (ctx.to_unix_nanos)(request.start_ns),
+        end_time_unix_nano: (ctx.to_unix_nanos)(end_ns),
+        attributes: attrs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_names_template_ids() {
+        let cases = [
+            ("GET", "/api/items/42", "GET /api/items/{id}"),
+            ("GET", "/api/items/42?x=1", "GET /api/items/{id}"),
+            (
+                "DELETE",
+                "/u/3fa85f64-5717-4562-b3fc-2c963f66afa6/keys",
+                "DELETE /u/{id}/keys",
+            ),
+            ("GET", "/blobs/0123456789abcdef0123", "GET /blobs/{id}"),
+            (
+                "GET",
+                "/blobs/deadbeefdeadbeefdead",
+                "GET /blobs/deadbeefdeadbeefdead",
+            ),
+            ("GET", "/", "GET /"),
+            ("GET", "", "GET /"),
+            ("GET", "http://example.com/a/7?q", "GET /a/{id}"),
+            ("POST", "/v2/orders", "POST /v2/orders"),
+        ];
+        for (method, target, expected) in cases {
+            assert_eq!(span_name(method, target), expected, "{target}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_escaped() {
+        assert_eq!(body_text(b"ok \xff\xfe end"), "ok \\xff\\xfe end");
+        assert_eq!(body_text("caf\u{e9}".as_bytes()), "caf\u{e9}");
+    }
+
+    #[test]
+    fn repeated_headers_are_joined() {
+        let headers = vec![
+            ("Accept".to_owned(), b"a".to_vec()),
+            ("X-Id".to_owned(), b"1".to_vec()),
+            ("accept".to_owned(), b"b".to_vec()),
+        ];
+        assert_eq!(
+            header_values(&headers),
+            vec![
+                ("accept".to_owned(), "a, b".to_owned()),
+                ("x-id".to_owned(), "1".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn hosts_split() {
+        assert_eq!(
+            split_host("localhost:5000"),
+            ("localhost".to_owned(), Some(5000))
+        );
+        assert_eq!(split_host("example.com"), ("example.com".to_owned(), None));
+        assert_eq!(split_host("[::1]:8080"), ("::1".to_owned(), Some(8080)));
+    }
+}

@@ -1,0 +1,118 @@
+//! Export: where exchange records go. Console and JSONL write to stdout; the OTLP exporter
+//! sends spans to a backend. Every exporter sits behind a bounded queue: the pipeline never
+//! waits for an output, and what a full queue refuses is counted.
+
+pub mod console;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::{io::AsyncWriteExt as _, sync::mpsc, task::JoinHandle};
+use tracing::warn;
+
+use crate::record::ExchangeRecord;
+
+/// How records are written to stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdoutFormat {
+    /// One readable line per exchange.
+    Console,
+    /// One JSON record per line.
+    Jsonl,
+}
+
+/// Counters of an exporter.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Records accepted into the queue.
+    pub queued: AtomicU64,
+    /// Records refused because the queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Records written or delivered.
+    pub exported: AtomicU64,
+    /// Records that failed to be written or delivered.
+    pub failed: AtomicU64,
+}
+
+/// A running exporter: a queue and the task that drains it.
+pub struct Exporter {
+    tx: mpsc::Sender<ExchangeRecord>,
+    task: JoinHandle<()>,
+    stats: Arc<ExportStats>,
+}
+
+impl Exporter {
+    /// Starts a stdout exporter with a queue of `capacity` records.
+    pub fn stdout(format: StdoutFormat, capacity: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel::<ExchangeRecord>(capacity.max(1));
+        let stats = Arc::new(ExportStats::default());
+        let task_stats = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut stdout = tokio::io::stdout();
+            let mut buffer = Vec::with_capacity(64 * 1024);
+            while let Some(record) = rx.recv().await {
+                buffer.clear();
+                write_record(&mut buffer, format, &record);
+                while buffer.len() < 32 * 1024 {
+                    match rx.try_recv() {
+                        Ok(record) => write_record(&mut buffer, format, &record),
+                        Err(_) => break,
+                    }
+                }
+                let lines = buffer.iter().filter(|b| **b == b'\n').count() as u64;
+                match stdout.write_all(&buffer).await {
+                    Ok(()) => {
+                        let _ = stdout.flush().await;
+                        task_stats.exported.fetch_add(lines, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        task_stats.failed.fetch_add(lines, Ordering::Relaxed);
+                        warn!(%error, "writing records to stdout failed");
+                    }
+                }
+            }
+        });
+        Exporter { tx, task, stats }
+    }
+
+    /// Queues a record without waiting; a full queue drops it (counted).
+    pub fn send(&self, record: ExchangeRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The exporter's counters.
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+
+    /// Closes the queue and waits until everything queued was written.
+    pub async fn shutdown(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+fn write_record(buffer: &mut Vec<u8>, format: StdoutFormat, record: &ExchangeRecord) {
+    match format {
+        StdoutFormat::Jsonl => {
+            if serde_json::to_writer(&mut *buffer, record).is_ok() {
+                buffer.push(b'\n');
+            }
+        }
+        StdoutFormat::Console => {
+            buffer.extend_from_slice(console::line(record).as_bytes());
+            buffer.push(b'\n');
+        }
+    }
+}

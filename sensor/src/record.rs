@@ -1,0 +1,111 @@
+//! The exchange record: one per HTTP request/response exchange, the single shape every output
+//! (console, JSONL, OTLP) is made from.
+//!
+//! ```json
+//! {"resource": {"service.name": "...", "process.pid": 42, ...},
+//!  "name": "GET /api/items/{id}", "kind": "server",
+//!  "start_time_unix_nano": 1, "end_time_unix_nano": 2,
+//!  "attributes": {"http.method": "GET", ...}}
+//! ```
+//! Fields may be added (extend, don't break); none is ever renamed or removed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A span attribute value: the three types the record uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttributeValue {
+    /// A boolean flag (`sensor.incomplete`, `http.request.body.truncated`).
+    Bool(bool),
+    /// An integer (ports, status codes, pids).
+    Int(i64),
+    /// Everything else.
+    String(String),
+}
+
+impl AttributeValue {
+    /// The string value, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttributeValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer value, if this is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            AttributeValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for AttributeValue {
+    fn from(value: &str) -> Self {
+        AttributeValue::String(value.to_owned())
+    }
+}
+
+impl From<String> for AttributeValue {
+    fn from(value: String) -> Self {
+        AttributeValue::String(value)
+    }
+}
+
+impl From<i64> for AttributeValue {
+    fn from(value: i64) -> Self {
+        AttributeValue::Int(value)
+    }
+}
+
+impl From<bool> for AttributeValue {
+    fn from(value: bool) -> Self {
+        AttributeValue::Bool(value)
+    }
+}
+
+/// Flat attribute map, sorted by key so every output is deterministic.
+pub type Attributes = BTreeMap<String, AttributeValue>;
+
+/// Which side of the exchange the watched process was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    /// The process answered the request.
+    Server,
+    /// The process sent the request.
+    Client,
+}
+
+/// One captured exchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    /// Who served or made the call: `service.name`, `process.pid`, `process.executable.name`,
+    /// `process.command_line`, `host.name`, and more resource attributes where known.
+    pub resource: Attributes,
+    /// `METHOD /path/with/{id}`.
+    pub name: String,
+    /// Server or client.
+    pub kind: SpanKind,
+    /// When the first request byte was seen (wall clock, ns since the epoch).
+    pub start_time_unix_nano: u64,
+    /// When the last response byte was seen (or the request ended, without a response).
+    pub end_time_unix_nano: u64,
+    /// HTTP attributes under both naming schemes, captured headers and bodies, sensor flags.
+    pub attributes: Attributes,
+}
+
+impl ExchangeRecord {
+    /// A string attribute, if present.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).and_then(AttributeValue::as_str)
+    }
+
+    /// An integer attribute, if present.
+    pub fn attr_int(&self, key: &str) -> Option<i64> {
+        self.attributes.get(key).and_then(AttributeValue::as_int)
+    }
+}
