@@ -1,0 +1,336 @@
+//! Harness of the end-to-end tests: the real sensor binary (real eBPF programs) watching real
+//! Python servers and clients on loopback. Every expectation comes from what the Python side
+//! sent and received, never from earlier sensor output.
+//!
+//! Prerequisites are set up by `cargo xtask setup` (the test command runs it); a missing one is
+//! a test failure with a message saying what to run, never a silent skip.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub mod trace;
+
+/// Panics unless the tests run as root (eBPF needs it).
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load eBPF programs and must run as root: use `cargo xtask test` as root"
+    );
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The sensor binary under test (`SENSOR_BIN`, else `target/release/sensor`).
+pub fn sensor_bin() -> PathBuf {
+    let path = std::env::var_os("SENSOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/sensor"));
+    assert!(
+        path.exists(),
+        "sensor binary {} not found: run `cargo xtask build` (or `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// The test venv's Python (`SENSOR_TEST_PYTHON`, else the venv `cargo xtask setup` makes).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SENSOR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/pysensor/venv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "test Python {} not found: run `cargo xtask setup`",
+        path.display()
+    );
+    path
+}
+
+/// Directory of the Python apps the tests run.
+pub fn apps_dir() -> PathBuf {
+    workspace_root().join("tests/apps")
+}
+
+/// A scratch directory unique to this test process and name.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sensor-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2).
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// A running sensor whose stdout and stderr go to files.
+pub struct Sensor {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// What a stopped sensor printed.
+pub struct SensorOutput {
+    /// Standard output (records).
+    pub stdout: String,
+    /// Standard error (logs).
+    pub stderr: String,
+}
+
+impl SensorOutput {
+    /// The JSONL records on stdout.
+    pub fn records(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+}
+
+impl Sensor {
+    /// Starts `sensor <args>` and waits until it reports that capture is running.
+    pub fn start(name: &str, args: &[&str]) -> Sensor {
+        Self::start_with_env(name, args, &[])
+    }
+
+    /// As [`Sensor::start`], with extra environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Sensor {
+        require_root();
+        let dir = scratch_dir(&format!("sensor-{name}"));
+        let stdout = dir.join("stdout");
+        let stderr = dir.join("stderr");
+        let child = Command::new(sensor_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("SENSOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start the sensor");
+        let mut sensor = Sensor {
+            child,
+            stdout,
+            stderr,
+        };
+        let ready = wait_until(Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(&sensor.stderr).unwrap_or_default();
+            log.contains("sensor running") || log.contains("tracing ")
+        });
+        if !ready {
+            let _ = sensor.child.kill();
+            panic!(
+                "the sensor did not start within 30 s; its log:\n{}",
+                std::fs::read_to_string(&sensor.stderr).unwrap_or_default()
+            );
+        }
+        if let Ok(Some(status)) = sensor.child.try_wait() {
+            panic!("the sensor exited at start with {status}");
+        }
+        sensor
+    }
+
+    /// The sensor's stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The sensor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the sensor with SIGTERM (it flushes what it buffered) and returns its output.
+    pub fn stop(mut self) -> SensorOutput {
+        signal(self.child.id(), libc::SIGTERM);
+        let exited = wait_until(Duration::from_secs(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "the sensor did not stop within 20 s of SIGTERM; its log:\n{}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+        let status = self.child.wait().expect("sensor status");
+        let output = SensorOutput {
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        };
+        assert!(
+            status.success(),
+            "the sensor failed with {status}; its log:\n{}",
+            output.stderr
+        );
+        output
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A Python process speaking a line protocol on stdin/stdout.
+pub struct Py {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Py {
+    /// Starts the test venv's Python with `args` (the first is usually a script in
+    /// [`apps_dir`]), with extra environment variables.
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
+        let mut child = Command::new(python())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("PYTHONUNBUFFERED", "1")
+            .current_dir(apps_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout: ChildStdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Py {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the next output line that starts with `prefix`; returns the rest of it.
+    pub fn expect_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_owned();
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no line starting with {prefix:?} within {timeout:?}",
+                    self.name
+                ),
+            }
+        }
+    }
+
+    /// Sends one line on the process's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to python stdin");
+        stdin.flush().expect("flush python stdin");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.stdin.take();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), libc::SIGTERM);
+            if !wait_until(Duration::from_secs(3), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = self.child.kill();
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Records of one kind (`"server"` or `"client"`) for one process.
+pub fn records_of<'a>(records: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == kind && r["resource"]["process.pid"] == pid)
+        .collect()
+}
+
+/// An attribute of a record.
+pub fn attr<'a>(record: &'a Value, key: &str) -> &'a Value {
+    &record["attributes"][key]
+}
