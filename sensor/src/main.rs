@@ -4,12 +4,12 @@ use anyhow::Result;
 use clap::Parser as _;
 use sensor::{
     check,
-    cli::{Cli, Command, OutputFormat, RunArgs},
+    cli::{Cli, Command, RunArgs},
+    config::{self, ExportTarget, OutputKind, Overrides},
     conntrack::TrackerSettings,
     daemon::{self, DaemonOptions},
     export::StdoutFormat,
     http::HttpSettings,
-    redact::DEFAULT_REDACTED_HEADERS,
     trace,
 };
 use tracing_subscriber::EnvFilter;
@@ -54,20 +54,43 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let format = match args.output {
-        Some(OutputFormat::Jsonl) => StdoutFormat::Jsonl,
-        _ => StdoutFormat::Console,
+    let loaded = config::load_from_process_env(&Overrides::from(&args))?;
+    let config = loaded.config;
+    if !config.enabled {
+        tracing::warn!("the sensor is disabled by configuration (enabled: false / HT_ENABLED=false)");
+        return Ok(());
+    }
+    let format = match config.export_target() {
+        ExportTarget::Local(OutputKind::Jsonl) => StdoutFormat::Jsonl,
+        ExportTarget::Local(OutputKind::Console) | ExportTarget::Nothing => StdoutFormat::Console,
+        ExportTarget::Otlp { url, protocol } => {
+            tracing::warn!(%url, %protocol, "OTLP export is not available in this build; printing to the console");
+            StdoutFormat::Console
+        }
     };
+    let capture = &config.data_capture;
+    let http = HttpSettings {
+        body_max_size: usize::try_from(capture.body_max_size_bytes).unwrap_or(usize::MAX),
+        allowed_content_types: capture.allowed_content_types.clone(),
+        capture_request_headers: capture.http_headers.request,
+        capture_response_headers: capture.http_headers.response,
+        capture_request_body: capture.http_body.request,
+        capture_response_body: capture.http_body.response,
+        ..HttpSettings::default()
+    };
+    let sensor = &config.sensor;
     daemon::run(DaemonOptions {
         pids: args.pids,
         format,
-        http: HttpSettings::default(),
-        tracker: TrackerSettings::default(),
-        redact_headers: DEFAULT_REDACTED_HEADERS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        export_queue: 8192,
+        http,
+        tracker: TrackerSettings {
+            max_connections: sensor.max_connections,
+            idle_timeout_ns: u64::try_from(sensor.idle_timeout().as_nanos()).unwrap_or(u64::MAX),
+            response_timeout_ns: u64::try_from(sensor.response_timeout().as_nanos())
+                .unwrap_or(u64::MAX),
+        },
+        redact_headers: capture.redact_headers.clone(),
+        export_queue: sensor.export_queue_size.max(1024),
     })
     .await
 }
