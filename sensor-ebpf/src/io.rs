@@ -41,16 +41,16 @@ fn enter(fd: u64, direction: Direction, source: DataSource, ptr: u64, count: u64
     if !is_watched(tgid) {
         return Err(Skip::NotTracked);
     }
-    let entry = FDS
+    // Descriptors not (yet) known as connections are remembered too: userspace may adopt a
+    // pre-existing socket while this very call is blocked in it (a keep-alive server waiting for
+    // the next request); the exit then finds the connection and still copies the bytes.
+    let conn_id = FDS
         .get_ptr(SocketKey {
             tgid,
             fd: fd as i32,
         })
-        .ok_or(Skip::NotTracked)?;
-    let conn_id = unsafe { (*entry).conn_id };
-    if conn_id == 0 {
-        return Err(Skip::NotTracked);
-    }
+        .map(|entry| unsafe { (*entry).conn_id })
+        .unwrap_or(0);
     let pending = PendingIo {
         conn_id,
         ptr,
@@ -253,6 +253,18 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     let ret = syscall_ret(ctx);
     if ret <= 0 {
         return Err(Skip::NotTracked);
+    }
+    let mut io = io;
+    if io.conn_id == 0 {
+        let key = SocketKey {
+            tgid: (id >> 32) as u32,
+            fd: io.fd,
+        };
+        io.conn_id = FDS
+            .get_ptr(key)
+            .map(|entry| unsafe { (*entry).conn_id })
+            .filter(|conn_id| *conn_id != 0)
+            .ok_or(Skip::NotTracked)?;
     }
     let total = if SHAPE == MMSG {
         mmsg_total(io.ptr, ret as u64)

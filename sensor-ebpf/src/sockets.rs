@@ -265,12 +265,18 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_accept(ctx: &TracePointContext) -> Outcome {
-    let pending = take_pending().ok_or(Skip::NotTracked)?;
     let fd = syscall_ret(ctx);
+    let tgid = current_tgid();
+    let pending = match take_pending() {
+        Some(pending) => pending,
+        // An accept already blocked when the programs were attached: the connection is still
+        // tracked, its addresses are found by userspace.
+        None if fd >= 0 && is_watched(tgid) => empty_pending(),
+        None => return Err(Skip::NotTracked),
+    };
     if fd < 0 {
         return Err(Skip::NotTracked);
     }
-    let tgid = current_tgid();
     let mut remote = Endpoint::default();
     let mut unix_path = [0u8; UNIX_PATH_MAX];
     read_sockaddr(

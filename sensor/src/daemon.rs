@@ -14,6 +14,7 @@ use crate::{
     enrich::{self, ProcessInfo, ProcessTable, RecordContext, build_record, process},
     export::{Exporter, StdoutFormat},
     http::HttpSettings,
+    metrics::Metrics,
     redact::Redactor,
 };
 
@@ -32,6 +33,8 @@ pub struct DaemonOptions {
     pub redact_headers: Vec<String>,
     /// Records the export queue holds.
     pub export_queue: usize,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Counters of the daemon's own decisions.
@@ -107,8 +110,21 @@ impl Pipeline {
                     capture.set_control(conn_id, control);
                 }
             }
-            CaptureEvent::Open(open) => {
+            CaptureEvent::Open(mut open) => {
                 if self.watched.contains(&open.pid) {
+                    if open.unix_path.is_none() && (open.local.is_none() || open.remote.is_none()) {
+                        // Addresses the kernel could not see (an accept in flight at start):
+                        // the process's socket tables have them.
+                        if let Some(row) = seed::resolve(self.procs.proc_root(), open.pid, open.fd)
+                        {
+                            open.local = open.local.or(row.local);
+                            open.remote = open.remote.or(row.remote);
+                            open.unix_path = open.unix_path.or(row.path);
+                            if open.family == sensor_common::event::Family::Unknown {
+                                open.family = row.family;
+                            }
+                        }
+                    }
                     self.tracker.open(&open, &mut self.completed);
                 }
             }
@@ -285,6 +301,12 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = options.metrics_addr {
+        metrics.clone().serve(addr).await?;
+    }
+    publish_metrics(&metrics, &capture, &pipeline);
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {
@@ -293,6 +315,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.tracker.tick(Clock::monotonic_now(), &mut pipeline.completed);
                 pipeline.flush_completed();
             }
+            _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
             _ = report.tick() => {
                 capture.sweep(|pid| proc_root.join(pid.to_string()).exists());
                 log_counters(&capture, &pipeline);
@@ -314,6 +337,98 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     Ok(())
 }
 
+fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
+    if let Ok(kernel) = capture.counters() {
+        for (name, value) in kernel.named() {
+            metrics.publish(
+                &format!("kernel_{name}"),
+                "kernel-side capture counter",
+                value,
+            );
+        }
+    }
+    metrics.publish(
+        "capture_decode_errors",
+        "ring-buffer records that could not be decoded",
+        capture.decode_errors,
+    );
+    let tracker = pipeline.tracker.stats();
+    for (name, help, value) in [
+        ("connections_opened", "connections tracked", tracker.opened),
+        ("connections_closed", "connections finished", tracker.closed),
+        (
+            "connections_evicted_capacity",
+            "connections evicted at the table cap",
+            tracker.evicted_capacity,
+        ),
+        (
+            "connections_evicted_idle",
+            "connections evicted after the idle timeout",
+            tracker.evicted_idle,
+        ),
+        (
+            "connections_unknown",
+            "data for connections whose open was not seen",
+            tracker.unknown_connection,
+        ),
+        ("stream_gaps", "gaps in captured streams", tracker.gaps),
+        (
+            "stream_gap_bytes",
+            "bytes in gaps of captured streams",
+            tracker.gap_bytes,
+        ),
+        (
+            "stream_overlap_bytes",
+            "overlapping bytes trimmed",
+            tracker.overlap_bytes,
+        ),
+        (
+            "exchanges",
+            "exchange records built",
+            pipeline.stats.records,
+        ),
+        (
+            "unwatched_data",
+            "data records of processes no longer watched",
+            pipeline.stats.unwatched_data,
+        ),
+        (
+            "processes_watched",
+            "processes watched",
+            pipeline.stats.watched,
+        ),
+        (
+            "processes_rejected",
+            "processes discovery did not watch",
+            pipeline.stats.rejected,
+        ),
+    ] {
+        metrics.publish(name, help, value);
+    }
+    let export = pipeline.exporter.stats();
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+    metrics.publish(
+        "export_queued",
+        "records queued for export",
+        load(&export.queued),
+    );
+    metrics.publish(
+        "export_exported",
+        "records exported",
+        load(&export.exported),
+    );
+    metrics.publish(
+        "export_dropped_queue_full",
+        "records dropped because the export queue was full",
+        load(&export.dropped_queue_full),
+    );
+    metrics.publish(
+        "export_failed",
+        "records that failed to export",
+        load(&export.failed),
+    );
+}
+
 fn log_counters(capture: &Capture, pipeline: &Pipeline) {
     let kernel = capture.counters().unwrap_or_default();
     let export = pipeline.exporter.stats();
@@ -324,9 +439,11 @@ fn log_counters(capture: &Capture, pipeline: &Pipeline) {
         connections = pipeline.tracker.len(),
         ringbuf_full = kernel.get(sensor_common::maps::Counter::RingbufFull),
         truncated_bytes = kernel.get(sensor_common::maps::Counter::TruncatedBytes),
-        ignored_connections = kernel.get(sensor_common::maps::Counter::IgnoredOther)
-            + kernel.get(sensor_common::maps::Counter::IgnoredHttp2)
-            + kernel.get(sensor_common::maps::Counter::IgnoredTls),
+        skipped_bytes = kernel.get(sensor_common::maps::Counter::SkippedBytes),
+        sendfile_bytes = kernel.get(sensor_common::maps::Counter::SendfileBytes),
+        ignored_http2 = kernel.get(sensor_common::maps::Counter::IgnoredHttp2),
+        ignored_tls = kernel.get(sensor_common::maps::Counter::IgnoredTls),
+        ignored_other = kernel.get(sensor_common::maps::Counter::IgnoredOther),
         gaps = tracker.gaps,
         evicted = tracker.evicted_capacity + tracker.evicted_idle,
         export_dropped = export

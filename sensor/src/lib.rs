@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod enrich;
 pub mod export;
 pub mod http;
+pub mod metrics;
 pub mod record;
 pub mod redact;
 pub mod trace;

@@ -57,7 +57,9 @@ async fn run(args: RunArgs) -> Result<()> {
     let loaded = config::load_from_process_env(&Overrides::from(&args))?;
     let config = loaded.config;
     if !config.enabled {
-        tracing::warn!("the sensor is disabled by configuration (enabled: false / HT_ENABLED=false)");
+        tracing::warn!(
+            "the sensor is disabled by configuration (enabled: false / HT_ENABLED=false)"
+        );
         return Ok(());
     }
     let format = match config.export_target() {
@@ -91,6 +93,7 @@ async fn run(args: RunArgs) -> Result<()> {
         },
         redact_headers: capture.redact_headers.clone(),
         export_queue: sensor.export_queue_size.max(1024),
+        metrics_addr: sensor.metrics_addr,
     })
     .await
 }

@@ -119,7 +119,7 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
                     Direction::Egress => "out",
                 };
                 let mut line = format!(
-                    "{}.{:09} pid={} fd={} conn={:x} role={} {} {} len={} copied={} off={} via={}",
+                    "{}.{:09} pid={} fd={} conn={:x} role={} {} {} len={} copied={} off={} sys_off={} via={}",
                     ts / 1_000_000_000,
                     ts % 1_000_000_000,
                     chunk.pid,
@@ -131,6 +131,7 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
                     chunk.syscall_len,
                     chunk.payload.len(),
                     chunk.offset,
+                    chunk.syscall_offset,
                     chunk.source.name(),
                 );
                 if let Some(limit) = payload.filter(|_| !chunk.payload.is_empty()) {
@@ -151,6 +152,12 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
+    let counters = capture.counters()?;
+    let summary: Vec<String> = counters
+        .named()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    eprintln!("kernel counters: {}", summary.join(" "));
     Ok(())
 }
 

@@ -23,6 +23,8 @@ pub struct TraceLine {
     pub copied: u64,
     /// Stream offset of the chunk.
     pub offset: u64,
+    /// Stream offset of the syscall's first byte (`len` bytes from there moved).
+    pub syscall_offset: u64,
     /// Syscall family.
     pub via: String,
     /// The (unescaped) payload bytes printed.
@@ -83,6 +85,7 @@ pub fn parse_line(line: &str) -> Option<TraceLine> {
         len: fields.get("len")?.parse().ok()?,
         copied: fields.get("copied")?.parse().ok()?,
         offset: fields.get("off")?.parse().ok()?,
+        syscall_offset: fields.get("sys_off")?.parse().ok()?,
         via: fields.get("via")?.to_string(),
         payload: payload.map(unescape).unwrap_or_default(),
     })
@@ -138,7 +141,7 @@ mod tests {
 
     #[test]
     fn parses_a_chunk_line() {
-        let line = r#"1700000000.000000001 pid=10 fd=4 conn=1f role=server in  127.0.0.1:80->127.0.0.1:5000 len=18 copied=18 off=0 via=rw payload="GET / HTTP/1.1\r\n\x00\"""#;
+        let line = r#"1700000000.000000001 pid=10 fd=4 conn=1f role=server in  127.0.0.1:80->127.0.0.1:5000 len=18 copied=18 off=0 sys_off=0 via=rw payload="GET / HTTP/1.1\r\n\x00\"""#;
         let parsed = parse_line(line).unwrap();
         assert_eq!(parsed.pid, 10);
         assert_eq!(parsed.dir, "in");

@@ -15,13 +15,25 @@ fn command(method: &str, url: &str, headers: Value, body: Option<&str>) -> Strin
 /// request, each exact, with addresses tying the two ends together.
 #[test]
 fn http_server_and_urllib_client_records() {
-    let server = Py::spawn("http_server", &["http_server.py"], &[("HT_SERVICE_NAME", "hello-api")]);
+    let server = Py::spawn(
+        "http_server",
+        &["http_server.py"],
+        &[("HT_SERVICE_NAME", "hello-api")],
+    );
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn("urllib_client", &["urllib_client.py"], &[]);
     client.expect_line("READY", LONG);
     let sensor = Sensor::start(
         "records-basic",
-        &["run", "--pid", &server.pid().to_string(), "--pid", &client.pid().to_string(), "--output", "jsonl"],
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &client.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
     );
     let base = format!("http://127.0.0.1:{port}");
     client.send_line(&command(
@@ -48,12 +60,22 @@ fn http_server_and_urllib_client_records() {
     assert_eq!(clients.len(), 2, "client records: {records:#?}");
 
     let find = |list: &[&Value], method: &str| -> Value {
-        (*list.iter().find(|r| attr(r, "http.method") == method).expect("record by method")).clone()
+        (*list
+            .iter()
+            .find(|r| attr(r, "http.method") == method)
+            .expect("record by method"))
+        .clone()
     };
     let get_server = find(&servers, "GET");
     assert_eq!(get_server["name"], "GET /hello");
     assert_eq!(get_server["resource"]["service.name"], "hello-api");
-    assert_eq!(get_server["resource"]["process.executable.name"].as_str().unwrap().starts_with("python"), true);
+    assert_eq!(
+        get_server["resource"]["process.executable.name"]
+            .as_str()
+            .unwrap()
+            .starts_with("python"),
+        true
+    );
     assert_eq!(attr(&get_server, "http.target"), "/hello?x=1&y=two");
     assert_eq!(attr(&get_server, "url.path"), "/hello");
     assert_eq!(attr(&get_server, "url.query"), "x=1&y=two");
@@ -64,18 +86,30 @@ fn http_server_and_urllib_client_records() {
     assert_eq!(attr(&get_server, "http.user_agent"), "e2e-agent/1.0");
     assert_eq!(attr(&get_server, "user_agent.original"), "e2e-agent/1.0");
     assert_eq!(attr(&get_server, "http.request.header.x-test"), "abc");
-    assert_eq!(attr(&get_server, "http.response.header.x-served-by"), "http_server.py");
+    assert_eq!(
+        attr(&get_server, "http.response.header.x-served-by"),
+        "http_server.py"
+    );
     assert_eq!(attr(&get_server, "http.response.body"), &get["body"]);
     assert_eq!(attr(&get_server, "net.host.port"), port);
     assert_eq!(attr(&get_server, "net.peer.port"), &get["local_port"]);
     assert_eq!(attr(&get_server, "net.peer.ip"), "127.0.0.1");
     assert_eq!(attr(&get_server, "server.address"), "127.0.0.1");
     assert_eq!(attr(&get_server, "server.port"), port);
-    assert!(get_server["start_time_unix_nano"].as_u64().unwrap() <= get_server["end_time_unix_nano"].as_u64().unwrap());
+    assert!(
+        get_server["start_time_unix_nano"].as_u64().unwrap()
+            <= get_server["end_time_unix_nano"].as_u64().unwrap()
+    );
 
     let get_client = find(&clients, "GET");
-    assert_eq!(attr(&get_client, "http.url"), format!("{base}/hello?x=1&y=two").as_str());
-    assert_eq!(attr(&get_client, "url.full"), format!("{base}/hello?x=1&y=two").as_str());
+    assert_eq!(
+        attr(&get_client, "http.url"),
+        format!("{base}/hello?x=1&y=two").as_str()
+    );
+    assert_eq!(
+        attr(&get_client, "url.full"),
+        format!("{base}/hello?x=1&y=two").as_str()
+    );
     assert_eq!(attr(&get_client, "net.peer.port"), port);
     assert_eq!(attr(&get_client, "net.host.port"), &get["local_port"]);
     assert_eq!(attr(&get_client, "http.response.body"), &get["body"]);
@@ -84,9 +118,18 @@ fn http_server_and_urllib_client_records() {
     let post_server = find(&servers, "POST");
     assert_eq!(attr(&post_server, "http.request.body"), post_body);
     assert_eq!(attr(&post_server, "http.response.body"), &post["body"]);
-    assert_eq!(attr(&post_server, "http.request.header.authorization"), "[REDACTED]");
-    assert_eq!(attr(&post_server, "http.request.header.content-type"), "application/json");
-    assert!(!output.stdout.contains("secret-token"), "credentials never leave the host");
+    assert_eq!(
+        attr(&post_server, "http.request.header.authorization"),
+        "[REDACTED]"
+    );
+    assert_eq!(
+        attr(&post_server, "http.request.header.content-type"),
+        "application/json"
+    );
+    assert!(
+        !output.stdout.contains("secret-token"),
+        "credentials never leave the host"
+    );
     let post_client = find(&clients, "POST");
     assert_eq!(attr(&post_client, "http.request.body"), post_body);
     assert_eq!(attr(&post_client, "http.status_code"), 200);

@@ -161,6 +161,24 @@ pub fn socket_fds(proc_root: &Path, pid: u32) -> Vec<(i32, u64)> {
         .collect()
 }
 
+/// What the kernel's tables say of descriptor `fd` of `pid`, if it is a socket.
+pub fn resolve(proc_root: &Path, pid: u32, fd: i32) -> Option<SocketRow> {
+    let target = std::fs::read_link(
+        proc_root
+            .join(pid.to_string())
+            .join("fd")
+            .join(fd.to_string()),
+    )
+    .ok()?;
+    let inode: u64 = target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    socket_tables(proc_root, pid).remove(&inode)
+}
+
 static NEXT_USER_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh userspace connection id (never equal to a kernel one).

@@ -183,13 +183,16 @@ fn app_module(args: &[&str]) -> Option<String> {
             return None;
         }
         let (module, attr) = arg.split_once(':')?;
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.chars().all(|c| {
-                    c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '(' || c == ')'
-                })
+        // Python identifiers (dotted for the module): rules out host:port option values.
+        let identifier = |s: &str| {
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         };
-        (valid(module) && valid(attr)).then(|| module.to_owned())
+        let attr = attr.split('(').next().unwrap_or(attr);
+        (identifier(module) && identifier(attr)).then(|| module.to_owned())
     })
 }
 
