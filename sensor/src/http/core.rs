@@ -71,6 +71,8 @@ pub(super) struct Core {
     pub done: Vec<HttpExchange>,
     /// Set after 101 / CONNECT 2xx.
     pub upgraded: bool,
+    /// The request the upgrade answered (`None`: one the capture never saw).
+    pub upgrade_entry: Option<u64>,
     /// Decide pairings now (closing, expiring, or buffer cap): no more requests are awaited.
     pub force: bool,
     /// No request head can start earlier than this on the request stream.
@@ -90,6 +92,7 @@ impl Core {
             loss_since: None,
             done: Vec::new(),
             upgraded: false,
+            upgrade_entry: None,
             force: false,
             req_horizon: 0,
         }
@@ -243,6 +246,7 @@ impl Core {
     /// after it were never HTTP; any still unanswered before it get no response.
     pub(super) fn upgrade(&mut self, id: Option<u64>) {
         self.upgraded = true;
+        self.upgrade_entry = id;
         let keep = match id {
             Some(id) => id + 1,
             None => self.cursor,

@@ -228,7 +228,7 @@ impl HeadReader {
                 .iter()
                 .position(|&b| b == b'\n')
                 .map_or(rest.len(), |p| p + 1);
-            let room = (max + 1).saturating_sub(self.buf.len());
+            let room = max.saturating_add(1).saturating_sub(self.buf.len());
             let take = upto.min(room);
             self.append(&rest[..take], time);
             i += take;

@@ -447,7 +447,7 @@ impl Side {
             return;
         }
         let (dup, hole) = self.place(core, off, len);
-        let len = len - dup + hole;
+        let len = (len - dup).saturating_add(hole);
         if len == 0 {
             return;
         }
@@ -569,7 +569,7 @@ impl Side {
     /// Applies what the other direction decided: upgrade, pause lifted, pairing possible.
     /// Returns whether the phase changed.
     fn refresh(&mut self, core: &mut Core) -> bool {
-        if core.upgraded && !self.upgraded() {
+        if self.upgrade_due(core) {
             self.enter_upgraded(core);
             return true;
         }
@@ -598,12 +598,30 @@ impl Side {
                 }
                 _ => break,
             }
-            if core.upgraded && !self.upgraded() {
+            if self.upgrade_due(core) {
                 self.enter_upgraded(core);
                 return true;
             }
         }
         changed
+    }
+
+    /// Whether the connection switched protocols and this direction must stop now. The
+    /// request that asked for the switch is read to its end first: its content precedes the
+    /// switch (RFC 9110, 7.8).
+    fn upgrade_due(&self, core: &Core) -> bool {
+        if !core.upgraded || self.upgraded() {
+            return false;
+        }
+        let finishing = !self.is_response()
+            && matches!(self.phase, Phase::Body(_))
+            && self
+                .msg
+                .as_ref()
+                .and_then(|m| m.entry)
+                .zip(core.upgrade_entry)
+                .is_some_and(|(mine, upgraded)| mine <= upgraded);
+        !finishing
     }
 
     fn enter_upgraded(&mut self, core: &mut Core) {
@@ -830,7 +848,10 @@ impl Side {
         let Phase::WaitPair(w) = &self.phase else {
             return false;
         };
-        let cap = core.settings.max_header_bytes + core.settings.body_max_size;
+        let cap = core
+            .settings
+            .max_header_bytes
+            .saturating_add(core.settings.body_max_size);
         let force = self.closed || self.queued > cap;
         let decision = core.decide(w.start_ns, force);
         let entry = match decision {

@@ -741,6 +741,24 @@ fn switching_protocols_ends_http() {
 }
 
 #[test]
+fn upgrade_request_content_is_read_before_the_switch() {
+    let f = fx()
+        .req(
+            b"POST /up HTTP/1.1\r\nUpgrade: h2c\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            100,
+        )
+        .resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x00\x00\x00\x04", 200)
+        .close(300);
+    let (x, stats, upgraded) = check(&f);
+    assert!(upgraded);
+    assert_eq!(x.len(), 1);
+    assert_eq!(x[0].request.as_ref().unwrap().body, kept(b"{\"a\":1}", 7));
+    assert_eq!(x[0].response.as_ref().unwrap().status, 101);
+    assert!(!x[0].incomplete);
+    assert_eq!(stats.upgraded_bytes, 24 + 4);
+}
+
+#[test]
 fn connect_tunnel() {
     let f = fx()
         .req(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n", 100)
