@@ -3,6 +3,7 @@
 //! waits for an output, and what a full queue refuses is counted.
 
 pub mod console;
+pub mod otlp;
 
 use std::sync::{
     Arc,
