@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde_yaml::Value;
 
-use super::{Config, MetricReporterType, OutputKind, Protocol, TraceReporterType};
+use super::{Config, MetricReporterType, OutputKind, Protocol, ServiceOverride, TraceReporterType};
 
 /// One configuration key: its path in the file, default, variables and meaning.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +43,17 @@ enum Setter {
     MetricReporter,
     Output,
     Addr(fn(&mut Config) -> &mut Option<SocketAddr>),
+    /// A number from 0 to 1.
+    Ratio(fn(&mut Config) -> &mut f64),
+    /// A list kept as written (case and all), each entry checked by the function; text is
+    /// split at commas when the flag says so (else it is one entry), or is a JSON list.
+    ExactList(
+        fn(&mut Config) -> &mut Vec<String>,
+        fn(&str) -> Result<(), String>,
+        bool,
+    ),
+    /// `data_capture.service_overrides`.
+    ServiceOverrides,
 }
 
 /// Every configuration key, in the order values of one source are applied.
@@ -167,7 +178,7 @@ pub const KEYS: &[KeyDoc] = &[
         env: "HT_DATA_CAPTURE_BODY_MAX_SIZE_BYTES",
         otel: &[],
         flag: None,
-        description: "Largest number of body bytes recorded per request or response.",
+        description: "Largest number of body bytes recorded per request or response (after redaction); longer bodies are truncated and flagged.",
         setter: Setter::U64(|c| &mut c.data_capture.body_max_size_bytes, 0),
     },
     KeyDoc {
@@ -176,7 +187,7 @@ pub const KEYS: &[KeyDoc] = &[
         env: "HT_DATA_CAPTURE_BODY_MAX_PROCESSING_SIZE_BYTES",
         otel: &[],
         flag: None,
-        description: "Largest number of body bytes buffered per message for processing (e.g. decompression).",
+        description: "Largest number of decoded body bytes buffered per message for processing (decompression, redaction). When body redaction rules are configured, bodies are redacted whole up to this size, then truncated to body_max_size_bytes; a longer body is dropped and flagged (`*.body.redaction_failed`).",
         setter: Setter::U64(|c| &mut c.data_capture.body_max_processing_size_bytes, 0),
     },
     KeyDoc {
@@ -232,6 +243,108 @@ pub const KEYS: &[KeyDoc] = &[
         flag: None,
         description: "Headers whose values are redacted before export (names ignore case); a list, or comma-separated.",
         setter: Setter::List(|c| &mut c.data_capture.redact_headers),
+    },
+    KeyDoc {
+        key: "data_capture.redact_request_body",
+        default: "",
+        env: "HT_DATA_CAPTURE_REDACT_REQUEST_BODY",
+        otel: &[],
+        flag: None,
+        description: "JSONPaths (RFC 9535, e.g. `$.user.email`, `$.users[*].credit_card`) of request-body values replaced by `[REDACTED]`; a matched object or array is replaced whole. A request body that is not valid JSON, or too large to parse, is then dropped and flagged (`http.request.body.redaction_failed`). A list, or comma-separated (a variable starting with `[` is read as a YAML/JSON list).",
+        setter: Setter::ExactList(
+            |c| &mut c.data_capture.redact_request_body,
+            check_json_path,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "data_capture.redact_response_body",
+        default: "",
+        env: "HT_DATA_CAPTURE_REDACT_RESPONSE_BODY",
+        otel: &[],
+        flag: None,
+        description: "JSONPaths of response-body values replaced by `[REDACTED]`, as for requests.",
+        setter: Setter::ExactList(
+            |c| &mut c.data_capture.redact_response_body,
+            check_json_path,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "data_capture.redact_query_params",
+        default: "",
+        env: "HT_DATA_CAPTURE_REDACT_QUERY_PARAMS",
+        otel: &[],
+        flag: None,
+        description: "Query-string parameters (names ignore case) whose values are redacted in `http.target`, `url.query`, `http.url` and `url.full`.",
+        setter: Setter::List(|c| &mut c.data_capture.redact_query_params),
+    },
+    KeyDoc {
+        key: "data_capture.redact_form_fields",
+        default: "",
+        env: "HT_DATA_CAPTURE_REDACT_FORM_FIELDS",
+        otel: &[],
+        flag: None,
+        description: "Fields of `application/x-www-form-urlencoded` bodies (names ignore case) whose values are redacted.",
+        setter: Setter::List(|c| &mut c.data_capture.redact_form_fields),
+    },
+    KeyDoc {
+        key: "data_capture.redact_card_numbers",
+        default: "false",
+        env: "HT_DATA_CAPTURE_REDACT_CARD_NUMBERS",
+        otel: &[],
+        flag: None,
+        description: "Redact payment card numbers (13 to 19 digits, optionally grouped by spaces or dashes, passing the Luhn check) in bodies and query strings.",
+        setter: Setter::Bool(|c| &mut c.data_capture.redact_card_numbers),
+    },
+    KeyDoc {
+        key: "data_capture.redact_emails",
+        default: "false",
+        env: "HT_DATA_CAPTURE_REDACT_EMAILS",
+        otel: &[],
+        flag: None,
+        description: "Redact e-mail addresses in bodies and query strings.",
+        setter: Setter::Bool(|c| &mut c.data_capture.redact_emails),
+    },
+    KeyDoc {
+        key: "data_capture.redact_patterns",
+        default: "",
+        env: "HT_DATA_CAPTURE_REDACT_PATTERNS",
+        otel: &[],
+        flag: None,
+        description: "Regular expressions (Rust `regex` syntax) whose matches in bodies and query strings are redacted. A list; a variable is one expression, or a YAML/JSON list when it starts with `[`.",
+        setter: Setter::ExactList(|c| &mut c.data_capture.redact_patterns, check_regex, false),
+    },
+    KeyDoc {
+        key: "data_capture.exclude_paths",
+        default: "",
+        env: "HT_DATA_CAPTURE_EXCLUDE_PATHS",
+        otel: &[],
+        flag: None,
+        description: "Request paths whose exchanges are not reported (counted): a prefix ending at a segment boundary (`/health` covers `/health/live`, not `/healthz`), or a glob (`*` within a segment, `**` across segments, `?` one character).",
+        setter: Setter::ExactList(
+            |c| &mut c.data_capture.exclude_paths,
+            check_path_pattern,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "data_capture.sampling_ratio",
+        default: "1",
+        env: "HT_DATA_CAPTURE_SAMPLING_RATIO",
+        otel: &[],
+        flag: None,
+        description: "Share of exchanges reported, 0 to 1 (counted); errors (server status >= 500, client status >= 400) are always reported.",
+        setter: Setter::Ratio(|c| &mut c.data_capture.sampling_ratio),
+    },
+    KeyDoc {
+        key: "data_capture.service_overrides",
+        default: "",
+        env: "HT_DATA_CAPTURE_SERVICE_OVERRIDES",
+        otel: &[],
+        flag: None,
+        description: "Per-service settings: a mapping from `service.name` to `data_capture` keys (e.g. `orders: {sampling_ratio: 0.1, http_body: {response: false}}`) applied over the global ones for that service; a variable holds the mapping as YAML/JSON text. Sources merge service by service.",
+        setter: Setter::ServiceOverrides,
     },
     KeyDoc {
         key: "sensor.output",
@@ -304,6 +417,84 @@ pub const KEYS: &[KeyDoc] = &[
         flag: None,
         description: "Longest time a span waits before its batch is sent.",
         setter: Setter::U64(|c| &mut c.sensor.batch_timeout_ms, 1),
+    },
+    KeyDoc {
+        key: "sensor.include.executables",
+        default: "",
+        env: "HT_SENSOR_INCLUDE_EXECUTABLES",
+        otel: &[],
+        flag: None,
+        description: "Watch only discovered processes matching one of these executables: a name (`python3.11`) or a full path (`/opt/venv/bin/python3`). Not applied to `--pid`.",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.include.executables,
+            check_any,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.include.command_lines",
+        default: "",
+        env: "HT_SENSOR_INCLUDE_COMMAND_LINES",
+        otel: &[],
+        flag: None,
+        description: "Watch only discovered processes matching one of these regular expressions (Rust `regex` syntax), searched in the space-separated command line. A list; a variable is one expression, or a YAML/JSON list when it starts with `[`.",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.include.command_lines,
+            check_regex,
+            false,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.include.container_ids",
+        default: "",
+        env: "HT_SENSOR_INCLUDE_CONTAINER_IDS",
+        otel: &[],
+        flag: None,
+        description: "Watch only discovered processes matching one of these container ids (from the process's cgroup), whole or a prefix of at least 12 hex digits.",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.include.container_ids,
+            check_container_id,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.exclude.executables",
+        default: "",
+        env: "HT_SENSOR_EXCLUDE_EXECUTABLES",
+        otel: &[],
+        flag: None,
+        description: "Never watch discovered processes matching one of these executables: a name (`python3.11`) or a full path (`/opt/venv/bin/python3`). Not applied to `--pid`.",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.exclude.executables,
+            check_any,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.exclude.command_lines",
+        default: "",
+        env: "HT_SENSOR_EXCLUDE_COMMAND_LINES",
+        otel: &[],
+        flag: None,
+        description: "Never watch discovered processes matching one of these regular expressions (Rust `regex` syntax), searched in the space-separated command line. A list; a variable is one expression, or a YAML/JSON list when it starts with `[`.",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.exclude.command_lines,
+            check_regex,
+            false,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.exclude.container_ids",
+        default: "",
+        env: "HT_SENSOR_EXCLUDE_CONTAINER_IDS",
+        otel: &[],
+        flag: None,
+        description: "Never watch discovered processes matching one of these container ids (from the process's cgroup), whole or a prefix of at least 12 hex digits.",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.exclude.container_ids,
+            check_container_id,
+            true,
+        ),
     },
 ];
 
@@ -398,8 +589,209 @@ impl KeyDoc {
             }
             Setter::Output => config.sensor.output = parse_scalar(raw, parse_output)?,
             Setter::Addr(field) => *field(config) = parse_scalar(raw, parse_addr)?,
+            Setter::Ratio(field) => *field(config) = parse_scalar(raw, parse_ratio)?,
+            Setter::ExactList(field, check, split) => {
+                let items = parse_exact_list(raw, split)?;
+                for (i, item) in items.iter().enumerate() {
+                    check(item).map_err(|e| format!("item {} ({item:?}): {e}", i + 1))?;
+                }
+                *field(config) = items;
+            }
+            Setter::ServiceOverrides => config
+                .data_capture
+                .service_overrides
+                .extend(parse_service_overrides(raw)?),
         }
         Ok(())
+    }
+}
+
+/// Applies one service's override over `config` (values were checked when loaded; one that
+/// fails now is skipped).
+pub(super) fn apply_override(config: &mut Config, entry: &ServiceOverride) {
+    for (key, value) in &entry.settings {
+        if let Some(doc) = find(key) {
+            let _ = doc.apply(Raw::Yaml(value), config);
+        }
+    }
+}
+
+/// Parses `data_capture.service_overrides`: a mapping from service names to mappings of
+/// `data_capture` keys (either key style), each value checked like the key's own.
+fn parse_service_overrides(raw: Raw<'_>) -> Result<BTreeMap<String, ServiceOverride>, String> {
+    let owned;
+    let value = match raw {
+        Raw::Yaml(v) => v,
+        Raw::Text(s) => {
+            owned = serde_yaml::from_str::<Value>(s).map_err(|e| {
+                format!("expected a mapping of service names to settings (YAML or JSON text): {e}")
+            })?;
+            &owned
+        }
+    };
+    let map = match value {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Mapping(map) => map,
+        other => {
+            return Err(format!(
+                "expected a mapping of service names to settings, got {}",
+                describe_yaml(other)
+            ));
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (service, settings) in map {
+        let service = yaml_scalar_text(service)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| format!("service name {} is not a string", describe_yaml(service)))?;
+        let mut entry = ServiceOverride::default();
+        collect_override(settings, "data_capture", &service, &mut entry)?;
+        out.insert(service.trim().to_string(), entry);
+    }
+    Ok(out)
+}
+
+/// Collects the keys under `prefix` of one service's override mapping.
+fn collect_override(
+    value: &Value,
+    prefix: &str,
+    service: &str,
+    entry: &mut ServiceOverride,
+) -> Result<(), String> {
+    let map = match value {
+        Value::Null => return Ok(()),
+        Value::Mapping(map) => map,
+        other => {
+            return Err(format!(
+                "{service}: expected a mapping of data_capture keys at {prefix}, got {}",
+                describe_yaml(other)
+            ));
+        }
+    };
+    for (k, v) in map {
+        let Some(name) = k.as_str() else {
+            return Err(format!(
+                "{service}: key {} is not a string",
+                describe_yaml(k)
+            ));
+        };
+        let path = format!("{prefix}.{}", super::load::normalise_key(name));
+        let shown = path.strip_prefix("data_capture.").unwrap_or(&path);
+        match find(&path) {
+            Some(doc) if doc.key == "data_capture.service_overrides" => {
+                return Err(format!("{service}: overrides cannot be nested"));
+            }
+            Some(doc) => {
+                let mut scratch = Config::default();
+                doc.apply(Raw::Yaml(v), &mut scratch)
+                    .map_err(|e| format!("{service}.{shown}: {e}"))?;
+                entry.settings.push((doc.key, v.clone()));
+            }
+            None if KEYS
+                .iter()
+                .any(|doc| doc.key.starts_with(&format!("{path}."))) =>
+            {
+                collect_override(v, &path, service, entry)?;
+            }
+            None => return Err(format!("{service}: unknown data_capture key {shown}")),
+        }
+    }
+    Ok(())
+}
+
+/// Parses a share from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, &'static str> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("a number from 0 to 1"),
+    }
+}
+
+/// Parses a list whose entries keep their case: a YAML sequence of scalars, text starting with
+/// `["` (a JSON list), or text split at commas when `split` (else one entry). Entries are
+/// trimmed and de-duplicated; empty entries are dropped.
+fn parse_exact_list(raw: Raw<'_>, split: bool) -> Result<Vec<String>, String> {
+    let text = match raw {
+        Raw::Text(s) => Some(s),
+        Raw::Yaml(Value::String(s)) => Some(s.as_str()),
+        Raw::Yaml(_) => None,
+    };
+    let owned;
+    let raw = match text {
+        Some(s) if s.trim_start().starts_with("[\"") => {
+            owned = serde_yaml::from_str::<Value>(s)
+                .map_err(|e| format!("expected a JSON list of strings: {e}"))?;
+            Raw::Yaml(&owned)
+        }
+        _ => raw,
+    };
+    let text_items = |s: &str| -> Vec<String> {
+        if split {
+            s.split(',').map(str::to_string).collect()
+        } else {
+            vec![s.to_string()]
+        }
+    };
+    let items: Vec<String> = match raw {
+        Raw::Text(s) => text_items(s),
+        Raw::Yaml(Value::String(s)) => text_items(s),
+        Raw::Yaml(Value::Sequence(seq)) => seq
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(i, v)| {
+                yaml_scalar_text(v).ok_or_else(|| {
+                    format!("item {} is {}, expected a string", i + 1, describe_yaml(v))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Raw::Yaml(v) => {
+            return Err(format!(
+                "expected a list or a comma-separated string, got {}",
+                describe_yaml(v)
+            ));
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let item = item.trim().to_string();
+        if !item.is_empty() && !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a JSONPath.
+fn check_json_path(s: &str) -> Result<(), String> {
+    crate::redact::check_json_path(s)
+}
+
+/// Accepts any entry.
+fn check_any(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+/// Checks a container id or prefix: 12 to 64 hex digits.
+fn check_container_id(s: &str) -> Result<(), String> {
+    if (12..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err("expected 12 to 64 hex digits".into())
+    }
+}
+
+/// Checks a regular expression.
+fn check_regex(s: &str) -> Result<(), String> {
+    crate::redact::check_regex(s)
+}
+
+/// Checks a path prefix or glob.
+fn check_path_pattern(s: &str) -> Result<(), String> {
+    if s.starts_with('/') || s.starts_with('*') {
+        Ok(())
+    } else {
+        Err("expected a path starting with / (or a glob starting with *)".to_string())
     }
 }
 

@@ -81,6 +81,42 @@ pub struct DataCapture {
     pub allowed_content_types: Vec<String>,
     /// Header names (lower case) whose values are replaced before export.
     pub redact_headers: Vec<String>,
+    /// JSONPaths (`$.user.email`, `$.users[*].credit_card`) of request-body values replaced
+    /// before export.
+    pub redact_request_body: Vec<String>,
+    /// JSONPaths of response-body values replaced before export.
+    pub redact_response_body: Vec<String>,
+    /// Query-string parameter names (lower case) whose values are replaced before export.
+    pub redact_query_params: Vec<String>,
+    /// Form (`application/x-www-form-urlencoded`) field names (lower case) whose values are
+    /// replaced before export.
+    pub redact_form_fields: Vec<String>,
+    /// Replace payment card numbers (13 to 19 digits passing the Luhn check) in bodies and
+    /// query strings.
+    pub redact_card_numbers: bool,
+    /// Replace e-mail addresses in bodies and query strings.
+    pub redact_emails: bool,
+    /// Regular expressions (Rust `regex` syntax) whose matches in bodies and query strings are
+    /// replaced.
+    pub redact_patterns: Vec<String>,
+    /// Paths whose exchanges are not reported: a prefix ending at a segment boundary
+    /// (`/health` covers `/health` and `/health/live`), or a glob (`*` within a segment, `**`
+    /// across segments, `?` one character).
+    pub exclude_paths: Vec<String>,
+    /// Share of exchanges reported (0 to 1); errors (server status ≥ 500, client status ≥ 400)
+    /// are always reported.
+    pub sampling_ratio: f64,
+    /// Per-service settings (keyed by `service.name`) that override the `data_capture` keys
+    /// above for that service's exchanges.
+    pub service_overrides: BTreeMap<String, ServiceOverride>,
+}
+
+/// The `data_capture` settings one service overrides: canonical key paths (as in [`KEYS`],
+/// all under `data_capture.`) with their YAML values, validated when loaded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceOverride {
+    /// `(key path, value)` pairs, applied in order over the global settings.
+    pub settings: Vec<(&'static str, serde_yaml::Value)>,
 }
 
 /// A request/response pair of switches (agent-config's `Message`).
@@ -111,6 +147,37 @@ pub struct SensorSettings {
     pub batch_max_bytes: usize,
     /// Longest time a span waits before its batch is sent.
     pub batch_timeout_ms: u64,
+    /// Which discovered processes are watched (`sensor.include` / `sensor.exclude`).
+    pub selectors: Selectors,
+}
+
+/// Include and exclude rules of discovery (`--pid` is not subject to them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectors {
+    /// Rules a process must match (any one) to be watched; none means every Python process.
+    pub include: SelectorRules,
+    /// Rules that keep a process unwatched when it matches any one.
+    pub exclude: SelectorRules,
+}
+
+/// One side of [`Selectors`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelectorRules {
+    /// Executable names or full paths (`python3.11`, `/opt/venv/bin/python3`).
+    pub executables: Vec<String>,
+    /// Regular expressions searched in the space-separated command line.
+    pub command_lines: Vec<String>,
+    /// Container ids or their prefixes (12 or more hex digits, as `docker ps` shows them).
+    pub container_ids: Vec<String>,
+}
+
+impl SelectorRules {
+    /// Whether no rule is set.
+    pub fn is_empty(&self) -> bool {
+        self.executables.is_empty()
+            && self.command_lines.is_empty()
+            && self.container_ids.is_empty()
+    }
 }
 
 /// OTLP wire protocol.
@@ -238,6 +305,16 @@ impl Default for DataCapture {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            redact_request_body: Vec::new(),
+            redact_response_body: Vec::new(),
+            redact_query_params: Vec::new(),
+            redact_form_fields: Vec::new(),
+            redact_card_numbers: false,
+            redact_emails: false,
+            redact_patterns: Vec::new(),
+            exclude_paths: Vec::new(),
+            sampling_ratio: 1.0,
+            service_overrides: BTreeMap::new(),
         }
     }
 }
@@ -262,6 +339,7 @@ impl Default for SensorSettings {
             export_queue_size: 2048,
             batch_max_bytes: 3 * 1024 * 1024,
             batch_timeout_ms: 1000,
+            selectors: Selectors::default(),
         }
     }
 }
@@ -316,6 +394,20 @@ impl Config {
                 None => ExportTarget::Local(self.sensor.output),
             },
         }
+    }
+}
+
+impl Config {
+    /// The `data_capture` settings that apply to exchanges of `service`: the global ones with
+    /// the service's entry of `data_capture.service_overrides` applied over them (the result
+    /// has no overrides of its own).
+    pub fn data_capture_for(&self, service: &str) -> DataCapture {
+        let mut config = self.clone();
+        if let Some(entry) = self.data_capture.service_overrides.get(service) {
+            keys::apply_override(&mut config, entry);
+        }
+        config.data_capture.service_overrides.clear();
+        config.data_capture
     }
 }
 

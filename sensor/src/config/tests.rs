@@ -964,3 +964,183 @@ fn key_table_matches_the_schema() {
         assert!(seen.insert(doc.key), "duplicate key {}", doc.key);
     }
 }
+
+#[test]
+fn redaction_and_policy_keys_parse_from_file_and_variables() {
+    let yaml = "\
+dataCapture:
+  redactRequestBody: ['$.user.email', '$.users[*].credit_card']
+  redact_response_body: $.token
+  redactQueryParams: [Token, api_key]
+  redactFormFields: password
+  redactCardNumbers: true
+  redactEmails: true
+  redactPatterns: ['\\d{3,4}-X']
+  excludePaths: [/health, '/internal/**']
+  samplingRatio: 0.5
+  serviceOverrides:
+    orders:
+      samplingRatio: 0.1
+      httpBody: {response: false}
+      redactHeaders: [x-order-secret]
+";
+    let (c, warnings) = Config::from_yaml_str(yaml).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let d = &c.data_capture;
+    assert_eq!(
+        d.redact_request_body,
+        ["$.user.email", "$.users[*].credit_card"]
+    );
+    assert_eq!(d.redact_response_body, ["$.token"]);
+    assert_eq!(d.redact_query_params, ["token", "api_key"]);
+    assert_eq!(d.redact_form_fields, ["password"]);
+    assert!(d.redact_card_numbers && d.redact_emails);
+    assert_eq!(d.redact_patterns, ["\\d{3,4}-X"]);
+    assert_eq!(d.exclude_paths, ["/health", "/internal/**"]);
+    assert_eq!(d.sampling_ratio, 0.5);
+    let orders = c.data_capture_for("orders");
+    assert_eq!(orders.sampling_ratio, 0.1);
+    assert!(!orders.http_body.response && orders.http_body.request);
+    assert_eq!(orders.redact_headers, ["x-order-secret"]);
+    assert_eq!(orders.redact_request_body, d.redact_request_body);
+    assert!(orders.service_overrides.is_empty());
+    let other = c.data_capture_for("billing");
+    assert_eq!(other.sampling_ratio, 0.5);
+
+    // Variables: comma lists, a JSON list, one regex with commas, overrides as YAML text;
+    // a global variable does not undo a service's override.
+    let loaded = load_with(
+        Some(yaml),
+        &[
+            (
+                "HT_DATA_CAPTURE_REDACT_REQUEST_BODY",
+                r#"["$['a','b']", "$.c"]"#,
+            ),
+            ("HT_DATA_CAPTURE_REDACT_RESPONSE_BODY", "$.x,$.y[*].z"),
+            ("HT_DATA_CAPTURE_REDACT_PATTERNS", "[0-9]{2,3}"),
+            ("HT_DATA_CAPTURE_REDACT_HEADERS", "authorization"),
+            ("HT_DATA_CAPTURE_SAMPLING_RATIO", "1"),
+            ("HT_DATA_CAPTURE_EXCLUDE_PATHS", "/metrics"),
+            ("HT_DATA_CAPTURE_REDACT_EMAILS", "false"),
+            (
+                "HT_DATA_CAPTURE_SERVICE_OVERRIDES",
+                r#"{"billing": {"sampling_ratio": 0.2, "exclude_paths": ["/ping"]}}"#,
+            ),
+        ],
+        Overrides::default(),
+    )
+    .unwrap();
+    let c = &loaded.config;
+    let d = &c.data_capture;
+    assert_eq!(d.redact_request_body, ["$['a','b']", "$.c"]);
+    assert_eq!(d.redact_response_body, ["$.x", "$.y[*].z"]);
+    assert_eq!(d.redact_patterns, ["[0-9]{2,3}"]);
+    assert_eq!(d.exclude_paths, ["/metrics"]);
+    assert!(!d.redact_emails);
+    assert_eq!(d.sampling_ratio, 1.0);
+    assert_eq!(c.data_capture_for("orders").sampling_ratio, 0.1);
+    assert_eq!(
+        c.data_capture_for("orders").redact_headers,
+        ["x-order-secret"]
+    );
+    let billing = c.data_capture_for("billing");
+    assert_eq!(billing.sampling_ratio, 0.2);
+    assert_eq!(billing.exclude_paths, ["/ping"]);
+    assert_eq!(billing.redact_headers, ["authorization"]);
+    assert_eq!(
+        loaded.sources.get("data_capture.service_overrides"),
+        Some(&Source::Env("HT_DATA_CAPTURE_SERVICE_OVERRIDES"))
+    );
+}
+
+#[test]
+fn invalid_redaction_and_policy_values_name_their_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "data_capture:\n  redact_request_body: ['$.user[']\n",
+            "data_capture.redact_request_body: item 1 (\"$.user[\")",
+        ),
+        (
+            "data_capture:\n  redact_patterns: ['(unclosed']\n",
+            "data_capture.redact_patterns: item 1",
+        ),
+        (
+            "data_capture:\n  sampling_ratio: 1.5\n",
+            "data_capture.sampling_ratio: expected a number from 0 to 1, got 1.5",
+        ),
+        (
+            "data_capture:\n  exclude_paths: [health]\n",
+            "data_capture.exclude_paths: item 1 (\"health\")",
+        ),
+        (
+            "data_capture:\n  service_overrides:\n    orders: {no_such_key: 1}\n",
+            "data_capture.service_overrides: orders: unknown data_capture key no_such_key",
+        ),
+        (
+            "data_capture:\n  service_overrides:\n    orders: {sampling_ratio: -1}\n",
+            "data_capture.service_overrides: orders.sampling_ratio: expected a number from 0 to 1",
+        ),
+        (
+            "data_capture:\n  service_overrides:\n    orders: {service_overrides: {}}\n",
+            "orders: overrides cannot be nested",
+        ),
+        (
+            "data_capture:\n  service_overrides: [a]\n",
+            "data_capture.service_overrides: expected a mapping",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = load_err(Some(yaml), &[]);
+        assert!(error.contains(expected), "{yaml}: {error}");
+    }
+    let error = load_err(
+        None,
+        &[("HT_DATA_CAPTURE_REDACT_RESPONSE_BODY", "user.email")],
+    );
+    assert!(
+        error.contains("data_capture.redact_response_body")
+            && error.contains("HT_DATA_CAPTURE_REDACT_RESPONSE_BODY"),
+        "{error}"
+    );
+}
+
+#[test]
+fn discovery_selectors_from_file_and_variables() {
+    let file = "\
+sensor:
+  include:
+    executables: [python3.11, /opt/venv/bin/python3]
+    commandLines: ['gunicorn .*app:app', 'uvicorn, with a comma']
+  exclude:
+    container_ids: [3f5e5c0b1d2a]
+";
+    let loaded = load_with(
+        Some(file),
+        &[("HT_SENSOR_EXCLUDE_COMMAND_LINES", "celery worker")],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let selectors = &loaded.config.sensor.selectors;
+    assert_eq!(
+        selectors.include.executables,
+        ["python3.11", "/opt/venv/bin/python3"]
+    );
+    assert_eq!(
+        selectors.include.command_lines,
+        ["gunicorn .*app:app", "uvicorn, with a comma"]
+    );
+    assert_eq!(selectors.exclude.command_lines, ["celery worker"]);
+    assert_eq!(selectors.exclude.container_ids, ["3f5e5c0b1d2a"]);
+    assert!(selectors.include.container_ids.is_empty());
+    assert!(Config::default().sensor.selectors.include.is_empty());
+
+    let bad_regex = load_err(None, &[("HT_SENSOR_INCLUDE_COMMAND_LINES", "(")]);
+    assert!(
+        bad_regex.contains("HT_SENSOR_INCLUDE_COMMAND_LINES"),
+        "{bad_regex}"
+    );
+    let bad_id = load_err(Some("sensor:\n  exclude:\n    container_ids: [abc]\n"), &[]);
+    assert!(bad_id.contains("sensor.exclude.container_ids"), "{bad_id}");
+    assert!(bad_id.contains("12 to 64 hex digits"), "{bad_id}");
+}

@@ -27,6 +27,8 @@ pub struct ProcessInfo {
     pub env: BTreeMap<String, String>,
     /// The service name chosen for the process.
     pub service_name: String,
+    /// The id of the container the process runs in, from its cgroup (resource `container.id`).
+    pub container_id: Option<String>,
 }
 
 impl ProcessInfo {
@@ -52,6 +54,7 @@ impl ProcessInfo {
             argv,
             env,
             service_name,
+            container_id: None,
         }
     }
 
@@ -262,7 +265,9 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
             )
         })
         .unwrap_or_default();
-    Some(ProcessInfo::new(pid, exe, argv, env))
+    let mut info = ProcessInfo::new(pid, exe, argv, env);
+    info.container_id = super::container::container_id(proc_root, pid);
+    Some(info)
 }
 
 /// Keeps the `HT_*` and `OTEL_*` entries of an environment.
@@ -348,6 +353,10 @@ impl ProcessTable {
                 )
             }),
         };
+        let mut info = info;
+        if info.container_id.is_none() {
+            info.container_id = super::container::container_id(&self.proc_root, exec.pid);
+        }
         let info = Arc::new(info);
         self.procs.insert(exec.pid, info.clone());
         info

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use sensor_common::event::Role;
 
-use super::process::ProcessInfo;
+use super::{context, process::ProcessInfo};
 use crate::{
     conntrack::ConnMeta,
     http::{Body, HttpExchange, HttpVersion},
@@ -21,6 +21,12 @@ pub struct RecordContext<'a> {
     pub scheme: &'a str,
     /// Converts the kernel's monotonic nanoseconds to Unix nanoseconds.
     pub to_unix_nanos: &'a dyn Fn(u64) -> u64,
+    /// The exchange's position on its connection (0 first).
+    pub seq: u64,
+    /// For a server exchange: whether its client is a watched process on this host.
+    pub client_watched: bool,
+    /// Fixed for the sensor's lifetime; makes derived ids unique to this host and run.
+    pub salt: u64,
 }
 
 /// The span name: method and path with id-like segments replaced by `{id}`.
@@ -160,6 +166,11 @@ pub fn build_record(
     ctx: &RecordContext<'_>,
 ) -> Option<ExchangeRecord> {
     let request = exchange.request.as_ref()?;
+    if request.method.is_empty() {
+        // A placeholder for a head the parser could not read (cut by a loss, or oversized):
+        // it kept the pairing right, but there is no API call to report.
+        return None;
+    }
     let kind = if meta.role == Role::Client {
         SpanKind::Client
     } else {
@@ -275,6 +286,34 @@ pub fn build_record(
     if incomplete {
         put(&mut attrs, "sensor.incomplete", true);
     }
+    let traceparent = header(&req_headers, "traceparent");
+    let ids = match kind {
+        SpanKind::Client => {
+            let key = meta
+                .local
+                .zip(meta.remote)
+                .map(|(client, server)| context::ExchangeKey {
+                    client,
+                    server,
+                    seq: ctx.seq,
+                });
+            context::client_ids(ctx.salt, key.as_ref(), traceparent)
+        }
+        SpanKind::Server => {
+            let key = meta
+                .remote
+                .zip(meta.local)
+                .map(|(client, server)| context::ExchangeKey {
+                    client,
+                    server,
+                    seq: ctx.seq,
+                });
+            context::server_ids(ctx.salt, key.as_ref(), traceparent, ctx.client_watched)
+        }
+    };
+    if let Some(ids) = ids {
+        ids.write(&mut attrs);
+    }
 
     let mut resource = Attributes::new();
     put(&mut resource, "service.name", process.service_name.as_str());
@@ -290,6 +329,9 @@ pub fn build_record(
         process.command_line(),
     );
     put(&mut resource, "host.name", ctx.host_name);
+    if let Some(id) = &process.container_id {
+        put(&mut resource, "container.id", id.as_str());
+    }
 
     Some(ExchangeRecord {
         resource,
