@@ -12,10 +12,10 @@ use crate::{
     capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed},
     conntrack::{Completed, Tracker, TrackerSettings},
     enrich::{self, ProcessInfo, ProcessTable, RecordContext, build_record, process},
-    export::{Exporter, StdoutFormat},
+    export::{Exporter, StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
     metrics::Metrics,
-    redact::Redactor,
+    redact::{Decision, Policy, parser_settings},
 };
 
 /// What the daemon watches and how it reports.
@@ -23,18 +23,30 @@ use crate::{
 pub struct DaemonOptions {
     /// Processes to watch (with their children); empty means discovery of every Python process.
     pub pids: Vec<u32>,
-    /// Stdout format.
-    pub format: StdoutFormat,
+    /// Where records go.
+    pub output: Output,
     /// HTTP reassembly settings.
     pub http: HttpSettings,
     /// Connection tracking limits.
     pub tracker: TrackerSettings,
-    /// Header names whose values are redacted.
-    pub redact_headers: Vec<String>,
+    /// The configuration whose `data_capture` settings (and per-service overrides) make the
+    /// capture and redaction policy.
+    pub policy: crate::config::Config,
+    /// Where the configuration came from; re-read on SIGHUP.
+    pub config_overrides: crate::config::Overrides,
     /// Records the export queue holds.
     pub export_queue: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Where the daemon sends records.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Printed on stdout.
+    Stdout(StdoutFormat),
+    /// Sent to an OTLP collector.
+    Otlp(Box<OtlpSettings>),
 }
 
 /// Counters of the daemon's own decisions.
@@ -48,6 +60,86 @@ pub struct DaemonStats {
     pub watched: u64,
     /// Processes rejected by discovery (not Python, or opted out).
     pub rejected: u64,
+    /// Connections ignored because their peer is the sensor itself.
+    pub own_traffic: u64,
+}
+
+/// The sensor's own socket addresses (its export connections), so that a watched process
+/// receiving them is not captured.
+#[derive(Default)]
+struct OwnSockets {
+    addrs: HashSet<std::net::SocketAddr>,
+    refreshed: Option<std::time::Instant>,
+}
+
+impl OwnSockets {
+    /// Whether `addr` is one of the sensor's own sockets, re-reading them when the answer may
+    /// be stale (a new export connection is seen by its receiver right after it is made).
+    fn contains(&mut self, addr: std::net::SocketAddr) -> bool {
+        if self.addrs.contains(&addr) {
+            return true;
+        }
+        let stale = self
+            .refreshed
+            .is_none_or(|at| at.elapsed() > Duration::from_millis(20));
+        if stale && is_local(addr.ip()) {
+            self.addrs = own_socket_addrs();
+            self.refreshed = Some(std::time::Instant::now());
+            return self.addrs.contains(&addr);
+        }
+        false
+    }
+}
+
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// Local addresses of this process's TCP sockets.
+fn own_socket_addrs() -> HashSet<std::net::SocketAddr> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(socket_local_addr)
+        .collect()
+}
+
+fn socket_local_addr(fd: i32) -> Option<std::net::SocketAddr> {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out-pointers sized for any address family.
+    let rc = unsafe { libc::getsockname(fd, (&raw mut storage).cast(), &mut len) };
+    if rc != 0 {
+        return None;
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(std::net::SocketAddr::new(
+                ip.into(),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+            Some(std::net::SocketAddr::new(ip, u16::from_be(sin6.sin6_port)))
+        }
+        _ => None,
+    }
 }
 
 /// Everything the event handler needs besides the capture itself.
@@ -55,12 +147,16 @@ pub struct Pipeline {
     procs: ProcessTable,
     tracker: Tracker,
     exporter: Exporter,
-    redactor: Redactor,
+    policy: Policy,
     clock: Clock,
     host_name: String,
     watched: HashSet<u32>,
     discover: bool,
+    /// Discovery's include/exclude rules (`sensor.include`, `sensor.exclude`).
+    selector: enrich::selectors::Selector,
     completed: Vec<Completed>,
+    salt: u64,
+    own: OwnSockets,
     /// Counters.
     pub stats: DaemonStats,
 }
@@ -112,6 +208,19 @@ impl Pipeline {
             }
             CaptureEvent::Open(mut open) => {
                 if self.watched.contains(&open.pid) {
+                    if open.remote.is_some_and(|remote| self.own.contains(remote)) {
+                        // The peer is this sensor (its OTLP export reaching a watched
+                        // receiver): never capture our own traffic.
+                        capture.set_control(
+                            open.conn_id,
+                            sensor_common::maps::ConnControl {
+                                stop: 1,
+                                ..Default::default()
+                            },
+                        );
+                        self.stats.own_traffic += 1;
+                        return;
+                    }
                     if open.unix_path.is_none() && (open.local.is_none() || open.remote.is_none()) {
                         // Addresses the kernel could not see (an accept in flight at start):
                         // the process's socket tables have them.
@@ -185,6 +294,7 @@ impl Pipeline {
         self.discover
             && !info.opted_out()
             && process::is_python(self.procs.proc_root(), info.pid, filename)
+            && self.selector.wants(info)
     }
 
     fn forget_process_sockets(&mut self, capture: &mut Capture, pid: u32, time_ns: u64) {
@@ -192,6 +302,42 @@ impl Pipeline {
             capture.forget_fd(SocketKey { tgid: pid, fd });
         }
         self.tracker.process_exit(pid, time_ns, &mut self.completed);
+    }
+
+    /// SIGHUP: re-reads the configuration and swaps the capture and redaction policy; the
+    /// connections and their state are kept. What the HTTP parser was started with (body
+    /// sizes, body capture, content types) can only widen at a restart.
+    fn reload(&mut self, options: &DaemonOptions) {
+        let loaded = match crate::config::load_from_process_env(&options.config_overrides) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                warn!(%error, "SIGHUP: configuration not reloaded; the previous policy stays");
+                return;
+            }
+        };
+        match Policy::from_config(&loaded.config) {
+            Ok(policy) => {
+                self.policy.replace_rules(policy);
+                let need = parser_settings(&loaded.config, options.http.clone());
+                let have = &options.http;
+                if need.body_max_size > have.body_max_size
+                    || (need.capture_request_body && !have.capture_request_body)
+                    || (need.capture_response_body && !have.capture_response_body)
+                    || need
+                        .allowed_content_types
+                        .iter()
+                        .any(|t| !have.allowed_content_types.contains(t))
+                {
+                    warn!(
+                        "SIGHUP: larger body limits, body capture turned on or new content types take effect at restart"
+                    );
+                }
+                info!("SIGHUP: capture and redaction policy reloaded");
+            }
+            Err(error) => {
+                warn!(%error, "SIGHUP: configuration not reloaded; the previous policy stays")
+            }
+        }
     }
 
     fn flush_completed(&mut self) {
@@ -208,13 +354,23 @@ impl Pipeline {
             };
             let clock = self.clock;
             let to_unix = move |ns: u64| clock.to_unix_nanos(ns);
+            let client_watched = match (done.meta.role, done.meta.local, done.meta.remote) {
+                (sensor_common::event::Role::Server, Some(local), Some(remote)) => {
+                    self.tracker.is_watched_client(remote, local)
+                }
+                _ => false,
+            };
             let ctx = RecordContext {
                 host_name: &self.host_name,
                 scheme: "http",
                 to_unix_nanos: &to_unix,
+                seq: done.seq,
+                client_watched,
+                salt: self.salt,
             };
-            if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx) {
-                self.redactor.apply(&mut record);
+            if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx)
+                && self.policy.process(&mut record) == Decision::Export
+            {
                 self.stats.records += 1;
                 self.exporter.send(record);
             }
@@ -266,17 +422,26 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         discover,
         ring_bytes: 0,
     })?;
-    let exporter = Exporter::stdout(options.format, options.export_queue);
+    let exporter = match &options.output {
+        Output::Stdout(format) => Exporter::stdout(*format, options.export_queue),
+        Output::Otlp(settings) => {
+            info!(url = %settings.url, protocol = %settings.protocol, "exporting spans over OTLP");
+            Exporter::otlp((**settings).clone())?
+        }
+    };
     let mut pipeline = Pipeline {
         procs: ProcessTable::new("/proc"),
         tracker: Tracker::new(Arc::new(options.http.clone()), options.tracker.clone()),
         exporter,
-        redactor: Redactor::new(options.redact_headers.clone()),
+        policy: Policy::from_config(&options.policy).map_err(anyhow::Error::msg)?,
         clock: Clock::now()?,
         host_name: enrich::host_name(),
         watched: HashSet::new(),
         discover,
+        selector: enrich::selectors::Selector::new(&options.policy.sensor.selectors)?,
         completed: Vec::new(),
+        salt: rand::random(),
+        own: OwnSockets::default(),
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");
@@ -286,7 +451,9 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             .filter(|pid| *pid != std::process::id())
             .filter(|pid| {
                 process::read_proc(proc_root, *pid).is_some_and(|info| {
-                    !info.opted_out() && process::is_python(proc_root, *pid, "")
+                    !info.opted_out()
+                        && process::is_python(proc_root, *pid, "")
+                        && pipeline.selector.wants(&info)
                 })
             })
             .collect()
@@ -300,6 +467,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = options.metrics_addr {
@@ -322,6 +490,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sighup.recv() => pipeline.reload(&options),
         }
     }
     info!("stopping: draining capture and flushing buffered exchanges");
@@ -338,6 +507,51 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 }
 
 fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
+    let policy = &pipeline.policy.stats;
+    for (name, help, value) in [
+        (
+            "policy_excluded",
+            "exchanges dropped by a path exclusion",
+            policy.excluded,
+        ),
+        (
+            "policy_sampled_out",
+            "exchanges dropped by sampling",
+            policy.sampled_out,
+        ),
+        (
+            "policy_sampled_in",
+            "exchanges kept by sampling",
+            policy.sampled_in,
+        ),
+        (
+            "policy_errors_kept",
+            "error exchanges kept whatever the sampling",
+            policy.errors_kept,
+        ),
+        (
+            "redacted_values",
+            "values replaced by [REDACTED]",
+            policy.redacted_values,
+        ),
+        (
+            "bodies_redaction_failed",
+            "bodies dropped because they could not be redacted",
+            policy.bodies_redaction_failed,
+        ),
+        (
+            "bodies_truncated",
+            "bodies truncated to body_max_size_bytes after redaction",
+            policy.bodies_truncated,
+        ),
+        (
+            "bodies_not_captured",
+            "bodies removed by per-service capture settings",
+            policy.bodies_not_captured,
+        ),
+    ] {
+        metrics.publish(name, help, value);
+    }
     if let Ok(kernel) = capture.counters() {
         for (name, value) in kernel.named() {
             metrics.publish(
@@ -347,6 +561,17 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
             );
         }
     }
+    let (bpf_time, bpf_runs) = capture.bpf_stats();
+    metrics.publish(
+        "kernel_bpf_run_time_ns",
+        "time spent in the sensor's programs (kernel.bpf_stats_enabled=1)",
+        bpf_time,
+    );
+    metrics.publish(
+        "kernel_bpf_run_count",
+        "runs of the sensor's programs (kernel.bpf_stats_enabled=1)",
+        bpf_runs,
+    );
     metrics.publish(
         "capture_decode_errors",
         "ring-buffer records that could not be decoded",
@@ -401,6 +626,11 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
             "processes_rejected",
             "processes discovery did not watch",
             pipeline.stats.rejected,
+        ),
+        (
+            "own_traffic_connections",
+            "connections ignored because their peer is the sensor itself",
+            pipeline.stats.own_traffic,
         ),
     ] {
         metrics.publish(name, help, value);

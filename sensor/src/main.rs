@@ -7,8 +7,8 @@ use sensor::{
     cli::{Cli, Command, RunArgs},
     config::{self, ExportTarget, OutputKind, Overrides},
     conntrack::TrackerSettings,
-    daemon::{self, DaemonOptions},
-    export::StdoutFormat,
+    daemon::{self, DaemonOptions, Output},
+    export::{StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
     trace,
 };
@@ -54,7 +54,8 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let loaded = config::load_from_process_env(&Overrides::from(&args))?;
+    let overrides = Overrides::from(&args);
+    let loaded = config::load_from_process_env(&overrides)?;
     let config = loaded.config;
     if !config.enabled {
         tracing::warn!(
@@ -62,28 +63,36 @@ async fn run(args: RunArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let format = match config.export_target() {
-        ExportTarget::Local(OutputKind::Jsonl) => StdoutFormat::Jsonl,
-        ExportTarget::Local(OutputKind::Console) | ExportTarget::Nothing => StdoutFormat::Console,
+    let output = match config.export_target() {
+        ExportTarget::Local(OutputKind::Jsonl) => Output::Stdout(StdoutFormat::Jsonl),
+        ExportTarget::Local(OutputKind::Console) => Output::Stdout(StdoutFormat::Console),
+        ExportTarget::Nothing => {
+            tracing::warn!("trace reporter type NONE: captured exchanges are not exported");
+            Output::Stdout(StdoutFormat::Console)
+        }
         ExportTarget::Otlp { url, protocol } => {
-            tracing::warn!(%url, %protocol, "OTLP export is not available in this build; printing to the console");
-            StdoutFormat::Console
+            let mut settings = OtlpSettings::from_config(&config, url, protocol);
+            if let Some(name) = &config.service_name {
+                settings
+                    .extra_resource
+                    .insert("sensor.instance".into(), name.clone());
+            }
+            if let Some(token) = &config.reporting.token {
+                settings
+                    .headers
+                    .entry("authorization".into())
+                    .or_insert(format!("Bearer {token}"));
+            }
+            Output::Otlp(Box::new(settings))
         }
     };
-    let capture = &config.data_capture;
-    let http = HttpSettings {
-        body_max_size: usize::try_from(capture.body_max_size_bytes).unwrap_or(usize::MAX),
-        allowed_content_types: capture.allowed_content_types.clone(),
-        capture_request_headers: capture.http_headers.request,
-        capture_response_headers: capture.http_headers.response,
-        capture_request_body: capture.http_body.request,
-        capture_response_body: capture.http_body.response,
-        ..HttpSettings::default()
-    };
+    // Bodies are kept up to the processing limit and headers always: the policy stage redacts
+    // whole bodies, truncates them and applies the capture switches per service.
+    let http = sensor::redact::parser_settings(&config, HttpSettings::default());
     let sensor = &config.sensor;
     daemon::run(DaemonOptions {
         pids: args.pids,
-        format,
+        output,
         http,
         tracker: TrackerSettings {
             max_connections: sensor.max_connections,
@@ -91,7 +100,8 @@ async fn run(args: RunArgs) -> Result<()> {
             response_timeout_ns: u64::try_from(sensor.response_timeout().as_nanos())
                 .unwrap_or(u64::MAX),
         },
-        redact_headers: capture.redact_headers.clone(),
+        policy: config.clone(),
+        config_overrides: overrides,
         export_queue: sensor.export_queue_size.max(1024),
         metrics_addr: sensor.metrics_addr,
     })

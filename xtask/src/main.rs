@@ -4,6 +4,7 @@
 //! first and acts only when something is missing, so a machine that has everything passes in a
 //! few seconds. A failed step names itself and its fix.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -42,6 +43,9 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
     },
+    /// Set up, build, then measure: parser throughput, and the capture path under a loopback
+    /// load with and without the sensor, side by side (as root).
+    Bench,
 }
 
 /// The workspace root (the parent of this crate).
@@ -140,5 +144,10 @@ fn main() -> Result<()> {
             run(Command::new(binary).args(args))
         }
         Task::Test { fuzz_seconds } => test(fuzz_seconds),
+        Task::Bench => {
+            let env = setup::setup()?;
+            let binary = build()?;
+            bench::bench(&binary, &env.python)
+        }
     }
 }

@@ -327,6 +327,20 @@ impl Capture {
         Ok(KernelCounters { values })
     }
 
+    /// Total run time and run count of the sensor's programs, as the kernel accounts them when
+    /// `kernel.bpf_stats_enabled` is 1 (both 0 otherwise).
+    pub fn bpf_stats(&self) -> (u64, u64) {
+        self._ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok())
+            .fold((0, 0), |(time, count), info| {
+                (
+                    time + u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    count + info.run_count(),
+                )
+            })
+    }
+
     /// File descriptor of the ring buffer (diagnostics).
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()

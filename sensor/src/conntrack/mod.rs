@@ -48,6 +48,8 @@ pub struct ConnMeta {
 pub struct Completed {
     /// The connection it happened on.
     pub meta: Arc<ConnMeta>,
+    /// Its position on the connection: 0 for the first exchange.
+    pub seq: u64,
     /// The exchange.
     pub exchange: HttpExchange,
 }
@@ -101,11 +103,28 @@ struct Conn {
     started: [bool; 2],
     last_seen_ns: u64,
     control: ConnControl,
+    exchanges: u64,
+}
+
+impl Conn {
+    fn take(&mut self, out: &mut Vec<Completed>) {
+        for exchange in self.parser.take_exchanges() {
+            out.push(Completed {
+                meta: self.meta.clone(),
+                seq: self.exchanges,
+                exchange,
+            });
+            self.exchanges += 1;
+        }
+    }
 }
 
 /// The table of live connections.
 pub struct Tracker {
     conns: HashMap<u64, Conn>,
+    /// Client connections of watched processes, by (client end, server end), with the time
+    /// they were last seen: lets a server exchange know that its client is watched too.
+    clients: HashMap<(SocketAddr, SocketAddr), u64>,
     http: Arc<HttpSettings>,
     settings: TrackerSettings,
     stats: TrackerStats,
@@ -116,6 +135,7 @@ impl Tracker {
     pub fn new(http: Arc<HttpSettings>, settings: TrackerSettings) -> Self {
         Tracker {
             conns: HashMap::new(),
+            clients: HashMap::new(),
             http,
             settings,
             stats: TrackerStats::default(),
@@ -163,7 +183,21 @@ impl Tracker {
         self.insert(meta, open.time_ns);
     }
 
+    fn note_client(&mut self, meta: &ConnMeta, now_ns: u64) {
+        if meta.role == Role::Client
+            && let (Some(local), Some(remote)) = (meta.local, meta.remote)
+        {
+            self.clients.insert((local, remote), now_ns);
+        }
+    }
+
+    /// Whether `client -> server` is (or was recently) a connection of a watched process.
+    pub fn is_watched_client(&self, client: SocketAddr, server: SocketAddr) -> bool {
+        self.clients.contains_key(&(client, server))
+    }
+
     fn insert(&mut self, meta: ConnMeta, now_ns: u64) -> &mut Conn {
+        self.note_client(&meta, now_ns);
         let conn_id = meta.conn_id;
         self.conns.entry(conn_id).or_insert_with(|| Conn {
             meta: Arc::new(meta),
@@ -172,6 +206,7 @@ impl Tracker {
             started: [false, false],
             last_seen_ns: now_ns,
             control: ConnControl::default(),
+            exchanges: 0,
         })
     }
 
@@ -259,12 +294,7 @@ impl Tracker {
         } else {
             conn.next[dir] = conn.next[dir].max(offset);
         }
-        for exchange in conn.parser.take_exchanges() {
-            out.push(Completed {
-                meta: conn.meta.clone(),
-                exchange,
-            });
-        }
+        conn.take(out);
         let mut wanted = conn.control;
         for (direction, s) in [
             (
@@ -319,6 +349,8 @@ impl Tracker {
             let meta = Arc::make_mut(&mut conn.meta);
             meta.local = local.or(meta.local);
             meta.remote = remote.or(meta.remote);
+            let (meta, seen) = (meta.clone(), conn.last_seen_ns);
+            self.note_client(&meta, seen);
         }
     }
 
@@ -356,6 +388,20 @@ impl Tracker {
 
     /// Periodic work: response timeouts and idle connections.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
+        const CLIENT_MEMORY_NS: u64 = 60_000_000_000;
+        let live: std::collections::HashSet<(SocketAddr, SocketAddr)> = self
+            .conns
+            .values()
+            .filter_map(|c| Some((c.meta.local?, c.meta.remote?)))
+            .collect();
+        self.clients.retain(|tuple, seen| {
+            live.contains(tuple) || now_ns.saturating_sub(*seen) < CLIENT_MEMORY_NS
+        });
+        for (tuple, seen) in self.clients.iter_mut() {
+            if live.contains(tuple) {
+                *seen = now_ns;
+            }
+        }
         let idle: Vec<u64> = self
             .conns
             .iter()
@@ -371,12 +417,7 @@ impl Tracker {
         for conn in self.conns.values_mut() {
             conn.parser
                 .expire(now_ns, self.settings.response_timeout_ns);
-            for exchange in conn.parser.take_exchanges() {
-                out.push(Completed {
-                    meta: conn.meta.clone(),
-                    exchange,
-                });
-            }
+            conn.take(out);
         }
     }
 
@@ -393,12 +434,7 @@ impl Tracker {
     fn finish(&mut self, mut conn: Conn, time_ns: u64, out: &mut Vec<Completed>) {
         self.stats.closed += 1;
         conn.parser.on_close(time_ns);
-        for exchange in conn.parser.take_exchanges() {
-            out.push(Completed {
-                meta: conn.meta.clone(),
-                exchange,
-            });
-        }
+        conn.take(out);
     }
 }
 
