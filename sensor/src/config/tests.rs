@@ -1144,3 +1144,18 @@ sensor:
     assert!(bad_id.contains("sensor.exclude.container_ids"), "{bad_id}");
     assert!(bad_id.contains("12 to 64 hex digits"), "{bad_id}");
 }
+
+/// The README's configuration table is the generated one: every key, default and variable.
+#[test]
+fn readme_lists_every_key_as_generated() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md next to the workspace");
+    let generated = super::keys_markdown();
+    let table_start = generated.find("| Key").expect("a table");
+    let table = generated[table_start..].trim_end();
+    let table = table.split("\n\n").next().unwrap_or(table);
+    assert!(
+        readme.contains(table),
+        "README.md's configuration table is out of date; paste keys_markdown()'s table"
+    );
+}
