@@ -143,8 +143,9 @@ impl DataSource {
 /// with a mask the verifier understands.
 pub const DATA_CHUNK_MAX: usize = 16 * 1024;
 
-/// Most chunks one syscall is copied into; the rest of a larger transfer is counted, not copied.
-pub const DATA_CHUNKS_PER_SYSCALL: usize = 8;
+/// Most chunks one syscall is copied into (256 KiB: the largest head the parser accepts plus
+/// the default body limit); the rest of a larger transfer is counted, not copied.
+pub const DATA_CHUNKS_PER_SYSCALL: usize = 16;
 
 /// Most iovec entries looked at per vectored syscall.
 pub const IOV_MAX_SCANNED: usize = 16;

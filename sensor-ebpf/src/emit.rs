@@ -1,20 +1,30 @@
 //! Writing records into the ring buffer, and the bounded payload copy.
 //!
 //! A syscall's bytes are copied through the per-CPU `DATA_SCRATCH` record into at most
-//! `DATA_CHUNKS_PER_SYSCALL` ring-buffer records of at most `DATA_CHUNK_MAX` bytes; each record
-//! is written with only its valid payload bytes. Bytes that are not copied (over the bound, or
+//! [`CHUNKS_PER_SYSCALL`] ring-buffer records of at most `DATA_CHUNK_MAX` bytes (at most
+//! [`COPY_BUDGET`] bytes from where copying starts, however they are spread over iovecs); each
+//! record is written with only its valid payload bytes. Bytes that are not copied (over the bound, or
 //! before userspace's skip offset) are counted and show up to userspace as a jump in offsets.
+//!
+//! The bound matters because userspace can only ask to skip a body once it has parsed the head
+//! in front of it: a single syscall carrying a whole message (a head and a large body in one
+//! `send`, `sendmsg([head, body])`, or one large `recv`) must be copied far enough for the
+//! parser to keep a body up to the capture limit. 256 KiB covers the largest head the parser
+//! accepts (64 KiB) plus the default body limit (128 KiB), and asyncio's 256 KiB reads.
 
 use aya_ebpf::helpers::bpf_probe_read_user_buf;
 use sensor_common::{
-    event::{DATA_CHUNK_MAX, DATA_CHUNKS_PER_SYSCALL, DATA_EVENT_HEADER_LEN, DataEvent, EventKind},
+    event::{DATA_CHUNK_MAX, DATA_EVENT_HEADER_LEN, DataEvent, EventKind},
     maps::Counter,
 };
 
 use crate::state::{DATA_SCRATCH, EVENTS, count, header};
 
-/// Chunks copied per iovec entry (vectored syscalls).
-pub const IOV_CHUNKS: usize = 4;
+/// Most chunks one syscall is copied into; the rest of a larger transfer is counted, not copied.
+pub const CHUNKS_PER_SYSCALL: usize = sensor_common::event::DATA_CHUNKS_PER_SYSCALL;
+
+/// Most bytes of one syscall copied (from its first byte, or from userspace's skip offset).
+pub const COPY_BUDGET: u64 = (CHUNKS_PER_SYSCALL * DATA_CHUNK_MAX) as u64;
 
 /// Where one syscall's bytes go: fixed for the syscall, updated as segments are copied.
 pub struct Copy {
@@ -39,7 +49,7 @@ impl Copy {
     /// that lies at or after `copy_from`, while chunks remain.
     #[inline(always)]
     pub fn segment(&mut self, base: u64, seg_offset: u64, seg_len: u64) {
-        for _ in 0..DATA_CHUNKS_PER_SYSCALL {
+        for _ in 0..CHUNKS_PER_SYSCALL {
             if self.step(base, seg_offset, seg_len) {
                 return;
             }
@@ -71,37 +81,10 @@ impl Copy {
         start + n >= seg_end
     }
 
-    /// Copies up to `IOV_CHUNKS` chunks of one iovec segment, counting the rest as truncated.
-    /// Changes no state of `self`, so the verifier merges every path at the caller's next
-    /// iteration (the cost stays linear in the number of iovecs).
+    /// Writes one record of `len` (at most `DATA_CHUNK_MAX`) bytes read from `src`, at stream
+    /// offset `offset`; failures are counted (`ReadFailed`, `RingbufFull`).
     #[inline(always)]
-    pub fn segment_bounded(&self, base: u64, seg_offset: u64, seg_len: u64) {
-        let seg_end = seg_offset + seg_len;
-        let first = if self.copy_from > seg_offset {
-            self.copy_from
-        } else {
-            seg_offset
-        };
-        for k in 0..IOV_CHUNKS {
-            let start = first + (k as u64) * DATA_CHUNK_MAX as u64;
-            if start >= seg_end {
-                return;
-            }
-            let mut n = seg_end - start;
-            if n > DATA_CHUNK_MAX as u64 {
-                n = DATA_CHUNK_MAX as u64;
-            }
-            self.chunk(base + (start - seg_offset), start, n as usize);
-        }
-        let copied_end = first + (IOV_CHUNKS as u64) * DATA_CHUNK_MAX as u64;
-        if seg_end > copied_end {
-            count(Counter::TruncatedBytes, seg_end - copied_end);
-        }
-    }
-
-    /// Writes one record; failures are counted (`ReadFailed`, `RingbufFull`).
-    #[inline(always)]
-    fn chunk(&self, src: u64, offset: u64, len: usize) {
+    pub fn chunk(&self, src: u64, offset: u64, len: usize) {
         let Some(event) = DATA_SCRATCH.get_ptr_mut(0) else {
             return;
         };
@@ -129,14 +112,14 @@ impl Copy {
     /// always learns how far the stream advanced and when; then counts what was not copied.
     #[inline(always)]
     pub fn finish(&self, skipped: u64) {
-        if self.chunks_left == DATA_CHUNKS_PER_SYSCALL as u32 {
-            if let Some(event) = DATA_SCRATCH.get_ptr_mut(0) {
-                // SAFETY: as in `chunk`.
-                let event = unsafe { &mut *event };
-                self.fill_header(event, self.syscall_offset + self.syscall_len);
-                event.len = 0;
-                self.output(event, DATA_EVENT_HEADER_LEN);
-            }
+        if self.chunks_left == CHUNKS_PER_SYSCALL as u32
+            && let Some(event) = DATA_SCRATCH.get_ptr_mut(0)
+        {
+            // SAFETY: as in `chunk`.
+            let event = unsafe { &mut *event };
+            self.fill_header(event, self.syscall_offset + self.syscall_len);
+            event.len = 0;
+            self.output(event, DATA_EVENT_HEADER_LEN);
         }
         count(Counter::SkippedBytes, skipped);
         let end = self.syscall_offset + self.syscall_len;

@@ -11,14 +11,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sensor_common::{
-    event::{DATA_CHUNKS_PER_SYSCALL, DataSource, Direction, EventKind, IOV_MAX_SCANNED},
+    event::{DATA_CHUNK_MAX, DataSource, Direction, EventKind, IOV_MAX_SCANNED},
     maps::{ConnControl, Counter, Protocol, SOCKET_FLAG_MIDSTREAM, SocketKey},
 };
 
 use crate::{
     Outcome, Skip,
     classify::{PEEK_LEN, classify},
-    emit::Copy,
+    emit::{CHUNKS_PER_SYSCALL, COPY_BUDGET, Copy},
     finish,
     state::{
         CONN_CONTROL, CONNS, FDS, PENDING_IO, PendingIo, count, current_tgid, is_watched, pid_tgid,
@@ -33,6 +33,9 @@ const MMSGHDR_SIZE: u64 = 64;
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
 const MMSGHDR_LEN: u64 = 56;
+/// Steps of the iovec copy loop: one per entry opened, one per chunk copied (at most one
+/// partial chunk per entry besides the budget's full ones).
+const IOV_STEPS: usize = 2 * IOV_MAX_SCANNED + CHUNKS_PER_SYSCALL;
 
 /// Remembers a payload syscall on a tracked connection until its exit.
 #[inline(always)]
@@ -347,7 +350,7 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
         syscall_offset: offset,
         syscall_len: total,
         copy_from,
-        chunks_left: DATA_CHUNKS_PER_SYSCALL as u32,
+        chunks_left: CHUNKS_PER_SYSCALL as u32,
         kind: if SHAPE == COUNTED {
             EventKind::Uncopied
         } else {
@@ -367,29 +370,64 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
 }
 
 /// Copies the first `len` bytes spread over an iovec array, starting at stream offset `offset`:
-/// up to `IOV_CHUNKS` chunks per entry, the rest counted as truncated.
+/// from `copy_from` on (userspace's skip offset, else the first byte), at most `COPY_BUDGET`
+/// bytes, whichever entries hold them; the rest is counted as truncated.
+///
+/// One flat loop walks entries and chunks alike, and carries only values the verifier does not
+/// know exactly (stream positions, the entry pointer, the entries left), so the paths that reach
+/// one step merge and the cost stays linear in the number of steps.
 #[inline(always)]
 fn copy_iovecs(copy: &mut Copy, iov: u64, iovcnt: u64, offset: u64, len: u64) {
+    let end = offset + len;
+    let budget_end = copy.copy_from + COPY_BUDGET;
+    let stop = if end < budget_end { end } else { budget_end };
+    let copy_from = copy.copy_from;
+    let mut entries_left = iovcnt;
+    let mut entry = iov;
+    let mut base = 0u64;
     let mut seg_offset = offset;
-    let mut remaining = len;
-    for i in 0..IOV_MAX_SCANNED as u64 {
-        if remaining == 0 || i >= iovcnt {
+    let mut seg_end = offset;
+    let mut pos = offset;
+    for _ in 0..IOV_STEPS {
+        if pos >= stop {
             break;
         }
-        let Some((base, l)) = iovec(iov, i) else {
-            count(Counter::ReadFailed, 1);
-            break;
-        };
-        let seg_len = if l < remaining { l } else { remaining };
-        copy.segment_bounded(base, seg_offset, seg_len);
-        seg_offset += seg_len;
-        remaining -= seg_len;
+        if pos >= seg_end {
+            // The current entry is done (or skipped): on to the next one.
+            if entries_left == 0 {
+                break;
+            }
+            let Some((b, l)) = iovec(entry, 0) else {
+                count(Counter::ReadFailed, 1);
+                break;
+            };
+            entries_left -= 1;
+            entry += 16;
+            base = b;
+            seg_offset = seg_end;
+            let room = end - seg_end;
+            seg_end += if l < room { l } else { room };
+            pos = if copy_from > seg_offset {
+                copy_from
+            } else {
+                seg_offset
+            };
+            continue;
+        }
+        let limit = if seg_end < stop { seg_end } else { stop };
+        let mut n = limit - pos;
+        if n > DATA_CHUNK_MAX as u64 {
+            n = DATA_CHUNK_MAX as u64;
+        }
+        copy.chunk(base + (pos - seg_offset), pos, n as usize);
+        pos += n;
     }
-    if remaining > 0 {
-        count(Counter::TruncatedBytes, remaining);
+    let done = if pos > copy_from { pos } else { copy_from };
+    if end > done {
+        count(Counter::TruncatedBytes, end - done);
     }
     // Nothing is left for `finish` to count: everything was copied or counted above.
-    copy.copy_from = offset + len;
+    copy.copy_from = end;
     copy.chunks_left = 0;
 }
 

@@ -209,10 +209,10 @@ fn try_exit_connect(ctx: &TracePointContext) -> Outcome {
     }
     let tgid = current_tgid();
     let fd = pending.fd_or_domain as i32;
-    if let Some(entry) = FDS.get_ptr(SocketKey { tgid, fd }) {
-        if unsafe { (*entry).kind } == SocketKind::Other as u8 {
-            return Err(Skip::NotTracked);
-        }
+    if let Some(entry) = FDS.get_ptr(SocketKey { tgid, fd })
+        && unsafe { (*entry).kind } == SocketKind::Other as u8
+    {
+        return Err(Skip::NotTracked);
     }
     let (local, remote) = match tuple {
         Some(tuple) => (tuple.local, tuple.remote),
@@ -227,11 +227,11 @@ fn try_exit_connect(ctx: &TracePointContext) -> Outcome {
         &remote,
         Some(&pending.unix_path),
     )?;
-    if tuple.is_none() {
-        if let Some(sk) = sk {
-            // Established later: inet_sock_set_state sends the addresses for this connection.
-            let _ = SK_CONNS.insert(sk, conn_id, 0);
-        }
+    if tuple.is_none()
+        && let Some(sk) = sk
+    {
+        // Established later: inet_sock_set_state sends the addresses for this connection.
+        let _ = SK_CONNS.insert(sk, conn_id, 0);
     }
     Ok(())
 }
@@ -286,20 +286,20 @@ fn try_exit_accept(ctx: &TracePointContext) -> Outcome {
         &mut unix_path,
     );
     let mut family = Family::from_u8(remote.family);
-    if family == Family::Unknown {
-        if let Some(listener) = FDS.get_ptr(SocketKey {
+    if family == Family::Unknown
+        && let Some(listener) = FDS.get_ptr(SocketKey {
             tgid,
             fd: pending.fd_or_domain as i32,
-        }) {
-            family = Family::from_u8(unsafe { (*listener).family });
-        }
+        })
+    {
+        family = Family::from_u8(unsafe { (*listener).family });
     }
     let mut local = Endpoint::default();
-    if family == Family::Inet || family == Family::Inet6 {
-        if let Some(found) = ACCEPT_TUPLES.get_ptr(&remote) {
-            local = unsafe { *found };
-            let _ = ACCEPT_TUPLES.remove(&remote);
-        }
+    if (family == Family::Inet || family == Family::Inet6)
+        && let Some(found) = ACCEPT_TUPLES.get_ptr(remote)
+    {
+        local = unsafe { *found };
+        let _ = ACCEPT_TUPLES.remove(remote);
     }
     // A unix peer's address is almost always unnamed; the listener's path is found by userspace.
     open_conn(tgid, fd as i32, Role::Server, family, &local, &remote, None).map(|_| ())
@@ -506,10 +506,10 @@ fn exit_dup(ctx: &TracePointContext) -> Outcome {
         .get_ptr(SocketKey { tgid, fd: old_fd })
         .map(|e| unsafe { *e })
         .ok_or(Skip::NotTracked)?;
-    if entry.conn_id != 0 {
-        if let Some(conn) = CONNS.get_ptr_mut(entry.conn_id) {
-            unsafe { (*conn).refs += 1 };
-        }
+    if entry.conn_id != 0
+        && let Some(conn) = CONNS.get_ptr_mut(entry.conn_id)
+    {
+        unsafe { (*conn).refs += 1 };
     }
     FDS.insert(
         SocketKey {

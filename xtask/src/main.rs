@@ -101,11 +101,32 @@ fn test(fuzz_seconds: u64) -> Result<()> {
         "clippy",
         "--release",
         "--workspace",
+        "--exclude",
+        "sensor-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))?;
+    // The kernel programs are linted for their own target, as they are built.
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "sensor-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy")))?;
     if !setup::is_root() {
         bail!("the end-to-end tests load eBPF programs: run `cargo xtask test` as root");
     }

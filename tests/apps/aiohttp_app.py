@@ -1,0 +1,59 @@
+"""An aiohttp server for the end-to-end tests, on an OS-chosen loopback port; prints
+"READY <port>" once listening.
+
+GET  /items/{id}?...  -> 200 application/json {"id": id, "query": {...}}, X-Item-Id: <id>
+POST /echo            -> 201, the request body back with the request's content type
+POST /upload          -> 200 application/json {"received": <body length>}
+GET  /big?size=N      -> 200 application/json, a JSON document of exactly N bytes
+"""
+import asyncio
+import json
+
+from aiohttp import web
+
+
+async def item(request):
+    item_id = int(request.match_info["id"])
+    body = json.dumps({"id": item_id, "query": dict(request.query)})
+    return web.Response(text=body, content_type="application/json", headers={"X-Item-Id": str(item_id)})
+
+
+async def echo(request):
+    body = await request.read()
+    return web.Response(body=body, status=201, headers={"Content-Type": request.headers.get("Content-Type", "application/octet-stream")})
+
+
+async def upload(request):
+    body = await request.read()
+    return web.Response(text=json.dumps({"received": len(body)}), content_type="application/json")
+
+
+def document_of_size(size):
+    """A JSON document of exactly `size` bytes (size >= 16)."""
+    head = '{"fill": "'
+    tail = '"}'
+    fill = "".join("abcdefghijklmnopqrstuvwxyz0123456789"[i % 36] for i in range(size - len(head) - len(tail)))
+    return head + fill + tail
+
+
+async def big(request):
+    return web.Response(text=document_of_size(int(request.query["size"])), content_type="application/json")
+
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/items/{id}", item)
+    app.router.add_post("/echo", echo)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print(f"READY {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,19 @@
+"""gunicorn settings for the end-to-end tests: an OS-chosen port on loopback, printed on stdout
+as "READY <port>" once the workers can be started; the worker count comes from GUNICORN_WORKERS
+(default 2, forked sync workers).
+"""
+import os
+
+bind = "127.0.0.1:0"
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+worker_class = "sync"
+loglevel = "warning"
+control_socket_disable = True
+
+
+def when_ready(server):
+    print(f"READY {server.LISTENERS[0].sock.getsockname()[1]}", flush=True)
+
+
+def post_worker_init(worker):
+    print(f"WORKER {os.getpid()}", flush=True)
