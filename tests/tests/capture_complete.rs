@@ -443,3 +443,53 @@ fn dup_and_close_range() {
     }
     client.wait(LONG);
 }
+
+/// Unix-domain stream sockets are captured like TCP (gunicorn behind nginx): a gunicorn bound to
+/// a unix socket serves a raw HTTP client over it.
+#[test]
+fn unix_socket_server() {
+    let venv_bin = python().parent().unwrap().to_path_buf();
+    let dir = scratch_dir("unix");
+    let socket_path = dir.join("app.sock");
+    let mut master = std::process::Command::new(venv_bin.join("gunicorn"))
+        .args([
+            "-w",
+            "1",
+            "-b",
+            &format!("unix:{}", socket_path.display()),
+            "capture_wsgi:app",
+        ])
+        .current_dir(sensor_e2e::apps_dir())
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let master_pid = master.id();
+    assert!(wait_until(LONG, || socket_path.exists()
+        && children(master_pid).len() == 1));
+    let worker = children(master_pid)[0];
+    let sensor = Sensor::start(
+        "unix",
+        &["run", "--pid", &master_pid.to_string(), "--output", "jsonl"],
+    );
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket_path).unwrap();
+        s.write_all(b"GET /over-unix?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()
+    };
+    assert!(body.contains("\"path\": \"/over-unix\""), "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    unsafe { libc::kill(master_pid as i32, libc::SIGTERM) };
+    let _ = master.wait();
+    let records = output.records();
+    let served = records_of(&records, "server", worker);
+    assert_eq!(served.len(), 1, "{records:#?}\n{}", output.stderr);
+    assert_eq!(attr(served[0], "http.target"), "/over-unix?x=1");
+    assert_eq!(attr(served[0], "http.status_code"), 200);
+    assert_eq!(attr(served[0], "http.response.body"), body.as_str());
+}
