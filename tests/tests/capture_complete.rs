@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use sensor_e2e::{Py, Sensor, attr, python, records_of, scratch_dir, trace, wait_until};
+use sensor_e2e::{Py, Sensor, attr, children, python, records_of, scratch_dir, trace, wait_until};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -246,37 +246,27 @@ fn connection_opened_before_the_sensor() {
     client.wait(LONG);
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+/// gunicorn with one sync worker serving `capture_wsgi:app` on `bind`; logs go to `dir`.
+fn gunicorn_capture_app(bind: &str, dir: &std::path::Path) -> std::process::Child {
+    let gunicorn = python().parent().unwrap().join("gunicorn");
+    std::process::Command::new(gunicorn)
+        .args(["-w", "1", "-b", bind, "capture_wsgi:app"])
+        .current_dir(sensor_e2e::apps_dir())
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap())
+        .spawn()
+        .unwrap()
 }
 
 /// A gunicorn worker forked after the sensor started: its very first request is captured.
 #[test]
 fn gunicorn_worker_forked_after_start() {
-    let venv_bin = python().parent().unwrap().to_path_buf();
-    let gunicorn = venv_bin.join("gunicorn");
     let dir = scratch_dir("gunicorn-fork");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut master = std::process::Command::new(&gunicorn)
-        .args([
-            "-w",
-            "1",
-            "-b",
-            &format!("127.0.0.1:{port}"),
-            "capture_wsgi:app",
-        ])
-        .current_dir(sensor_e2e::apps_dir())
-        .stdout(std::fs::File::create(dir.join("out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut master = gunicorn_capture_app(&format!("127.0.0.1:{port}"), &dir);
     let master_pid = master.id();
     assert!(
         wait_until(LONG, || children(master_pid).len() == 1),
@@ -448,22 +438,9 @@ fn dup_and_close_range() {
 /// a unix socket serves a raw HTTP client over it.
 #[test]
 fn unix_socket_server() {
-    let venv_bin = python().parent().unwrap().to_path_buf();
     let dir = scratch_dir("unix");
     let socket_path = dir.join("app.sock");
-    let mut master = std::process::Command::new(venv_bin.join("gunicorn"))
-        .args([
-            "-w",
-            "1",
-            "-b",
-            &format!("unix:{}", socket_path.display()),
-            "capture_wsgi:app",
-        ])
-        .current_dir(sensor_e2e::apps_dir())
-        .stdout(std::fs::File::create(dir.join("out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut master = gunicorn_capture_app(&format!("unix:{}", socket_path.display()), &dir);
     let master_pid = master.id();
     assert!(wait_until(LONG, || socket_path.exists()
         && children(master_pid).len() == 1));

@@ -395,30 +395,7 @@ pub fn find<'a>(records: &[&'a Value], exchange: &Exchange, kind: &str) -> &'a V
     found[0]
 }
 
-/// Child processes of `pid` (from `/proc/*/stat`).
-pub fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
+pub use sensor_e2e::children;
 
 /// Has `client` make one request to `127.0.0.1:port` and returns the exchange it saw, and its
 /// raw RESULT.
