@@ -131,7 +131,15 @@ fn test(fuzz_seconds: u64) -> Result<()> {
         bail!("the end-to-end tests load eBPF programs: run `cargo xtask test` as root");
     }
     run(cargo()
-        .args(["test", "--release", "--workspace", "--", "--test-threads=1"])
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "sensor-ebpf",
+            "--",
+            "--test-threads=1",
+        ])
         .env("SENSOR_BIN", &binary)
         .env("SENSOR_TEST_PYTHON", &env.python))?;
     if fuzz_seconds > 0 {
