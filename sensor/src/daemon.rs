@@ -76,7 +76,7 @@ impl OwnSockets {
     /// Whether `addr` is one of the sensor's own sockets, re-reading them when the answer may
     /// be stale (a new export connection is seen by its receiver right after it is made).
     fn contains(&mut self, addr: std::net::SocketAddr) -> bool {
-        if self.addrs.contains(&addr) {
+        if self.addrs.contains(&addr) || crate::export::is_own_connection(addr) {
             return true;
         }
         let stale = self
@@ -157,6 +157,9 @@ pub struct Pipeline {
     completed: Vec<Completed>,
     salt: u64,
     own: OwnSockets,
+    /// Connections deliberately not tracked (the sensor's own export traffic): records already
+    /// in flight for them are dropped instead of starting an unknown connection.
+    ignored_conns: HashSet<u64>,
     /// Counters.
     pub stats: DaemonStats,
 }
@@ -198,6 +201,9 @@ impl Pipeline {
     fn handle(&mut self, capture: &mut Capture, event: CaptureEvent) {
         match event {
             CaptureEvent::Data(chunk) => {
+                if self.ignored_conns.contains(&chunk.conn_id) {
+                    return;
+                }
                 if !self.watched.contains(&chunk.pid) {
                     self.stats.unwatched_data += 1;
                     return;
@@ -219,6 +225,10 @@ impl Pipeline {
                             },
                         );
                         self.stats.own_traffic += 1;
+                        if self.ignored_conns.len() >= 65_536 {
+                            self.ignored_conns.clear();
+                        }
+                        self.ignored_conns.insert(open.conn_id);
                         return;
                     }
                     if open.unix_path.is_none() && (open.local.is_none() || open.remote.is_none()) {
@@ -237,7 +247,10 @@ impl Pipeline {
                     self.tracker.open(&open, &mut self.completed);
                 }
             }
-            CaptureEvent::Close(close) => self.tracker.close(&close, &mut self.completed),
+            CaptureEvent::Close(close) => {
+                self.ignored_conns.remove(&close.conn_id);
+                self.tracker.close(&close, &mut self.completed);
+            }
             CaptureEvent::Address {
                 conn_id,
                 local,
@@ -354,6 +367,17 @@ impl Pipeline {
             };
             let clock = self.clock;
             let to_unix = move |ns: u64| clock.to_unix_nanos(ns);
+            if done.meta.role == sensor_common::event::Role::Server
+                && done
+                    .meta
+                    .remote
+                    .is_some_and(crate::export::is_own_connection)
+            {
+                // Registered before the export request was written, so this catches what the
+                // open-time check could not (a connection accepted before it was registered).
+                self.stats.own_traffic += 1;
+                continue;
+            }
             let client_watched = match (done.meta.role, done.meta.local, done.meta.remote) {
                 (sensor_common::event::Role::Server, Some(local), Some(remote)) => {
                     self.tracker.is_watched_client(remote, local)
@@ -442,6 +466,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         completed: Vec::new(),
         salt: rand::random(),
         own: OwnSockets::default(),
+        ignored_conns: HashSet::new(),
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");

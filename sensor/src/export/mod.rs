@@ -15,6 +15,29 @@ use tracing::warn;
 
 use crate::record::ExchangeRecord;
 
+/// Local addresses of the connections the exporters opened: a watched process receiving one of
+/// them is the sensor's own export traffic, which is never captured.
+static OWN_CONNECTIONS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Remembers the local address of a connection an exporter opened.
+pub fn register_own_connection(local: std::net::SocketAddr) {
+    let mut own = OWN_CONNECTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if own.len() >= 4096 {
+        own.clear();
+    }
+    own.insert(local);
+}
+
+/// Whether `addr` is the local end of a connection an exporter opened.
+pub fn is_own_connection(addr: std::net::SocketAddr) -> bool {
+    OWN_CONNECTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&addr)
+}
+
 /// How records are written to stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StdoutFormat {

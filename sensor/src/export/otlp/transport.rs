@@ -311,7 +311,10 @@ async fn connect(uri: &Uri) -> io::Result<TcpStream> {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
     match (stream.local_addr(), stream.peer_addr()) {
-        (Ok(local), Ok(peer)) => debug!(%local, %peer, "OTLP export connection opened"),
+        (Ok(local), Ok(peer)) => {
+            crate::export::register_own_connection(local);
+            debug!(%local, %peer, "OTLP export connection opened");
+        }
         _ => debug!(host, port, "OTLP export connection opened"),
     }
     Ok(stream)
