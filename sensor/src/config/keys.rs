@@ -732,34 +732,7 @@ fn parse_exact_list(raw: Raw<'_>, split: bool) -> Result<Vec<String>, String> {
             vec![s.to_string()]
         }
     };
-    let items: Vec<String> = match raw {
-        Raw::Text(s) => text_items(s),
-        Raw::Yaml(Value::String(s)) => text_items(s),
-        Raw::Yaml(Value::Sequence(seq)) => seq
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(i, v)| {
-                yaml_scalar_text(v).ok_or_else(|| {
-                    format!("item {} is {}, expected a string", i + 1, describe_yaml(v))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        Raw::Yaml(v) => {
-            return Err(format!(
-                "expected a list or a comma-separated string, got {}",
-                describe_yaml(v)
-            ));
-        }
-    };
-    let mut out: Vec<String> = Vec::new();
-    for item in items {
-        let item = item.trim().to_string();
-        if !item.is_empty() && !out.contains(&item) {
-            out.push(item);
-        }
-    }
-    Ok(out)
+    collect_items(raw, text_items, |item| item.to_string())
 }
 
 /// Checks a JSONPath.
@@ -977,9 +950,23 @@ fn parse_addr(s: &str) -> Result<Option<SocketAddr>, &'static str> {
 /// Parses a list: a YAML sequence of scalars, or comma-separated text. Entries are trimmed,
 /// lower-cased and de-duplicated; empty entries are dropped.
 fn parse_list(raw: Raw<'_>) -> Result<Vec<String>, String> {
+    collect_items(
+        raw,
+        |s| s.split(',').map(str::to_string).collect(),
+        str::to_ascii_lowercase,
+    )
+}
+
+/// The entries of a list value: a YAML sequence of scalars, or text cut by `text_items`; each
+/// entry trimmed and passed through `normalise`, empty ones dropped, duplicates removed.
+fn collect_items(
+    raw: Raw<'_>,
+    text_items: impl Fn(&str) -> Vec<String>,
+    normalise: impl Fn(&str) -> String,
+) -> Result<Vec<String>, String> {
     let items: Vec<String> = match raw {
-        Raw::Text(s) => s.split(',').map(str::to_string).collect(),
-        Raw::Yaml(Value::String(s)) => s.split(',').map(str::to_string).collect(),
+        Raw::Text(s) => text_items(s),
+        Raw::Yaml(Value::String(s)) => text_items(s),
         Raw::Yaml(Value::Sequence(seq)) => seq
             .iter()
             .enumerate()
@@ -999,7 +986,7 @@ fn parse_list(raw: Raw<'_>) -> Result<Vec<String>, String> {
     };
     let mut out: Vec<String> = Vec::new();
     for item in items {
-        let item = item.trim().to_ascii_lowercase();
+        let item = normalise(item.trim());
         if !item.is_empty() && !out.contains(&item) {
             out.push(item);
         }
