@@ -177,18 +177,13 @@ pub struct DataEvent {
     pub direction: u8,
     /// A [`DataSource`] as `u8`.
     pub source: u8,
-    /// [`DATA_FLAG_LAST_CHUNK`] and friends.
+    /// Reserved for flags (zero).
     pub flags: u8,
     /// Explicit padding (zero).
     pub _pad: [u8; 5],
     /// The captured bytes; only `len` of them are present in the ring-buffer record.
     pub payload: [u8; DATA_CHUNK_MAX],
 }
-
-/// Set on the last record written for one syscall.
-pub const DATA_FLAG_LAST_CHUNK: u8 = 1;
-/// Set when the kernel skipped bytes of this syscall because userspace asked it to.
-pub const DATA_FLAG_SKIPPED: u8 = 2;
 
 /// Size of a [`DataEvent`] without its payload: the fixed part every data record has.
 pub const DATA_EVENT_HEADER_LEN: usize = core::mem::offset_of!(DataEvent, payload);

@@ -6,8 +6,6 @@ pub mod events;
 pub mod layout;
 pub mod seed;
 
-use std::os::fd::AsRawFd;
-
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -257,24 +255,6 @@ impl Capture {
         Ok(())
     }
 
-    /// Adds a descriptor for an already tracked connection (a forked child inherited it).
-    pub fn share_fd(&mut self, key: SocketKey, conn_id: u64) -> Result<()> {
-        let mut state = self.conns.get(&conn_id, 0)?;
-        state.refs += 1;
-        self.conns.insert(conn_id, state, 0)?;
-        self.fds.insert(
-            key,
-            FdEntry {
-                conn_id,
-                kind: sensor_common::maps::SocketKind::Stream as u8,
-                family: state.family,
-                _pad: [0; 6],
-            },
-            0,
-        )?;
-        Ok(())
-    }
-
     /// Tells the kernel what to copy of a connection from now on.
     pub fn set_control(&mut self, conn_id: u64, control: ConnControl) {
         if self.conns.get(&conn_id, 0).is_err() {
@@ -283,15 +263,6 @@ impl Capture {
         if let Err(error) = self.control.insert(conn_id, control, 0) {
             warn!(conn_id, %error, "could not update connection control");
         }
-    }
-
-    /// The descriptors the kernel tracks for `pid`.
-    pub fn fds_of(&self, pid: u32) -> Vec<(SocketKey, FdEntry)> {
-        self.fds
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(k, _)| k.tgid == pid)
-            .collect()
     }
 
     /// Forgets every descriptor of processes that no longer exist (exit records can be lost
@@ -339,11 +310,6 @@ impl Capture {
                     count + info.run_count(),
                 )
             })
-    }
-
-    /// File descriptor of the ring buffer (diagnostics).
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
     }
 }
 
