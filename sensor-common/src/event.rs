@@ -31,6 +31,9 @@ pub enum EventKind {
     /// Both addresses of a client connection became known after its `ConnOpen` (a
     /// non-blocking connect completes later) ([`ConnAddrEvent`]).
     ConnAddress = 10,
+    /// A TLS stream (the plaintext of one OpenSSL `SSL` object) was tied to the socket
+    /// connection carrying its ciphertext ([`TlsBindEvent`]).
+    TlsBind = 11,
 }
 
 impl EventKind {
@@ -47,6 +50,7 @@ impl EventKind {
             8 => Self::Uncopied,
             9 => Self::CloseRange,
             10 => Self::ConnAddress,
+            11 => Self::TlsBind,
             _ => return None,
         })
     }
@@ -110,6 +114,9 @@ pub enum DataSource {
     MultiMsg = 4,
     /// `sendfile`: never copied, counted only.
     Sendfile = 5,
+    /// Plaintext of OpenSSL's `SSL_read`/`SSL_write` (and `_ex`): the record's `conn_id` is a
+    /// TLS stream id (see [`TLS_STREAM_ID_BIT`]).
+    Tls = 6,
 }
 
 impl DataSource {
@@ -122,6 +129,7 @@ impl DataSource {
             3 => Self::Msg,
             4 => Self::MultiMsg,
             5 => Self::Sendfile,
+            6 => Self::Tls,
             _ => return None,
         })
     }
@@ -135,6 +143,7 @@ impl DataSource {
             Self::Msg => "msg",
             Self::MultiMsg => "mmsg",
             Self::Sendfile => "sendfile",
+            Self::Tls => "tls",
         }
     }
 }
@@ -314,6 +323,39 @@ pub struct ConnCloseEvent {
     pub _pad: u32,
 }
 
+/// Ids of TLS streams (one per OpenSSL `SSL` object) have this bit set; socket connection ids
+/// never do. A TLS stream has its own offsets, ids and copy instructions, like a connection.
+pub const TLS_STREAM_ID_BIT: u64 = 1 << 62;
+
+/// How the kernel tied a TLS stream to its socket.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsBinding {
+    /// A socket syscall happened inside an `SSL_*` call of the stream (socket BIO).
+    NestedSyscall = 1,
+    /// The stream's read BIO was fed the exact bytes a `recv` on the socket returned (memory
+    /// BIO, as asyncio uses it).
+    MemoryBio = 2,
+}
+
+/// A TLS stream is carried by a socket connection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsBindEvent {
+    /// Kind [`EventKind::TlsBind`].
+    pub header: EventHeader,
+    /// The TLS stream (its data records carry this id).
+    pub stream_id: u64,
+    /// The socket connection (its `ConnOpen` gave the addresses and role).
+    pub socket_conn_id: u64,
+    /// The OpenSSL `SSL` object's address in the process (diagnostics).
+    pub ssl: u64,
+    /// The socket's descriptor.
+    pub fd: i32,
+    /// A [`TlsBinding`] as `u32`.
+    pub binding: u32,
+}
+
 /// A watched process forked, or a watched process ended.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -396,4 +438,5 @@ const _: () = assert!(DATA_EVENT_HEADER_LEN == 72);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 40 + 48 + UNIX_PATH_MAX + 4);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<TlsBindEvent>() == 56);
 const _: () = assert!(DATA_CHUNK_MAX.is_power_of_two());

@@ -170,10 +170,15 @@ pub enum Counter {
     CopiedBytes = 11,
     /// Bytes not copied because the connection was ignored or stopped.
     IgnoredBytes = 12,
+    /// OpenSSL read/write calls that moved plaintext on a watched process's TLS stream.
+    TlsCalls = 13,
+    /// Ciphertext written into a memory BIO by the application whose bytes matched no recent
+    /// `recv` of a watched socket (the stream cannot be tied to its connection that way).
+    TlsBioUnmatched = 14,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 15;
 
 impl Counter {
     /// Every counter, in index order, for userspace to read and name.
@@ -191,6 +196,8 @@ impl Counter {
         Counter::DataEvents,
         Counter::CopiedBytes,
         Counter::IgnoredBytes,
+        Counter::TlsCalls,
+        Counter::TlsBioUnmatched,
     ];
 
     /// Metric-friendly name.
@@ -209,6 +216,8 @@ impl Counter {
             Counter::DataEvents => "data_events",
             Counter::CopiedBytes => "copied_bytes",
             Counter::IgnoredBytes => "ignored_bytes",
+            Counter::TlsCalls => "tls_calls",
+            Counter::TlsBioUnmatched => "tls_bio_unmatched",
         }
     }
 }

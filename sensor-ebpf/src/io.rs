@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     event::{DATA_CHUNK_MAX, DataSource, Direction, EventKind, IOV_MAX_SCANNED},
-    maps::{ConnControl, Counter, Protocol, SOCKET_FLAG_MIDSTREAM, SocketKey},
+    maps::{ConnControl, ConnState, Counter, Protocol, SOCKET_FLAG_MIDSTREAM, SocketKey},
 };
 
 use crate::{
@@ -21,9 +21,10 @@ use crate::{
     emit::{CHUNKS_PER_SYSCALL, COPY_BUDGET, Copy},
     finish,
     state::{
-        CONN_CONTROL, CONNS, FDS, PENDING_IO, PendingIo, count, current_tgid, is_watched, pid_tgid,
-        syscall_arg, syscall_ret,
+        CIPHER_SEEN, CONN_CONTROL, CONNS, CipherKey, FDS, PENDING_IO, PendingIo, SocketRef, count,
+        current_tgid, is_watched, pid_tgid, syscall_arg, syscall_ret,
     },
+    tls,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -54,6 +55,10 @@ fn enter(fd: u64, direction: Direction, source: DataSource, ptr: u64, count: u64
         })
         .map(|entry| unsafe { (*entry).conn_id })
         .unwrap_or(0);
+    if conn_id != 0 {
+        // A socket call inside an OpenSSL call: that `SSL` object's ciphertext goes here.
+        tls::bind_nested_syscall(tgid, conn_id, fd as i32);
+    }
     let pending = PendingIo {
         conn_id,
         ptr,
@@ -95,14 +100,14 @@ macro_rules! plain_io {
 }
 
 /// How a syscall's buffer is laid out, fixed per program so each verifies only its own path.
-const CONTIGUOUS: u8 = 0;
+pub const CONTIGUOUS: u8 = 0;
 const IOVEC: u8 = 1;
 const MMSG: u8 = 2;
 const COUNTED: u8 = 3;
 
 const fn shape(source: DataSource) -> u8 {
     match source {
-        DataSource::ReadWrite | DataSource::RecvSend => CONTIGUOUS,
+        DataSource::ReadWrite | DataSource::RecvSend | DataSource::Tls => CONTIGUOUS,
         DataSource::Vectored | DataSource::Msg => IOVEC,
         DataSource::MultiMsg => MMSG,
         DataSource::Sendfile => COUNTED,
@@ -277,6 +282,20 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     let conn = CONNS.get_ptr_mut(io.conn_id).ok_or(Skip::NotTracked)?;
     // SAFETY: map value pointer from a successful lookup.
     let conn = unsafe { &mut *conn };
+    deliver::<SHAPE>(conn, &io, total, ret as u64)
+}
+
+/// Accounts `total` bytes moved on a stream (a socket connection, or a TLS stream's plaintext):
+/// advances its offset, classifies it on first use, and copies the bytes (bounded) unless the
+/// stream is ignored, stopped, or inside userspace's skip range. `ret` is the call's return
+/// value (the message count for `*mmsg`).
+#[inline(always)]
+pub fn deliver<const SHAPE: u8>(
+    conn: &mut ConnState,
+    io: &PendingIo,
+    total: u64,
+    ret: u64,
+) -> Outcome {
     let direction = (io.direction & 1) as usize;
     let offset = conn.bytes[direction];
     conn.bytes[direction] = offset + total;
@@ -288,6 +307,9 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     let protocol = Protocol::from_u8(conn.protocol);
     let ignored = matches!(protocol, Protocol::Http2 | Protocol::Tls | Protocol::Other);
     if control.stop != 0 || ignored {
+        if protocol == Protocol::Tls && direction == Direction::Ingress as usize {
+            remember_ciphertext::<SHAPE>(io, total);
+        }
         count(Counter::IgnoredBytes, total);
         return Ok(());
     }
@@ -296,7 +318,7 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     {
         let mut peek = [0u8; PEEK_LEN];
         let mut peeked = 0usize;
-        if let Some((base, len)) = first_buffer::<SHAPE>(&io, total) {
+        if let Some((base, len)) = first_buffer::<SHAPE>(io, total) {
             let mut n = len as usize;
             if n > PEEK_LEN {
                 n = PEEK_LEN;
@@ -309,7 +331,10 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
         }
         let found = classify(&peek, peeked);
         if conn.flags & SOCKET_FLAG_MIDSTREAM != 0 {
-            if found != Protocol::Http1 {
+            // A socket adopted mid-stream waits for an HTTP start, but TLS records mean TLS
+            // (a TLS stream's plaintext is never TLS: it stays waiting).
+            let tls_socket = found == Protocol::Tls && io.source != DataSource::Tls as u8;
+            if found != Protocol::Http1 && !tls_socket {
                 count(Counter::IgnoredBytes, total);
                 return Ok(());
             }
@@ -320,6 +345,9 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
             Protocol::Http1 => conn.protocol = Protocol::Http1 as u8,
             other => {
                 conn.protocol = other as u8;
+                if other == Protocol::Tls && direction == Direction::Ingress as usize {
+                    remember_ciphertext::<SHAPE>(io, total);
+                }
                 count(
                     match other {
                         Protocol::Http2 => Counter::IgnoredHttp2,
@@ -367,6 +395,30 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     }
     copy.finish(skipped);
     Ok(())
+}
+
+/// Remembers the first bytes and length of ciphertext received on a TLS socket, so that a
+/// memory BIO the application then feeds the same bytes can be tied to this socket.
+#[inline(always)]
+fn remember_ciphertext<const SHAPE: u8>(io: &PendingIo, total: u64) {
+    if SHAPE != CONTIGUOUS || total < 16 || total > u64::from(u32::MAX) {
+        return;
+    }
+    // SAFETY: user memory through the checking helper.
+    let Ok(head) = (unsafe { bpf_probe_read_user(io.ptr as *const [u64; 2]) }) else {
+        return;
+    };
+    let key = CipherKey {
+        tgid: current_tgid(),
+        len: total as u32,
+        head,
+    };
+    let socket = SocketRef {
+        conn_id: io.conn_id,
+        fd: io.fd,
+        _pad: 0,
+    };
+    let _ = CIPHER_SEEN.insert(key, socket, 0);
 }
 
 /// Copies the first `len` bytes spread over an iovec array, starting at stream offset `offset`:

@@ -1,7 +1,7 @@
 //! Kernel programs of the sensor.
 //!
-//! Only syscall tracepoints, `sched:*` and `sock:inet_sock_set_state` are used: the kernels we
-//! target have neither kprobes nor BPF trampolines, and Rust eBPF has no CO-RE, so all state is
+//! Only syscall tracepoints, `sched:*`, `sock:inet_sock_set_state` and uprobes on OpenSSL are
+//! used: the kernels we target have neither kprobes nor BPF trampolines, and Rust eBPF has no CO-RE, so all state is
 //! tracked from syscall arguments and return values rather than kernel structs.
 //!
 //! Layout, one module per concern:
@@ -12,7 +12,8 @@
 //!   close, close_range);
 //! - [`io`]: payload-carrying syscalls (read/write family, vectored, msg, mmsg, sendfile);
 //! - [`process`]: fork, exec and exit of watched processes;
-//! - [`tcp`]: the addresses of new TCP connections from `inet_sock_set_state`.
+//! - [`tcp`]: the addresses of new TCP connections from `inet_sock_set_state`;
+//! - [`tls`]: OpenSSL uprobes: TLS plaintext, and the socket each `SSL` object uses.
 #![no_std]
 #![no_main]
 
@@ -23,6 +24,7 @@ mod process;
 mod sockets;
 mod state;
 mod tcp;
+mod tls;
 
 /// Reasons a program gave up early; they only decide the return value, every loss that matters
 /// is counted in `COUNTERS` where it happens.

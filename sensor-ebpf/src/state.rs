@@ -78,6 +78,80 @@ pub static ACCEPT_TUPLES: LruHashMap<Endpoint, Endpoint> = LruHashMap::with_max_
 #[map]
 pub static CLONE_FLAGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
+/// The OpenSSL call each thread of a watched process is inside, by thread.
+#[map]
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// One TLS stream per OpenSSL `SSL` object of a watched process.
+#[map]
+pub static TLS_STREAMS: LruHashMap<TlsKey, TlsStream> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Recent ciphertext received on watched sockets, by its first bytes and length: lets a memory
+/// BIO fed those exact bytes be tied to the socket.
+#[map]
+pub static CIPHER_SEEN: LruHashMap<CipherKey, SocketRef> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The socket each memory BIO of a watched process was seen to carry, by BIO.
+#[map]
+pub static BIO_SOCKETS: LruHashMap<TlsKey, SocketRef> = LruHashMap::with_max_entries(65_536, 0);
+
+/// An OpenSSL call in progress on a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The caller's buffer (0 for a handshake).
+    pub buf: u64,
+    /// `_ex` variants: where the byte count is written (0 for the plain variants).
+    pub count_ptr: u64,
+    /// A `Direction` as `u8`.
+    pub direction: u8,
+    /// Non-zero for `SSL_do_handshake` (no payload).
+    pub handshake: u8,
+    pub _pad: [u8; 6],
+}
+
+/// An object (`SSL *` or `BIO *`) in a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ptr: u64,
+}
+
+/// A TLS stream: its plaintext offsets and classification, and its socket once known.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsStream {
+    /// `conn_id` is the stream id (with `TLS_STREAM_ID_BIT`); `refs` is unused.
+    pub state: ConnState,
+    /// The socket connection carrying the ciphertext; 0 until bound.
+    pub socket_conn_id: u64,
+    /// The socket's descriptor; -1 until bound.
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+/// The first bytes and length of a `recv` result.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CipherKey {
+    pub tgid: u32,
+    pub len: u32,
+    pub head: [u64; 2],
+}
+
+/// A socket connection and its descriptor.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SocketRef {
+    pub conn_id: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
 /// A payload syscall in flight.
 #[repr(C)]
 #[derive(Clone, Copy)]

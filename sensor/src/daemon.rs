@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
 use crate::{
-    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed},
+    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed, tls},
     conntrack::{Completed, Tracker, TrackerSettings},
     enrich::{self, ProcessInfo, ProcessTable, RecordContext, build_record, process},
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
@@ -160,6 +160,8 @@ pub struct Pipeline {
     /// Connections deliberately not tracked (the sensor's own export traffic): records already
     /// in flight for them are dropped instead of starting an unknown connection.
     ignored_conns: HashSet<u64>,
+    /// OpenSSL symbol tables already read.
+    tls_symbols: tls::SymbolCache,
     /// Counters.
     pub stats: DaemonStats,
 }
@@ -182,6 +184,7 @@ impl Pipeline {
                 "watching process"
             );
         }
+        self.probe_tls(capture, pid);
         let now = Clock::monotonic_now();
         for adoption in seed::adoptions(self.procs.proc_root(), pid, now) {
             if let Err(error) = capture.adopt(adoption.key, adoption.entry, adoption.state) {
@@ -195,7 +198,29 @@ impl Pipeline {
 
     fn unwatch(&mut self, capture: &mut Capture, pid: u32) {
         capture.unwatch(pid);
+        capture.detach_tls(pid);
         self.watched.remove(&pid);
+    }
+
+    /// Probes the OpenSSL a watched process has mapped or would load (new files only).
+    fn probe_tls(&mut self, capture: &mut Capture, pid: u32) {
+        let libraries = tls::libraries(self.procs.proc_root(), pid, &mut self.tls_symbols);
+        let known = capture.tls_libraries(pid);
+        if libraries.iter().all(|l| known.contains(&l.id)) {
+            return;
+        }
+        let attached = capture.attach_tls(pid, &libraries);
+        if attached > 0 {
+            debug!(pid, files = attached, "OpenSSL probed");
+        }
+    }
+
+    /// Periodic: libraries a watched process mapped from places not probed in advance.
+    fn rescan_tls(&mut self, capture: &mut Capture) {
+        let pids: Vec<u32> = self.watched.iter().copied().collect();
+        for pid in pids {
+            self.probe_tls(capture, pid);
+        }
     }
 
     fn handle(&mut self, capture: &mut Capture, event: CaptureEvent) {
@@ -251,6 +276,22 @@ impl Pipeline {
                 self.ignored_conns.remove(&close.conn_id);
                 self.tracker.close(&close, &mut self.completed);
             }
+            CaptureEvent::TlsBind(bind) => {
+                if self.ignored_conns.contains(&bind.socket_conn_id) {
+                    // TLS inside the sensor's own export connection: not captured either.
+                    capture.set_control(
+                        bind.stream_id,
+                        sensor_common::maps::ConnControl {
+                            stop: 1,
+                            ..Default::default()
+                        },
+                    );
+                    self.ignored_conns.insert(bind.stream_id);
+                    self.tracker.forget(bind.stream_id, bind.time_ns, &mut Vec::new());
+                    return;
+                }
+                self.tracker.bind_tls(&bind, &mut self.completed);
+            }
             CaptureEvent::Address {
                 conn_id,
                 local,
@@ -261,6 +302,7 @@ impl Pipeline {
             CaptureEvent::Fork { pid, child, .. } => {
                 if self.watched.contains(&pid) && self.watched.insert(child) {
                     self.procs.fork(pid, child);
+                    self.probe_tls(capture, child);
                     debug!(parent = pid, child, "watching forked child");
                 }
             }
@@ -269,6 +311,11 @@ impl Pipeline {
                 let info = self.procs.exec(&exec);
                 // Sockets are close-on-exec in Python: the old program's connections are over.
                 self.forget_process_sockets(capture, exec.pid, exec.time_ns);
+                // The new program maps its own libraries.
+                capture.detach_tls(exec.pid);
+                if self.watched.contains(&exec.pid) {
+                    self.probe_tls(capture, exec.pid);
+                }
                 if exec.watch_state == WatchState::Pending as u32 {
                     if self.wanted(&info, &exec.filename) {
                         self.watch(capture, exec.pid);
@@ -296,6 +343,7 @@ impl Pipeline {
                 self.tracker.process_exit(pid, time_ns, &mut self.completed);
                 self.flush_completed();
                 self.forget_process_sockets(capture, pid, time_ns);
+                capture.detach_tls(pid);
                 self.watched.remove(&pid);
                 self.procs.remove(pid);
             }
@@ -386,7 +434,7 @@ impl Pipeline {
             };
             let ctx = RecordContext {
                 host_name: &self.host_name,
-                scheme: "http",
+                scheme: if done.meta.tls { "https" } else { "http" },
                 to_unix_nanos: &to_unix,
                 seq: done.seq,
                 client_watched,
@@ -467,6 +515,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         salt: rand::random(),
         own: OwnSockets::default(),
         ignored_conns: HashSet::new(),
+        tls_symbols: tls::SymbolCache::default(),
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");
@@ -501,6 +550,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     publish_metrics(&metrics, &capture, &pipeline);
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
+    let mut rescan = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => result?,
@@ -509,6 +559,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.flush_completed();
             }
             _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
+            _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
             _ = report.tick() => {
                 capture.sweep(|pid| proc_root.join(pid.to_string()).exists());
                 log_counters(&capture, &pipeline);

@@ -7,7 +7,7 @@ use sensor_common::event::Direction;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed},
+    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed, tls},
     daemon::with_descendants,
 };
 
@@ -74,8 +74,11 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
     let mut capture = Capture::load(&CaptureOptions::default())?;
     let clock = Clock::now()?;
     let mut conns: HashMap<u64, ConnView> = HashMap::new();
+    let mut symbols = tls::SymbolCache::default();
     for pid in with_descendants(Path::new("/proc"), pids) {
         capture.watch(pid)?;
+        let libraries = tls::libraries(Path::new("/proc"), pid, &mut symbols);
+        capture.attach_tls(pid, &libraries);
         for adoption in seed::adoptions(Path::new("/proc"), pid, 0) {
             if capture
                 .adopt(adoption.key, adoption.entry, adoption.state)
@@ -106,6 +109,12 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
             }
             CaptureEvent::Close(c) => {
                 conns.remove(&c.conn_id);
+            }
+            CaptureEvent::TlsBind(bind) => {
+                // A TLS stream's plaintext is shown with its socket's ends.
+                if let Some(view) = conns.get(&bind.socket_conn_id).cloned() {
+                    conns.insert(bind.stream_id, view);
+                }
             }
             CaptureEvent::Data(chunk) => {
                 let view = conns.get(&chunk.conn_id).cloned().unwrap_or_default();

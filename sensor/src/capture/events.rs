@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use sensor_common::event::{
     CloseRangeEvent, ConnAddrEvent, ConnCloseEvent, ConnEvent, DATA_EVENT_HEADER_LEN, DataEvent,
     DataSource, Direction, EXEC_ARG_ENV, Endpoint, EventHeader, EventKind, ExecArgEvent, ExecEvent,
-    Family, ProcessEvent, Role,
+    Family, ProcessEvent, Role, TlsBindEvent, TlsBinding,
 };
 
 /// One decoded kernel record.
@@ -34,6 +34,8 @@ pub enum CaptureEvent {
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
     },
+    /// A TLS stream's ciphertext travels over a socket connection.
+    TlsBind(TlsBind),
     /// A watched process closed the descriptors `first..=last` at once.
     CloseRange {
         pid: u32,
@@ -115,6 +117,23 @@ pub struct ConnClose {
     pub conn_id: u64,
     /// Total bytes received and sent over the connection's life.
     pub bytes: [u64; 2],
+}
+
+/// A TLS stream (one OpenSSL `SSL` object's plaintext) tied to its socket connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsBind {
+    /// Owning process.
+    pub pid: u32,
+    /// Monotonic time.
+    pub time_ns: u64,
+    /// The TLS stream's id (its data records carry it).
+    pub stream_id: u64,
+    /// The socket connection carrying the ciphertext.
+    pub socket_conn_id: u64,
+    /// The socket's descriptor.
+    pub fd: i32,
+    /// How the kernel knew.
+    pub binding: TlsBinding,
 }
 
 /// A successful `execve`.
@@ -264,6 +283,21 @@ pub fn decode(bytes: &[u8]) -> Result<CaptureEvent, DecodeError> {
                 local: endpoint_addr(&event.local),
                 remote: endpoint_addr(&event.remote),
             }
+        }
+        EventKind::TlsBind => {
+            let event: TlsBindEvent = read(bytes)?;
+            CaptureEvent::TlsBind(TlsBind {
+                pid: header.tgid,
+                time_ns: header.timestamp_ns,
+                stream_id: event.stream_id,
+                socket_conn_id: event.socket_conn_id,
+                fd: event.fd,
+                binding: match event.binding {
+                    1 => TlsBinding::NestedSyscall,
+                    2 => TlsBinding::MemoryBio,
+                    _ => return Err(DecodeError::Invalid),
+                },
+            })
         }
         EventKind::CloseRange => {
             let event: CloseRangeEvent = read(bytes)?;

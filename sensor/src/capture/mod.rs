@@ -5,12 +5,16 @@
 pub mod events;
 pub mod layout;
 pub mod seed;
+pub mod tls;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
 use sensor_common::{
     maps::{
@@ -19,6 +23,7 @@ use sensor_common::{
     },
     settings::Settings,
 };
+use std::collections::HashMap as StdHashMap;
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
@@ -116,8 +121,23 @@ pub struct Capture {
     conns: HashMap<MapData, u64, ConnState>,
     control: HashMap<MapData, u64, ConnControl>,
     counters: PerCpuArray<MapData, u64>,
+    /// Whether the OpenSSL probes loaded (uprobes work here).
+    tls_loaded: bool,
+    /// OpenSSL probes attached, by process.
+    tls_probes: StdHashMap<u32, ProcessProbes>,
     /// Records that could not be decoded.
     pub decode_errors: u64,
+    /// OpenSSL probe attachments that failed.
+    pub tls_attach_errors: u64,
+}
+
+/// The OpenSSL probes attached for one process.
+#[derive(Default)]
+struct ProcessProbes {
+    /// Files probed, by identity.
+    libraries: Vec<(u64, u64)>,
+    /// Links, by program name, to detach when the process goes.
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 impl Capture {
@@ -156,6 +176,7 @@ impl Capture {
                 .attach(category, name)
                 .with_context(|| format!("attaching {program} to {category}:{name}"))?;
         }
+        let tls_loaded = load_tls_programs(&mut ebpf);
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED_PROCESSES)?)?;
         let fds = HashMap::try_from(take(&mut ebpf, names::FDS)?)?;
@@ -164,6 +185,7 @@ impl Capture {
         let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)?;
         info!(
             programs = TRACEPOINTS.len(),
+            openssl_probes = tls_loaded,
             discover = options.discover,
             "capture attached"
         );
@@ -177,7 +199,10 @@ impl Capture {
             conns,
             control,
             counters,
+            tls_loaded,
+            tls_probes: StdHashMap::new(),
             decode_errors: 0,
+            tls_attach_errors: 0,
         })
     }
 
@@ -255,9 +280,71 @@ impl Capture {
         Ok(())
     }
 
-    /// Tells the kernel what to copy of a connection from now on.
+    /// Probes the OpenSSL functions of `libraries` for process `pid` (each file once; the probes
+    /// fire for that process only). Returns how many files were newly probed.
+    pub fn attach_tls(&mut self, pid: u32, libraries: &[tls::TlsLibrary]) -> usize {
+        let Some(scope) = std::num::NonZeroU32::new(pid).map(UProbeScope::OneProcess) else {
+            return 0;
+        };
+        if !self.tls_loaded {
+            return 0;
+        }
+        let mut attached = 0;
+        for library in libraries {
+            let probes = self.tls_probes.entry(pid).or_default();
+            if probes.libraries.contains(&library.id) {
+                continue;
+            }
+            probes.libraries.push(library.id);
+            attached += 1;
+            for (function, offset) in library.functions.iter() {
+                let programs = std::iter::once(function.entry_program())
+                    .chain(function.return_program());
+                for program in programs {
+                    match attach_uprobe(&mut self._ebpf, program, *offset, &library.path, scope) {
+                        Ok(link) => probes.links.push((program, link)),
+                        Err(error) => {
+                            self.tls_attach_errors += 1;
+                            warn!(pid, library = %library.path.display(), function = function.symbol(), %error, "cannot probe OpenSSL function");
+                        }
+                    }
+                }
+            }
+            debug!(pid, library = %library.path.display(), mapped = library.mapped, functions = library.functions.len(), "probing OpenSSL");
+        }
+        attached
+    }
+
+    /// Removes the OpenSSL probes of a process (it exited, or replaced its program).
+    pub fn detach_tls(&mut self, pid: u32) {
+        let Some(probes) = self.tls_probes.remove(&pid) else {
+            return;
+        };
+        for (program, link) in probes.links {
+            if let Some(program) = self._ebpf.program_mut(program)
+                && let Ok(uprobe) = <&mut UProbe>::try_from(program)
+            {
+                let _ = uprobe.detach(link);
+            }
+        }
+    }
+
+    /// The files probed for a process, by identity.
+    pub fn tls_libraries(&self, pid: u32) -> &[(u64, u64)] {
+        self.tls_probes
+            .get(&pid)
+            .map_or(&[], |p| p.libraries.as_slice())
+    }
+
+    /// Processes with OpenSSL probes attached.
+    pub fn tls_pids(&self) -> Vec<u32> {
+        self.tls_probes.keys().copied().collect()
+    }
+
+    /// Tells the kernel what to copy of a connection (or TLS stream) from now on.
     pub fn set_control(&mut self, conn_id: u64, control: ConnControl) {
-        if self.conns.get(&conn_id, 0).is_err() {
+        let tls_stream = conn_id & sensor_common::event::TLS_STREAM_ID_BIT != 0;
+        if !tls_stream && self.conns.get(&conn_id, 0).is_err() {
             return;
         }
         if let Err(error) = self.control.insert(conn_id, control, 0) {
@@ -311,6 +398,37 @@ impl Capture {
                 )
             })
     }
+}
+
+/// Loads the OpenSSL probe programs (attached later, per process). `false` when this kernel
+/// refuses them: capture then works without TLS plaintext, and says so.
+fn load_tls_programs(ebpf: &mut Ebpf) -> bool {
+    for (name, _) in tls::TLS_PROGRAMS {
+        let loaded = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))
+            .and_then(|program| <&mut UProbe>::try_from(program).map_err(anyhow::Error::from))
+            .and_then(|uprobe| uprobe.load().map_err(anyhow::Error::from));
+        if let Err(error) = loaded {
+            warn!(program = name, %error, "OpenSSL probes unavailable: HTTPS plaintext will not be captured");
+            return false;
+        }
+    }
+    true
+}
+
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    program: &str,
+    offset: u64,
+    path: &std::path::Path,
+    scope: UProbeScope,
+) -> Result<UProbeLinkId> {
+    let uprobe: &mut UProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing"))?
+        .try_into()?;
+    Ok(uprobe.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)?)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

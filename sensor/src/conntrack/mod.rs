@@ -10,13 +10,13 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use sensor_common::{
-    event::{Direction, Family, Role},
+    event::{Direction, Family, Role, TLS_STREAM_ID_BIT},
     maps::ConnControl,
 };
 use tracing::debug;
 
 use crate::{
-    capture::events::{ConnClose, ConnOpen, DataChunk},
+    capture::events::{ConnClose, ConnOpen, DataChunk, TlsBind},
     http::{HttpConnection, HttpExchange, HttpSettings, Stream},
 };
 
@@ -39,8 +39,10 @@ pub struct ConnMeta {
     pub remote: Option<SocketAddr>,
     /// Unix socket path.
     pub unix_path: Option<String>,
-    /// Adopted mid-stream from `/proc`.
+    /// Adopted mid-stream from `/proc` (or a TLS stream first seen after its start).
     pub midstream: bool,
+    /// The plaintext of a TLS stream (OpenSSL probes), not a socket's bytes.
+    pub tls: bool,
 }
 
 /// An exchange finished on a connection.
@@ -94,6 +96,10 @@ pub struct TrackerStats {
     pub gap_bytes: u64,
     /// Overlapping bytes trimmed.
     pub overlap_bytes: u64,
+    /// TLS streams tied to their socket connection.
+    pub tls_bound: u64,
+    /// TLS streams whose socket connection was not (or no longer) tracked when they were tied.
+    pub tls_bound_unknown_socket: u64,
 }
 
 struct Conn {
@@ -125,6 +131,8 @@ pub struct Tracker {
     /// Client connections of watched processes, by (client end, server end), with the time
     /// they were last seen: lets a server exchange know that its client is watched too.
     clients: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// TLS streams by the socket connection carrying them, to finish them with the socket.
+    tls_streams: HashMap<u64, Vec<u64>>,
     http: Arc<HttpSettings>,
     settings: TrackerSettings,
     stats: TrackerStats,
@@ -136,6 +144,7 @@ impl Tracker {
         Tracker {
             conns: HashMap::new(),
             clients: HashMap::new(),
+            tls_streams: HashMap::new(),
             http,
             settings,
             stats: TrackerStats::default(),
@@ -179,6 +188,7 @@ impl Tracker {
             remote: open.remote,
             unix_path: open.unix_path.clone(),
             midstream: open.midstream,
+            tls: false,
         };
         self.insert(meta, open.time_ns);
     }
@@ -235,7 +245,11 @@ impl Tracker {
         out: &mut Vec<Completed>,
     ) -> Option<(u64, ConnControl)> {
         if !self.conns.contains_key(&chunk.conn_id) {
-            self.stats.unknown_connection += 1;
+            // A TLS stream's first plaintext may come before the kernel knows its socket.
+            let tls = chunk.conn_id & TLS_STREAM_ID_BIT != 0;
+            if !tls {
+                self.stats.unknown_connection += 1;
+            }
             self.make_room(chunk.time_ns, out);
             let role = guess_role(chunk);
             debug!(
@@ -255,6 +269,7 @@ impl Tracker {
                     remote: None,
                     unix_path: None,
                     midstream: true,
+                    tls,
                 },
                 chunk.time_ns,
             );
@@ -321,8 +336,61 @@ impl Tracker {
         None
     }
 
-    /// A connection's last descriptor was closed.
+    /// A TLS stream's ciphertext travels over socket connection `bind.socket_conn_id`: the
+    /// stream takes the socket's process, role and addresses (its role from the data wins when
+    /// the stream already guessed one from a request or status line).
+    pub fn bind_tls(&mut self, bind: &TlsBind, out: &mut Vec<Completed>) {
+        let Some(socket) = self.conns.get(&bind.socket_conn_id).map(|c| c.meta.clone()) else {
+            self.stats.tls_bound_unknown_socket += 1;
+            debug!(
+                stream = bind.stream_id,
+                socket = bind.socket_conn_id,
+                "TLS stream tied to an untracked socket"
+            );
+            return;
+        };
+        self.stats.tls_bound += 1;
+        let streams = self.tls_streams.entry(bind.socket_conn_id).or_default();
+        if !streams.contains(&bind.stream_id) {
+            streams.push(bind.stream_id);
+        }
+        if !self.conns.contains_key(&bind.stream_id) {
+            self.make_room(bind.time_ns, out);
+            let meta = ConnMeta {
+                conn_id: bind.stream_id,
+                midstream: true,
+                tls: true,
+                ..(*socket).clone()
+            };
+            self.insert(meta, bind.time_ns);
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(&bind.stream_id) {
+            let meta = Arc::make_mut(&mut conn.meta);
+            meta.pid = socket.pid;
+            meta.fd = socket.fd;
+            meta.family = socket.family;
+            meta.local = socket.local;
+            meta.remote = socket.remote;
+            meta.unix_path = socket.unix_path.clone();
+            if meta.role == Role::Unknown {
+                meta.role = socket.role;
+            }
+            let (meta, seen) = (meta.clone(), conn.last_seen_ns);
+            self.note_client(&meta, seen);
+        }
+    }
+
+    /// A connection's last descriptor was closed (or a TLS stream's `SSL` object was freed). The
+    /// TLS streams a socket carried end with it.
     pub fn close(&mut self, close: &ConnClose, out: &mut Vec<Completed>) {
+        if let Some(streams) = self.tls_streams.remove(&close.conn_id) {
+            for stream in streams {
+                if let Some(conn) = self.conns.remove(&stream) {
+                    self.finish(conn, close.time_ns, out);
+                }
+            }
+        }
         let Some(mut conn) = self.conns.remove(&close.conn_id) else {
             return;
         };
@@ -433,6 +501,7 @@ impl Tracker {
 
     fn finish(&mut self, mut conn: Conn, time_ns: u64, out: &mut Vec<Completed>) {
         self.stats.closed += 1;
+        self.tls_streams.remove(&conn.meta.conn_id);
         conn.parser.on_close(time_ns);
         conn.take(out);
     }

@@ -1,0 +1,388 @@
+//! Where a watched process's OpenSSL is, and where in it the probed functions start.
+//!
+//! A process may use OpenSSL from shared libraries (`libssl`/`libcrypto`, the usual case), or
+//! linked into `libpython`, the `_ssl` extension or the interpreter itself. Paths are resolved
+//! through `/proc/PID/root`, so a container's own copy is the one probed. Besides what the
+//! process has mapped now, the libraries it *would* load are probed in advance (the standard
+//! library directories of its root, and its interpreter's `_ssl` extension): Python imports `ssl`
+//! lazily, and a uprobe attached to a file before the process maps it takes effect at the
+//! mapping, so the first TLS call is never missed.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+/// An OpenSSL function the kernel programs probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsFunction {
+    /// `SSL_read`: plaintext in.
+    SslRead,
+    /// `SSL_read_ex`: plaintext in (the only read Python 3.10+ calls).
+    SslReadEx,
+    /// `SSL_write`: plaintext out.
+    SslWrite,
+    /// `SSL_write_ex`: plaintext out.
+    SslWriteEx,
+    /// `SSL_do_handshake`: a stream seen from its start; socket calls inside it bind the stream.
+    SslDoHandshake,
+    /// `SSL_free`: the stream ends.
+    SslFree,
+    /// `BIO_read`: inside an `SSL_*` call, the stream's read BIO.
+    BioRead,
+    /// `BIO_read_ex`: as `BIO_read`.
+    BioReadEx,
+    /// `BIO_write`: the application feeding ciphertext into a memory BIO.
+    BioWrite,
+}
+
+impl TlsFunction {
+    /// Every probed function.
+    pub const ALL: [TlsFunction; 9] = [
+        TlsFunction::SslRead,
+        TlsFunction::SslReadEx,
+        TlsFunction::SslWrite,
+        TlsFunction::SslWriteEx,
+        TlsFunction::SslDoHandshake,
+        TlsFunction::SslFree,
+        TlsFunction::BioRead,
+        TlsFunction::BioReadEx,
+        TlsFunction::BioWrite,
+    ];
+
+    /// The exported symbol.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            TlsFunction::SslRead => "SSL_read",
+            TlsFunction::SslReadEx => "SSL_read_ex",
+            TlsFunction::SslWrite => "SSL_write",
+            TlsFunction::SslWriteEx => "SSL_write_ex",
+            TlsFunction::SslDoHandshake => "SSL_do_handshake",
+            TlsFunction::SslFree => "SSL_free",
+            TlsFunction::BioRead => "BIO_read",
+            TlsFunction::BioReadEx => "BIO_read_ex",
+            TlsFunction::BioWrite => "BIO_write",
+        }
+    }
+
+    /// The kernel program attached at the function's entry.
+    pub fn entry_program(self) -> &'static str {
+        match self {
+            TlsFunction::SslRead => "ssl_read",
+            TlsFunction::SslReadEx => "ssl_read_ex",
+            TlsFunction::SslWrite => "ssl_write",
+            TlsFunction::SslWriteEx => "ssl_write_ex",
+            TlsFunction::SslDoHandshake => "ssl_do_handshake",
+            TlsFunction::SslFree => "ssl_free",
+            TlsFunction::BioRead | TlsFunction::BioReadEx => "bio_read",
+            TlsFunction::BioWrite => "bio_write",
+        }
+    }
+
+    /// The kernel program attached at the function's return, if any.
+    pub fn return_program(self) -> Option<&'static str> {
+        match self {
+            TlsFunction::SslRead
+            | TlsFunction::SslReadEx
+            | TlsFunction::SslWrite
+            | TlsFunction::SslWriteEx
+            | TlsFunction::SslDoHandshake => Some("ssl_return"),
+            _ => None,
+        }
+    }
+}
+
+/// Every kernel program of the OpenSSL probes, `(name, is_return_probe)`.
+pub const TLS_PROGRAMS: &[(&str, bool)] = &[
+    ("ssl_read", false),
+    ("ssl_read_ex", false),
+    ("ssl_write", false),
+    ("ssl_write_ex", false),
+    ("ssl_do_handshake", false),
+    ("ssl_free", false),
+    ("bio_read", false),
+    ("bio_write", false),
+    ("ssl_return", true),
+];
+
+/// A file holding (some of) OpenSSL's functions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsLibrary {
+    /// The file as the sensor opens it (through `/proc/PID/root`).
+    pub path: PathBuf,
+    /// Device and inode: the identity uprobes attach to.
+    pub id: (u64, u64),
+    /// File offsets of the probed functions it defines.
+    pub functions: Arc<Vec<(TlsFunction, u64)>>,
+    /// Whether the process has it mapped now (else it is probed in advance).
+    pub mapped: bool,
+}
+
+impl TlsLibrary {
+    /// Whether the file has the plaintext functions (a `libssl`, not only a `libcrypto`).
+    pub fn has_plaintext(&self) -> bool {
+        self.functions
+            .iter()
+            .any(|(f, _)| matches!(f, TlsFunction::SslReadEx | TlsFunction::SslRead))
+    }
+}
+
+/// Symbol tables already read, by file identity: `libcrypto` is megabytes, read once.
+#[derive(Default)]
+pub struct SymbolCache {
+    by_file: HashMap<(u64, u64), Arc<Vec<(TlsFunction, u64)>>>,
+}
+
+impl SymbolCache {
+    /// The probed functions `path` defines (empty when none, or when it is not an ELF file).
+    pub fn functions(&mut self, path: &Path, id: (u64, u64)) -> Arc<Vec<(TlsFunction, u64)>> {
+        if let Some(found) = self.by_file.get(&id) {
+            return found.clone();
+        }
+        let found = Arc::new(std::fs::read(path).map_or_else(|_| Vec::new(), |d| offsets(&d)));
+        if self.by_file.len() > 1024 {
+            self.by_file.clear();
+        }
+        self.by_file.insert(id, found.clone());
+        found
+    }
+}
+
+/// File offsets of the probed functions an ELF image defines (dynamic or static symbols).
+pub fn offsets(data: &[u8]) -> Vec<(TlsFunction, u64)> {
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(TlsFunction, u64)> = Vec::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if !symbol.is_definition() {
+            continue;
+        }
+        let Ok(name) = symbol.name() else {
+            continue;
+        };
+        let Some(function) = TlsFunction::ALL.iter().find(|f| f.symbol() == name) else {
+            continue;
+        };
+        if found.iter().any(|(f, _)| f == function) {
+            continue;
+        }
+        let Some(section) = symbol
+            .section_index()
+            .and_then(|index| file.section_by_index(index).ok())
+        else {
+            continue;
+        };
+        let Some((file_start, _)) = section.file_range() else {
+            continue;
+        };
+        let Some(offset) = symbol
+            .address()
+            .checked_sub(section.address())
+            .and_then(|delta| delta.checked_add(file_start))
+        else {
+            continue;
+        };
+        found.push((*function, offset));
+    }
+    found
+}
+
+/// Directories, relative to a process's root, where a dynamically linked Python finds OpenSSL.
+const LIBRARY_DIRS: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu",
+    "lib/x86_64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "lib/aarch64-linux-gnu",
+    "usr/lib64",
+    "lib64",
+    "usr/lib",
+    "lib",
+    "usr/local/lib",
+    "usr/local/ssl/lib",
+];
+
+/// OpenSSL library names, newest first.
+const LIBRARY_NAMES: &[&str] = &[
+    "libssl.so.3",
+    "libcrypto.so.3",
+    "libssl.so.1.1",
+    "libcrypto.so.1.1",
+];
+
+/// Whether a mapped file's name suggests it may hold OpenSSL's functions.
+fn may_hold_openssl(name: &str) -> bool {
+    name.starts_with("libssl")
+        || name.starts_with("libcrypto")
+        || name.starts_with("libpython")
+        || name.starts_with("_ssl")
+        || name.starts_with("python")
+}
+
+/// The files of process `pid` that hold OpenSSL functions: mapped ones, and the ones it would
+/// load. Each file once; unreadable or foreign files are left out.
+pub fn libraries(proc_root: &Path, pid: u32, cache: &mut SymbolCache) -> Vec<TlsLibrary> {
+    let proc_dir = proc_root.join(pid.to_string());
+    let root = proc_dir.join("root");
+    let mut candidates: Vec<(String, bool)> = Vec::new();
+    if let Ok(maps) = std::fs::read_to_string(proc_dir.join("maps")) {
+        for line in maps.lines() {
+            let Some(path) = line.split_whitespace().nth(5) else {
+                continue;
+            };
+            if !path.starts_with('/') || line.ends_with("(deleted)") {
+                continue;
+            }
+            let name = path.rsplit('/').next().unwrap_or(path);
+            if may_hold_openssl(name) && !candidates.iter().any(|(p, _)| p == path) {
+                candidates.push((path.to_string(), true));
+            }
+        }
+    }
+    for dir in LIBRARY_DIRS {
+        for name in LIBRARY_NAMES {
+            candidates.push((format!("/{dir}/{name}"), false));
+        }
+    }
+    if let Ok(exe) = std::fs::read_link(proc_dir.join("exe")) {
+        candidates.extend(
+            ssl_extensions(&root, &exe)
+                .into_iter()
+                .map(|path| (path, false)),
+        );
+    }
+    let mut found: Vec<TlsLibrary> = Vec::new();
+    for (path, mapped) in candidates {
+        let host_path = root.join(path.trim_start_matches('/'));
+        let Ok(meta) = std::fs::metadata(&host_path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let id = (meta.dev(), meta.ino());
+        if let Some(known) = found.iter_mut().find(|l| l.id == id) {
+            known.mapped |= mapped;
+            continue;
+        }
+        let functions = cache.functions(&host_path, id);
+        if functions.is_empty() {
+            continue;
+        }
+        found.push(TlsLibrary {
+            path: host_path,
+            id,
+            functions,
+            mapped,
+        });
+    }
+    found
+}
+
+/// The `_ssl` extension modules next to interpreter `exe` (a path inside the process's root):
+/// `<prefix>/lib/python3.X/lib-dynload/_ssl*.so`.
+fn ssl_extensions(root: &Path, exe: &Path) -> Vec<String> {
+    let Some(prefix) = exe.parent().and_then(Path::parent) else {
+        return Vec::new();
+    };
+    let lib = root.join(prefix.join("lib").to_string_lossy().trim_start_matches('/'));
+    let Ok(entries) = std::fs::read_dir(&lib) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("python3") {
+            continue;
+        }
+        let dynload = entry.path().join("lib-dynload");
+        let Ok(modules) = std::fs::read_dir(&dynload) else {
+            continue;
+        };
+        for module in modules.flatten() {
+            let module_name = module.file_name().to_string_lossy().into_owned();
+            if module_name.starts_with("_ssl") && module_name.ends_with(".so") {
+                found.push(format!(
+                    "{}/lib/{name}/lib-dynload/{module_name}",
+                    prefix.display()
+                ));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_probed_functions_in_the_system_openssl() {
+        let libssl = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib64/libssl.so.3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("OpenSSL 3 (libssl.so.3) is installed");
+        let found = offsets(&std::fs::read(libssl).unwrap());
+        for function in [
+            TlsFunction::SslRead,
+            TlsFunction::SslReadEx,
+            TlsFunction::SslWrite,
+            TlsFunction::SslWriteEx,
+            TlsFunction::SslDoHandshake,
+            TlsFunction::SslFree,
+        ] {
+            assert!(
+                found.iter().any(|(f, off)| *f == function && *off > 0),
+                "{} not found in {libssl}: {found:?}",
+                function.symbol()
+            );
+        }
+        assert!(!found.iter().any(|(f, _)| *f == TlsFunction::BioWrite));
+    }
+
+    #[test]
+    fn offsets_are_file_offsets_of_the_function_code() {
+        // The bytes at SSL_read_ex's file offset are the function's first instruction bytes,
+        // which for x86-64 CET builds start with endbr64; at least they are not zero padding.
+        let path = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+        let Ok(data) = std::fs::read(path) else {
+            panic!("{path} missing");
+        };
+        let found = offsets(&data);
+        let (_, offset) = found
+            .iter()
+            .find(|(f, _)| *f == TlsFunction::SslReadEx)
+            .expect("SSL_read_ex");
+        let code = &data[*offset as usize..*offset as usize + 4];
+        assert_ne!(code, [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn garbage_is_not_a_library() {
+        assert!(offsets(b"not an elf file").is_empty());
+        assert!(offsets(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_sensor_itself_is_scanned_through_its_root() {
+        let mut cache = SymbolCache::default();
+        let found = libraries(Path::new("/proc"), std::process::id(), &mut cache);
+        // This test binary does not map OpenSSL, but the system's libssl is found in advance.
+        let ssl = found
+            .iter()
+            .find(|l| l.has_plaintext())
+            .expect("the system libssl is found under /proc/self/root");
+        assert!(!ssl.mapped);
+        assert!(ssl.path.starts_with(format!("/proc/{}/root", std::process::id())));
+        assert!(
+            found
+                .iter()
+                .any(|l| l.functions.iter().any(|(f, _)| *f == TlsFunction::BioWrite)),
+            "libcrypto found too"
+        );
+    }
+}
