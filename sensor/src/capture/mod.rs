@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
     },
 };
 use sensor_common::{
@@ -125,6 +125,9 @@ pub struct Capture {
     tls_loaded: bool,
     /// OpenSSL probes attached, by process.
     tls_probes: StdHashMap<u32, ProcessProbes>,
+    /// Detaches probes off the event loop: closing a uprobe waits for an RCU grace period
+    /// (tens of milliseconds each), which would stall capture for seconds per exiting process.
+    detacher: std::sync::mpsc::Sender<Vec<UProbeLink>>,
     /// Records that could not be decoded.
     pub decode_errors: u64,
     /// OpenSSL probe attachments that failed.
@@ -136,8 +139,24 @@ pub struct Capture {
 struct ProcessProbes {
     /// Files probed, by identity.
     libraries: Vec<(u64, u64)>,
-    /// Links, by program name, to detach when the process goes.
-    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Links, detached when dropped.
+    links: Vec<UProbeLink>,
+}
+
+/// A thread that drops detached probe links (see `Capture::detacher`).
+fn spawn_detacher() -> std::sync::mpsc::Sender<Vec<UProbeLink>> {
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+    let spawned = std::thread::Builder::new()
+        .name("uprobe-detach".into())
+        .spawn(move || {
+            for links in receiver {
+                drop(links);
+            }
+        });
+    if let Err(error) = spawned {
+        warn!(%error, "no detach thread: probes are detached inline");
+    }
+    sender
 }
 
 impl Capture {
@@ -201,6 +220,7 @@ impl Capture {
             counters,
             tls_loaded,
             tls_probes: StdHashMap::new(),
+            detacher: spawn_detacher(),
             decode_errors: 0,
             tls_attach_errors: 0,
         })
@@ -302,7 +322,7 @@ impl Capture {
                     .chain(function.return_program());
                 for program in programs {
                     match attach_uprobe(&mut self._ebpf, program, *offset, &library.path, scope) {
-                        Ok(link) => probes.links.push((program, link)),
+                        Ok(link) => probes.links.push(link),
                         Err(error) => {
                             self.tls_attach_errors += 1;
                             warn!(pid, library = %library.path.display(), function = function.symbol(), %error, "cannot probe OpenSSL function");
@@ -320,13 +340,8 @@ impl Capture {
         let Some(probes) = self.tls_probes.remove(&pid) else {
             return;
         };
-        for (program, link) in probes.links {
-            if let Some(program) = self._ebpf.program_mut(program)
-                && let Ok(uprobe) = <&mut UProbe>::try_from(program)
-            {
-                let _ = uprobe.detach(link);
-            }
-        }
+        // If the thread is gone the links come back in the error and are dropped here.
+        let _ = self.detacher.send(probes.links);
     }
 
     /// The files probed for a process, by identity.
@@ -423,12 +438,13 @@ fn attach_uprobe(
     offset: u64,
     path: &std::path::Path,
     scope: UProbeScope,
-) -> Result<UProbeLinkId> {
+) -> Result<UProbeLink> {
     let uprobe: &mut UProbe = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow!("program {program} missing"))?
         .try_into()?;
-    Ok(uprobe.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)?)
+    let link = uprobe.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)?;
+    Ok(uprobe.take_link(link)?)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
