@@ -51,7 +51,11 @@ fn enter_call(ctx: &ProbeContext, direction: Direction, ex: bool, handshake: boo
         } else {
             ctx.arg(1).ok_or(Skip::Failed)?
         },
-        count_ptr: if ex { ctx.arg(3).ok_or(Skip::Failed)? } else { 0 },
+        count_ptr: if ex {
+            ctx.arg(3).ok_or(Skip::Failed)?
+        } else {
+            0
+        },
         direction: direction as u8,
         handshake: u8::from(handshake),
         _pad: [0; 6],

@@ -287,7 +287,8 @@ impl Pipeline {
                         },
                     );
                     self.ignored_conns.insert(bind.stream_id);
-                    self.tracker.forget(bind.stream_id, bind.time_ns, &mut Vec::new());
+                    self.tracker
+                        .forget(bind.stream_id, bind.time_ns, &mut Vec::new());
                     return;
                 }
                 self.tracker.bind_tls(&bind, &mut self.completed);

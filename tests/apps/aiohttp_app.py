@@ -5,10 +5,14 @@ GET  /items/{id}?...  -> 200 application/json {"id": id, "query": {...}}, X-Item
 POST /echo            -> 201, the request body back with the request's content type
 POST /upload          -> 200 application/json {"received": <body length>}
 GET  /big?size=N      -> 200 application/json, a JSON document of exactly N bytes
+GET  /fetch?url=U     -> 200 application/json: the handler GETs U with an aiohttp ClientSession
+                         (HTTPS trusts SSL_CERT_FILE) and reports {"status", "headers",
+                         "body", "request_headers", "local_port"} of that outbound call
 """
 import asyncio
 import json
 
+import aiohttp
 from aiohttp import web
 
 
@@ -40,12 +44,37 @@ async def big(request):
     return web.Response(text=document_of_size(int(request.query["size"])), content_type="application/json")
 
 
+def joined(headers):
+    out = {}
+    for name, value in headers.items():
+        key = name.lower()
+        out[key] = out[key] + ", " + value if key in out else value
+    return out
+
+
+async def fetch(request):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(request.query["url"]) as resp:
+            content = await resp.read()
+            local_port = resp._protocol.transport.get_extra_info("sockname")[1]
+            report = {
+                "status": resp.status,
+                "headers": joined(resp.headers),
+                "body": content.decode("utf-8", "replace"),
+                "request_headers": joined(resp.request_info.headers),
+                "request_body": None,
+                "local_port": local_port,
+            }
+    return web.Response(text=json.dumps(report), content_type="application/json")
+
+
 async def main():
     app = web.Application()
     app.router.add_get("/items/{id}", item)
     app.router.add_post("/echo", echo)
     app.router.add_post("/upload", upload)
     app.router.add_get("/big", big)
+    app.router.add_get("/fetch", fetch)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -53,7 +53,10 @@ async def numbered(i: int):
 @app.get("/id/{rid}")
 async def echo_id(rid: str, request: Request):
     header = request.headers.get("x-request-id")
-    return JSONResponse({"id": rid, "header": header}, headers={"X-Request-Id": header or ""})
+    return JSONResponse(
+        {"id": rid, "header": header, "port": request.client.port},
+        headers={"X-Request-Id": header or ""},
+    )
 
 
 @app.post("/upload")

@@ -1,6 +1,6 @@
 """gunicorn settings for the end-to-end tests: an OS-chosen port on loopback, printed on stdout
 as "READY <port>" once the workers can be started; the worker count comes from GUNICORN_WORKERS
-(default 2, forked sync workers).
+(default 2, forked sync workers). GUNICORN_CERTFILE / GUNICORN_KEYFILE serve HTTPS (`--certfile`).
 """
 import os
 
@@ -9,6 +9,8 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "sync"
 loglevel = "warning"
 control_socket_disable = True
+certfile = os.environ.get("GUNICORN_CERTFILE")
+keyfile = os.environ.get("GUNICORN_KEYFILE")
 
 
 def when_ready(server):

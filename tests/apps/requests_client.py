@@ -14,7 +14,7 @@ for the whole run. Prints "READY" first and "DONE" at end of input.
 {"op": "threads", "base", "threads", "per"}
     `threads` threads, each with its own Session, each making `per` requests
     GET <base>/id/<id>?id=<id> with header X-Request-Id: <id>; prints "RESULT" with every id,
-    status and body.
+    status, body and the connection's local port.
 """
 import json
 import sys
@@ -84,8 +84,9 @@ def threads(cmd):
         with requests.Session() as s:
             for k in range(cmd["per"]):
                 rid = f"t{t:02d}-r{k:03d}"
-                resp = s.get(f"{cmd['base']}/id/{rid}?id={rid}", headers={"X-Request-Id": rid})
-                mine.append({"id": rid, "status": resp.status_code, "body": resp.text})
+                resp = s.get(f"{cmd['base']}/id/{rid}?id={rid}", headers={"X-Request-Id": rid}, stream=True)
+                port = resp.raw._fp.fp.raw._sock.getsockname()[1]
+                mine.append({"id": rid, "status": resp.status_code, "body": resp.text, "local_port": port})
         results[t] = mine
 
     pool = [threading.Thread(target=work, args=(t,)) for t in range(cmd["threads"])]

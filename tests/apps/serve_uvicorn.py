@@ -1,7 +1,10 @@
 """Runs an ASGI app under uvicorn on an OS-chosen loopback port: `serve_uvicorn.py module:app`.
 Prints "READY <port>" once the socket listens (connections wait in the backlog until uvicorn
-accepts them).
+accepts them). UVICORN_SSL_CERTFILE / UVICORN_SSL_KEYFILE serve HTTPS (`--ssl-certfile`,
+`--ssl-keyfile`: asyncio's memory-BIO TLS); UVICORN_TIMEOUT_KEEP_ALIVE sets the idle keep-alive
+timeout in seconds (default 5).
 """
+import os
 import socket
 import sys
 
@@ -14,7 +17,14 @@ def main():
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     print(f"READY {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(sys.argv[1], log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        sys.argv[1],
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=os.environ.get("UVICORN_SSL_CERTFILE"),
+        ssl_keyfile=os.environ.get("UVICORN_SSL_KEYFILE"),
+        timeout_keep_alive=int(os.environ.get("UVICORN_TIMEOUT_KEEP_ALIVE", "5")),
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -80,6 +80,63 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A self-signed certificate for `127.0.0.1` / `localhost` and its key, made once per test
+/// process with the `openssl` command.
+pub struct TlsFiles {
+    /// PEM certificate (also the CA clients trust: `SSL_CERT_FILE`).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Environment for Python clients to trust the certificate (ssl, requests, httpx, aiohttp).
+    pub fn client_env(&self) -> [(&'static str, &str); 2] {
+        let cert = self.cert.to_str().expect("scratch paths are UTF-8");
+        [("SSL_CERT_FILE", cert), ("REQUESTS_CA_BUNDLE", cert)]
+    }
+
+    /// Paths as `&str`, for process arguments and environments.
+    pub fn paths(&self) -> (&str, &str) {
+        (
+            self.cert.to_str().expect("scratch paths are UTF-8"),
+            self.key.to_str().expect("scratch paths are UTF-8"),
+        )
+    }
+}
+
+/// The test process's certificate (see [`TlsFiles`]).
+pub fn tls_files() -> &'static TlsFiles {
+    static FILES: std::sync::OnceLock<TlsFiles> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = scratch_dir("tls");
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .arg("-keyout")
+            .arg(&files.key)
+            .arg("-out")
+            .arg(&files.cert)
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl (Debian package openssl) to make a test certificate");
+        assert!(status.success(), "openssl req failed: {status}");
+        files
+    })
+}
+
 /// Polls `cond` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -1024,6 +1024,7 @@ fn raw_exchanges(res: &Value, port: u16, names: &[&str]) -> Vec<Exchange> {
             method: req["method"].as_str().unwrap().to_owned(),
             target: req["target"].as_str().unwrap().to_owned(),
             authority: format!("127.0.0.1:{port}"),
+            scheme: "http",
             server_port: port,
             client_port: Some(local_port),
             request_headers: common::header_map(&req["headers"]),

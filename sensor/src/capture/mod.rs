@@ -318,8 +318,8 @@ impl Capture {
             probes.libraries.push(library.id);
             attached += 1;
             for (function, offset) in library.functions.iter() {
-                let programs = std::iter::once(function.entry_program())
-                    .chain(function.return_program());
+                let programs =
+                    std::iter::once(function.entry_program()).chain(function.return_program());
                 for program in programs {
                     match attach_uprobe(&mut self._ebpf, program, *offset, &library.path, scope) {
                         Ok(link) => probes.links.push(link),

@@ -322,10 +322,13 @@ mod tests {
 
     #[test]
     fn finds_the_probed_functions_in_the_system_openssl() {
-        let libssl = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib64/libssl.so.3"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("OpenSSL 3 (libssl.so.3) is installed");
+        let libssl = [
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "/lib64/libssl.so.3",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("OpenSSL 3 (libssl.so.3) is installed");
         let found = offsets(&std::fs::read(libssl).unwrap());
         for function in [
             TlsFunction::SslRead,
@@ -377,7 +380,10 @@ mod tests {
             .find(|l| l.has_plaintext())
             .expect("the system libssl is found under /proc/self/root");
         assert!(!ssl.mapped);
-        assert!(ssl.path.starts_with(format!("/proc/{}/root", std::process::id())));
+        assert!(
+            ssl.path
+                .starts_with(format!("/proc/{}/root", std::process::id()))
+        );
         assert!(
             found
                 .iter()

@@ -78,6 +78,8 @@ pub struct Exchange {
     pub target: String,
     /// `host:port` of the server.
     pub authority: String,
+    /// `http`, or `https` for TLS.
+    pub scheme: &'static str,
     /// Server port.
     pub server_port: u16,
     /// Client's local port, when the client reported it.
@@ -99,7 +101,7 @@ pub struct Exchange {
 impl Exchange {
     /// The full URL the client asked for.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.authority, self.target)
+        format!("{}://{}{}", self.scheme, self.authority, self.target)
     }
 
     /// From a `requests_client.py` / `httpx_client.py` / `aiohttp_client.py` RESULT: the
@@ -121,6 +123,7 @@ impl Exchange {
             method: method.to_owned(),
             target: target.to_owned(),
             authority,
+            scheme: "http",
             server_port,
             client_port: result["local_port"].as_u64().map(|p| p as u16),
             request_headers,
@@ -262,8 +265,8 @@ pub fn check(record: &Value, exchange: &Exchange, kind: &str, pid: u32, service:
     );
     assert_eq!(a("http.flavor"), "1.1", "{ctx}: http.flavor");
     assert_eq!(a("network.protocol.version"), "1.1", "{ctx}");
-    assert_eq!(a("http.scheme"), "http", "{ctx}");
-    assert_eq!(a("url.scheme"), "http", "{ctx}");
+    assert_eq!(a("http.scheme"), exchange.scheme, "{ctx}");
+    assert_eq!(a("url.scheme"), exchange.scheme, "{ctx}");
     assert_eq!(
         a("http.host"),
         exchange.authority.as_str(),
@@ -397,8 +400,8 @@ pub fn find<'a>(records: &[&'a Value], exchange: &Exchange, kind: &str) -> &'a V
 
 pub use sensor_e2e::children;
 
-/// Has `client` make one request to `127.0.0.1:port` and returns the exchange it saw, and its
-/// raw RESULT.
+/// Has `client` make one request to `http://127.0.0.1:port` and returns the exchange it saw,
+/// and its raw RESULT.
 pub fn ask(
     client: &mut Py,
     port: u16,
@@ -408,12 +411,29 @@ pub fn ask(
     body: Option<&str>,
     name: &str,
 ) -> (Exchange, Value) {
+    ask_scheme(client, "http", port, method, target, headers, body, name)
+}
+
+/// As [`ask`], over `scheme` (`http` or `https`).
+#[allow(clippy::too_many_arguments)]
+pub fn ask_scheme(
+    client: &mut Py,
+    scheme: &'static str,
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: Value,
+    body: Option<&str>,
+    name: &str,
+) -> (Exchange, Value) {
     client.send_line(&request(
         method,
-        &format!("http://127.0.0.1:{port}{target}"),
+        &format!("{scheme}://127.0.0.1:{port}{target}"),
         headers,
         body,
     ));
     let res = result(client);
-    (Exchange::from_client(&res, method, target, port, name), res)
+    let mut exchange = Exchange::from_client(&res, method, target, port, name);
+    exchange.scheme = scheme;
+    (exchange, res)
 }

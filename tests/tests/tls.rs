@@ -1,0 +1,503 @@
+//! End to end over HTTPS (issue 6): the plaintext comes from the OpenSSL probes, both for
+//! socket-BIO TLS (gunicorn `--certfile`, requests, http.client) and asyncio's memory-BIO TLS
+//! (uvicorn `--ssl-*`, httpx async, aiohttp), each record on its own connection. Every
+//! expectation comes from what the Python side sent and received.
+
+#[path = "frameworks/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use common::{Exchange, LONG, ask_scheme, check, children, find, result};
+use sensor_e2e::{Py, Sensor, attr, records_of, tls_files};
+use serde_json::{Value, json};
+
+/// Flask under gunicorn `--certfile` (two forked sync workers, started before the sensor) and
+/// a `requests` Session: every HTTPS exchange exact on both sides, in the worker that served it.
+#[test]
+fn gunicorn_certfile_sync_workers_and_a_requests_session() {
+    let tls = tls_files();
+    let (cert, key) = tls.paths();
+    let server = Py::spawn(
+        "gunicorn flask tls",
+        &["-m", "gunicorn", "-c", "gunicorn_conf.py", "flask_app:app"],
+        &[
+            ("GUNICORN_WORKERS", "2"),
+            ("GUNICORN_CERTFILE", cert),
+            ("GUNICORN_KEYFILE", key),
+        ],
+    );
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    let mut workers = BTreeSet::new();
+    for _ in 0..2 {
+        workers.insert(server.expect_line("WORKER", LONG).parse::<u32>().unwrap());
+    }
+    assert_eq!(
+        children(server.pid()).into_iter().collect::<BTreeSet<_>>(),
+        workers
+    );
+    let mut client = Py::spawn(
+        "requests client",
+        &["requests_client.py"],
+        &tls.client_env(),
+    );
+    client.expect_line("READY", LONG);
+    let sensor = Sensor::start(
+        "tls-gunicorn",
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &client.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+    );
+    let mut sent: Vec<(Exchange, u32)> = Vec::new();
+    let requests: [(&str, &str, Value, Option<&str>, &str); 4] = [
+        (
+            "GET",
+            "/items/42?x=1&y=two",
+            json!({"X-Test": "tls"}),
+            None,
+            "GET /items/{id}",
+        ),
+        (
+            "POST",
+            "/echo",
+            json!({"Content-Type": "application/json", "Authorization": "Bearer tls-secret"}),
+            Some(r#"{"card": "none", "n": 1}"#),
+            "POST /echo",
+        ),
+        ("GET", "/items/7", json!({}), None, "GET /items/{id}"),
+        ("GET", "/items/8", json!({}), None, "GET /items/{id}"),
+    ];
+    for (method, target, headers, body, name) in requests {
+        let (exchange, res) = ask_scheme(
+            &mut client,
+            "https",
+            port,
+            method,
+            target,
+            headers,
+            body,
+            name,
+        );
+        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
+        let worker: u32 = res["headers"]["X-Worker-Pid"]
+            .as_str()
+            .expect("X-Worker-Pid")
+            .parse()
+            .unwrap();
+        sent.push((exchange, worker));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let clients = records_of(&records, "client", client.pid());
+    let mut servers: Vec<&Value> = Vec::new();
+    for worker in &workers {
+        servers.extend(records_of(&records, "server", *worker));
+    }
+    assert_eq!(servers.len(), sent.len(), "server records: {servers:#?}");
+    assert_eq!(clients.len(), sent.len(), "client records: {clients:#?}");
+    for (exchange, worker) in &sent {
+        check(
+            find(&servers, exchange, "server"),
+            exchange,
+            "server",
+            *worker,
+            "flask_app",
+        );
+        check(
+            find(&clients, exchange, "client"),
+            exchange,
+            "client",
+            client.pid(),
+            "requests_client",
+        );
+    }
+    assert!(!output.stdout.contains("tls-secret"));
+}
+
+/// Starts `serve_uvicorn.py fastapi_app:app` over HTTPS (idle connections kept a minute, so a
+/// connection can outlive a sensor start); returns it and its port.
+fn uvicorn_tls() -> (Py, u16) {
+    let (cert, key) = tls_files().paths();
+    let server = Py::spawn(
+        "uvicorn fastapi tls",
+        &["serve_uvicorn.py", "fastapi_app:app"],
+        &[
+            ("UVICORN_SSL_CERTFILE", cert),
+            ("UVICORN_SSL_KEYFILE", key),
+            ("UVICORN_TIMEOUT_KEEP_ALIVE", "60"),
+        ],
+    );
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    (server, port)
+}
+
+/// uvicorn with `--ssl-*` (asyncio memory BIO on the server) and httpx clients, one sync
+/// (socket BIO) and one async (memory BIO): each exchange exact on both sides.
+#[test]
+fn uvicorn_tls_with_httpx_sync_and_async_clients() {
+    let (server, port) = uvicorn_tls();
+    let tls = tls_files();
+    let mut clients = Vec::new();
+    for (name, mode) in [("httpx sync", "0"), ("httpx async", "1")] {
+        let mut env = tls.client_env().to_vec();
+        env.push(("HTTPX_ASYNC", mode));
+        let client = Py::spawn(name, &["httpx_client.py"], &env);
+        client.expect_line("READY", LONG);
+        clients.push(client);
+    }
+    let sensor = Sensor::start(
+        "tls-uvicorn",
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &clients[0].pid().to_string(),
+            "--pid",
+            &clients[1].pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+    );
+    let mut sent: Vec<(Exchange, u32)> = Vec::new();
+    for client in clients.iter_mut() {
+        let (exchange, _) = ask_scheme(
+            client,
+            "https",
+            port,
+            "GET",
+            "/items/5?q=tls",
+            json!({"X-Test": "abc"}),
+            None,
+            "GET /items/{id}",
+        );
+        sent.push((exchange, client.pid()));
+        let (exchange, _) = ask_scheme(
+            client,
+            "https",
+            port,
+            "POST",
+            "/echo",
+            json!({"Content-Type": "application/json"}),
+            Some(r#"{"order": 17, "items": ["a", "b"]}"#),
+            "POST /echo",
+        );
+        sent.push((exchange, client.pid()));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let servers = records_of(&records, "server", server.pid());
+    assert_eq!(servers.len(), sent.len(), "server records: {servers:#?}");
+    for (exchange, pid) in &sent {
+        check(
+            find(&servers, exchange, "server"),
+            exchange,
+            "server",
+            server.pid(),
+            "fastapi_app",
+        );
+        let mine = records_of(&records, "client", *pid);
+        assert_eq!(mine.len(), 2, "client {pid} records: {mine:#?}");
+        check(
+            find(&mine, exchange, "client"),
+            exchange,
+            "client",
+            *pid,
+            "httpx_client",
+        );
+    }
+}
+
+/// An aiohttp handler calling an HTTPS server (client-side memory BIO): the aiohttp process's
+/// client record of the outbound call is exact, and so is the HTTPS server's record of it.
+#[test]
+fn aiohttp_handler_calling_an_https_server() {
+    let (upstream, upstream_port) = uvicorn_tls();
+    let tls = tls_files();
+    let front = Py::spawn(
+        "aiohttp front",
+        &["aiohttp_app.py"],
+        &[
+            ("HT_SERVICE_NAME", "aio-front"),
+            ("SSL_CERT_FILE", tls.paths().0),
+        ],
+    );
+    let front_port: u16 = front.expect_line("READY", LONG).parse().unwrap();
+    let mut client = Py::spawn("requests client", &["requests_client.py"], &[]);
+    client.expect_line("READY", LONG);
+    let sensor = Sensor::start(
+        "tls-aiohttp",
+        &[
+            "run",
+            "--pid",
+            &upstream.pid().to_string(),
+            "--pid",
+            &front.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+    );
+    let mut outbound = Vec::new();
+    for n in [3, 4] {
+        let target = format!("/items/{n}?via=aiohttp");
+        let url = format!("https://127.0.0.1:{upstream_port}{target}");
+        client.send_line(&common::request(
+            "GET",
+            &format!(
+                "http://127.0.0.1:{front_port}/fetch?url={}",
+                url.replace('?', "%3F")
+                    .replace('&', "%26")
+                    .replace('=', "%3D")
+            ),
+            json!({}),
+            None,
+        ));
+        let res = result(&client);
+        assert_eq!(res["status"], 200, "{res}");
+        let report: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+        assert_eq!(report["status"], 200, "{report}");
+        let mut exchange =
+            Exchange::from_client(&report, "GET", &target, upstream_port, "GET /items/{id}");
+        exchange.scheme = "https";
+        outbound.push(exchange);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let front_clients = records_of(&records, "client", front.pid());
+    let upstream_servers = records_of(&records, "server", upstream.pid());
+    assert_eq!(front_clients.len(), outbound.len(), "{front_clients:#?}");
+    assert_eq!(
+        upstream_servers.len(),
+        outbound.len(),
+        "{upstream_servers:#?}"
+    );
+    for exchange in &outbound {
+        check(
+            find(&front_clients, exchange, "client"),
+            exchange,
+            "client",
+            front.pid(),
+            "aio-front",
+        );
+        check(
+            find(&upstream_servers, exchange, "server"),
+            exchange,
+            "server",
+            upstream.pid(),
+            "fastapi_app",
+        );
+    }
+}
+
+/// 500 HTTPS requests over 10 concurrent keep-alive connections, each carrying a distinct id
+/// that the server echoes with the client's port: exactly 500 records on each side, every one
+/// on the connection that carried it.
+#[test]
+fn https_500_requests_over_10_connections_each_on_its_own_connection() {
+    const THREADS: usize = 10;
+    const PER: usize = 50;
+    let (server, port) = uvicorn_tls();
+    let mut client = Py::spawn(
+        "requests client",
+        &["requests_client.py"],
+        &tls_files().client_env(),
+    );
+    client.expect_line("READY", LONG);
+    let sensor = Sensor::start(
+        "tls-500",
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &client.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+    );
+    client.send_line(
+        &json!({"op": "threads", "base": format!("https://127.0.0.1:{port}"),
+                "threads": THREADS, "per": PER})
+        .to_string(),
+    );
+    let res = result(&client);
+    let results = res.as_array().expect("thread results");
+    assert_eq!(results.len(), THREADS * PER);
+    let mut sent = std::collections::BTreeMap::new();
+    let mut ports = BTreeSet::new();
+    for r in results {
+        assert_eq!(r["status"], 200);
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        let id = r["id"].as_str().unwrap().to_owned();
+        assert_eq!(body["id"], id.as_str());
+        assert_eq!(
+            body["port"], r["local_port"],
+            "the server saw the client's port"
+        );
+        ports.insert(r["local_port"].as_u64().unwrap());
+        sent.insert(id, (r["body"].clone(), r["local_port"].as_u64().unwrap()));
+    }
+    assert_eq!(ports.len(), THREADS, "one connection per thread");
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    for (kind, pid, port_key) in [
+        ("server", server.pid(), "net.peer.port"),
+        ("client", client.pid(), "net.host.port"),
+    ] {
+        let got = records_of(&records, kind, pid);
+        assert_eq!(
+            got.len(),
+            THREADS * PER,
+            "{kind} records (log:\n{})",
+            output.stderr
+        );
+        let mut seen = BTreeSet::new();
+        for record in &got {
+            let target = attr(record, "http.target").as_str().expect("target");
+            let id = target
+                .strip_prefix("/id/")
+                .and_then(|t| t.split_once("?id="))
+                .and_then(|(a, b)| (a == b).then_some(a))
+                .unwrap_or_else(|| panic!("{kind}: unexpected target {target}"));
+            assert!(seen.insert(id.to_owned()), "{kind}: {id} recorded twice");
+            let (body, local_port) = sent
+                .get(id)
+                .unwrap_or_else(|| panic!("{kind}: {id} was never sent"));
+            assert_eq!(attr(record, "http.response.body"), body, "{kind} {id}");
+            assert_eq!(
+                attr(record, port_key),
+                *local_port,
+                "{kind} {id}: recorded on another connection"
+            );
+            assert_eq!(attr(record, "url.scheme"), "https", "{kind} {id}");
+            assert_eq!(
+                attr(record, "sensor.incomplete"),
+                &Value::Null,
+                "{kind} {id}"
+            );
+        }
+    }
+}
+
+/// Whether process `pid` has an OpenSSL library mapped.
+fn maps_openssl(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains("libssl")
+}
+
+/// A client that imports `ssl` only after the sensor started (the library is mapped after the
+/// probes were set up) and a TLS keep-alive connection opened before the sensor started: both
+/// captured exactly from their next request on, nothing from before.
+#[test]
+fn ssl_imported_after_the_sensor_started_and_a_connection_opened_before_it() {
+    let (server, port) = uvicorn_tls();
+    let tls = tls_files();
+    let mut lazy = Py::spawn(
+        "lazy tls client",
+        &["lazy_tls_client.py"],
+        &tls.client_env(),
+    );
+    lazy.expect_line("READY", LONG);
+    assert!(!maps_openssl(lazy.pid()), "ssl is not loaded yet");
+    let mut early = Py::spawn(
+        "requests client",
+        &["requests_client.py"],
+        &tls.client_env(),
+    );
+    early.expect_line("READY", LONG);
+    let (_, before) = ask_scheme(
+        &mut early,
+        "https",
+        port,
+        "GET",
+        "/items/1?before=1",
+        json!({}),
+        None,
+        "GET /items/{id}",
+    );
+    let early_port = before["local_port"].as_u64().unwrap();
+
+    let sensor = Sensor::start(
+        "tls-late",
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &lazy.pid().to_string(),
+            "--pid",
+            &early.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+    );
+    let mut sent: Vec<(Exchange, u32, &str)> = Vec::new();
+    for n in [21, 22, 23] {
+        let (exchange, res) = ask_scheme(
+            &mut early,
+            "https",
+            port,
+            "GET",
+            &format!("/items/{n}?after=1"),
+            json!({}),
+            None,
+            "GET /items/{id}",
+        );
+        assert_eq!(
+            res["local_port"].as_u64().unwrap(),
+            early_port,
+            "the keep-alive connection from before the sensor is reused"
+        );
+        sent.push((exchange, early.pid(), "requests_client"));
+    }
+    let targets = ["/items/31?lazy=1", "/items/32?lazy=2", "/items/33?lazy=3"];
+    lazy.send_line(
+        &json!({"base": format!("https://127.0.0.1:{port}"), "targets": targets}).to_string(),
+    );
+    for target in targets {
+        let res = result(&lazy);
+        let mut exchange = Exchange::from_client(&res, "GET", target, port, "GET /items/{id}");
+        exchange.scheme = "https";
+        sent.push((exchange, lazy.pid(), "lazy_tls_client"));
+    }
+    assert!(maps_openssl(lazy.pid()), "ssl is loaded now");
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let servers = records_of(&records, "server", server.pid());
+    assert_eq!(servers.len(), sent.len(), "server records: {servers:#?}");
+    for (exchange, pid, service) in &sent {
+        let mine = records_of(&records, "client", *pid);
+        assert_eq!(mine.len(), 3, "client {service} records: {mine:#?}");
+        check(
+            find(&mine, exchange, "client"),
+            exchange,
+            "client",
+            *pid,
+            service,
+        );
+        check(
+            find(&servers, exchange, "server"),
+            exchange,
+            "server",
+            server.pid(),
+            "fastapi_app",
+        );
+    }
+    assert!(
+        !output.stdout.contains("before=1"),
+        "nothing from before the sensor started"
+    );
+}
