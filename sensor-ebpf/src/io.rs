@@ -389,7 +389,7 @@ pub fn deliver<const SHAPE: u8>(
         match SHAPE {
             CONTIGUOUS => copy.segment(io.ptr, offset, total),
             IOVEC => copy_iovecs(&mut copy, io.ptr, io.count, offset, total),
-            MMSG => copy_first_message(&mut copy, io.ptr, ret as u64, offset),
+            MMSG => copy_first_message(&mut copy, io.ptr, ret, offset),
             _ => {}
         }
     }

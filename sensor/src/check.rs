@@ -408,6 +408,51 @@ fn load_item() -> Item {
     }
 }
 
+/// For each process: whether an OpenSSL the probes can use was found (mapped now, or where the
+/// process would load it), and which functions it has.
+pub fn openssl_items(proc_root: &Path, pids: &[u32]) -> Vec<Item> {
+    let mut symbols = crate::capture::tls::SymbolCache::default();
+    pids.iter()
+        .map(|&pid| {
+            if !proc_root.join(pid.to_string()).exists() {
+                return Item::new("openssl", false, format!("pid {pid}: no such process"));
+            }
+            let libraries = crate::capture::tls::libraries(proc_root, pid, &mut symbols);
+            let described: Vec<String> = libraries
+                .iter()
+                .map(|library| {
+                    let functions: Vec<&str> =
+                        library.functions.iter().map(|(f, _)| f.symbol()).collect();
+                    format!(
+                        "{} ({}: {})",
+                        library.path.display(),
+                        if library.mapped { "mapped" } else { "probed in advance" },
+                        functions.join(" ")
+                    )
+                })
+                .collect();
+            if libraries.iter().any(|l| l.has_plaintext()) {
+                Item::new("openssl", true, format!("pid {pid}: {}", described.join("; ")))
+            } else {
+                Item::new(
+                    "openssl",
+                    false,
+                    format!(
+                        "pid {pid}: no OpenSSL with SSL_read/SSL_read_ex found in its mapped files or \
+                         its root's library directories: its HTTPS cannot be captured (fix: use a \
+                         shared libssl, or an OpenSSL build that keeps its symbols){}",
+                        if described.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; found only {}", described.join("; "))
+                        }
+                    ),
+                )
+            }
+        })
+        .collect()
+}
+
 /// Runs every check.
 pub fn run_checks() -> Vec<Item> {
     let tracefs = layout::tracefs_root();
@@ -485,6 +530,20 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(config.service_name.as_deref(), Some("appsentinels-watcher"));
         assert_eq!(config.data_capture.body_max_size_bytes, 131_072);
+    }
+
+    #[test]
+    fn openssl_of_a_process_is_reported() {
+        let items = openssl_items(Path::new("/proc"), &[std::process::id(), u32::MAX - 1]);
+        assert!(items[0].ok, "{}", items[0].detail);
+        assert!(items[0].detail.contains("libssl"), "{}", items[0].detail);
+        assert!(
+            items[0].detail.contains("SSL_read_ex"),
+            "{}",
+            items[0].detail
+        );
+        assert!(!items[1].ok);
+        assert!(items[1].detail.contains("no such process"));
     }
 
     #[test]

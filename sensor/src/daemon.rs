@@ -654,6 +654,11 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
         "ring-buffer records that could not be decoded",
         capture.decode_errors,
     );
+    metrics.publish(
+        "tls_probe_attach_errors",
+        "OpenSSL functions that could not be probed in a watched process",
+        capture.tls_attach_errors,
+    );
     let tracker = pipeline.tracker.stats();
     for (name, help, value) in [
         ("connections_opened", "connections tracked", tracker.opened),
@@ -683,6 +688,16 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
             "stream_overlap_bytes",
             "overlapping bytes trimmed",
             tracker.overlap_bytes,
+        ),
+        (
+            "tls_streams_bound",
+            "TLS streams tied to their socket connection",
+            tracker.tls_bound,
+        ),
+        (
+            "tls_streams_bound_untracked_socket",
+            "TLS streams tied to a socket connection that was not tracked",
+            tracker.tls_bound_unknown_socket,
         ),
         (
             "exchanges",

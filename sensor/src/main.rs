@@ -33,8 +33,12 @@ fn main() -> Result<()> {
             &args.pids,
             args.payload.then_some(args.payload_bytes),
         )),
-        Command::Check(_) => {
-            let items = runtime.block_on(async { check::run_checks() });
+        Command::Check(args) => {
+            let mut items = runtime.block_on(async { check::run_checks() });
+            items.extend(check::openssl_items(
+                std::path::Path::new("/proc"),
+                &args.pids,
+            ));
             let mut failed = false;
             for item in &items {
                 println!(

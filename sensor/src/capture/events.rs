@@ -398,6 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn tls_bind_record() {
+        let mut event = TlsBindEvent {
+            header: EventHeader {
+                kind: EventKind::TlsBind as u32,
+                tgid: 10,
+                tid: 12,
+                cpu: 1,
+                timestamp_ns: 77,
+            },
+            stream_id: 5 | sensor_common::event::TLS_STREAM_ID_BIT,
+            socket_conn_id: 9,
+            ssl: 0xdead_beef,
+            fd: 6,
+            binding: TlsBinding::MemoryBio as u32,
+        };
+        let CaptureEvent::TlsBind(bind) = decode(&as_bytes(&event)).unwrap() else {
+            panic!("expected a TLS binding");
+        };
+        assert_eq!(
+            (bind.pid, bind.time_ns, bind.socket_conn_id, bind.fd),
+            (10, 77, 9, 6)
+        );
+        assert_eq!(bind.stream_id, event.stream_id);
+        assert_eq!(bind.binding, TlsBinding::MemoryBio);
+        event.binding = 7;
+        assert_eq!(decode(&as_bytes(&event)), Err(DecodeError::Invalid));
+        assert_eq!(decode(&as_bytes(&event)[..40]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
     fn short_or_unknown_records_are_errors() {
         let bytes = data_event(b"hello");
         assert_eq!(

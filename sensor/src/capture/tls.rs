@@ -109,6 +109,9 @@ pub const TLS_PROGRAMS: &[(&str, bool)] = &[
     ("ssl_return", true),
 ];
 
+/// The probed functions a file defines, with their file offsets.
+pub type FunctionOffsets = Arc<Vec<(TlsFunction, u64)>>;
+
 /// A file holding (some of) OpenSSL's functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsLibrary {
@@ -117,7 +120,7 @@ pub struct TlsLibrary {
     /// Device and inode: the identity uprobes attach to.
     pub id: (u64, u64),
     /// File offsets of the probed functions it defines.
-    pub functions: Arc<Vec<(TlsFunction, u64)>>,
+    pub functions: FunctionOffsets,
     /// Whether the process has it mapped now (else it is probed in advance).
     pub mapped: bool,
 }
@@ -134,12 +137,12 @@ impl TlsLibrary {
 /// Symbol tables already read, by file identity: `libcrypto` is megabytes, read once.
 #[derive(Default)]
 pub struct SymbolCache {
-    by_file: HashMap<(u64, u64), Arc<Vec<(TlsFunction, u64)>>>,
+    by_file: HashMap<(u64, u64), FunctionOffsets>,
 }
 
 impl SymbolCache {
     /// The probed functions `path` defines (empty when none, or when it is not an ELF file).
-    pub fn functions(&mut self, path: &Path, id: (u64, u64)) -> Arc<Vec<(TlsFunction, u64)>> {
+    pub fn functions(&mut self, path: &Path, id: (u64, u64)) -> FunctionOffsets {
         if let Some(found) = self.by_file.get(&id) {
             return found.clone();
         }

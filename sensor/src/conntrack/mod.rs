@@ -535,3 +535,6 @@ fn guess_role(chunk: &DataChunk) -> Role {
         _ => Role::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! Connection tracking on its own: records in stream order, gaps, and TLS streams tied to
+//! their sockets.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use sensor_common::event::{DataSource, Direction, Family, Role, TLS_STREAM_ID_BIT, TlsBinding};
+
+use super::{Completed, Tracker, TrackerSettings};
+use crate::{
+    capture::events::{ConnClose, ConnOpen, DataChunk, TlsBind},
+    http::HttpSettings,
+};
+
+const PID: u32 = 4242;
+const SOCKET: u64 = 7 << 10;
+const STREAM: u64 = (9 << 10) | TLS_STREAM_ID_BIT;
+
+fn tracker() -> Tracker {
+    Tracker::new(
+        Arc::new(HttpSettings::default()),
+        TrackerSettings::default(),
+    )
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn open(conn_id: u64, role: Role) -> ConnOpen {
+    ConnOpen {
+        pid: PID,
+        time_ns: 1,
+        conn_id,
+        fd: 5,
+        role,
+        family: Family::Inet,
+        local: Some(addr("127.0.0.1:8443")),
+        remote: Some(addr("127.0.0.1:50000")),
+        unix_path: None,
+        midstream: false,
+    }
+}
+
+fn chunk(conn_id: u64, direction: Direction, offset: u64, bytes: &[u8]) -> DataChunk {
+    DataChunk {
+        pid: PID,
+        tid: PID,
+        time_ns: 10 + offset,
+        conn_id,
+        fd: 5,
+        direction,
+        source: if conn_id & TLS_STREAM_ID_BIT != 0 {
+            DataSource::Tls
+        } else {
+            DataSource::ReadWrite
+        },
+        syscall_offset: offset,
+        syscall_len: bytes.len() as u64,
+        offset,
+        payload: bytes.to_vec(),
+        uncopied: false,
+    }
+}
+
+const REQUEST: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn bind(stream: u64, socket: u64) -> TlsBind {
+    TlsBind {
+        pid: PID,
+        time_ns: 5,
+        stream_id: stream,
+        socket_conn_id: socket,
+        fd: 5,
+        binding: TlsBinding::MemoryBio,
+    }
+}
+
+fn exchange_on(t: &mut Tracker, conn_id: u64) -> Vec<Completed> {
+    let mut out = Vec::new();
+    t.data(&chunk(conn_id, Direction::Ingress, 0, REQUEST), &mut out);
+    t.data(&chunk(conn_id, Direction::Egress, 0, RESPONSE), &mut out);
+    out
+}
+
+#[test]
+fn a_server_exchange_on_a_plain_connection() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    let out = exchange_on(&mut t, SOCKET);
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].meta.tls);
+    assert_eq!(out[0].meta.role, Role::Server);
+    assert_eq!(t.stats().unknown_connection, 0);
+}
+
+#[test]
+fn a_tls_stream_bound_first_takes_its_sockets_identity() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    t.bind_tls(&bind(STREAM, SOCKET), &mut out);
+    let out = exchange_on(&mut t, STREAM);
+    assert_eq!(out.len(), 1);
+    let meta = &out[0].meta;
+    assert!(meta.tls);
+    assert_eq!(meta.conn_id, STREAM);
+    assert_eq!(meta.role, Role::Server);
+    assert_eq!(meta.local, Some(addr("127.0.0.1:8443")));
+    assert_eq!(meta.remote, Some(addr("127.0.0.1:50000")));
+    assert_eq!(t.stats().tls_bound, 1);
+    assert_eq!(t.stats().unknown_connection, 0);
+}
+
+#[test]
+fn plaintext_before_the_binding_gets_the_addresses_when_it_comes() {
+    // A memory-BIO client writes its request before the kernel can tie the stream.
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Client), &mut out);
+    t.data(&chunk(STREAM, Direction::Egress, 0, REQUEST), &mut out);
+    t.bind_tls(&bind(STREAM, SOCKET), &mut out);
+    t.data(&chunk(STREAM, Direction::Ingress, 0, RESPONSE), &mut out);
+    assert_eq!(out.len(), 1);
+    let meta = &out[0].meta;
+    assert!(meta.tls);
+    assert_eq!(meta.role, Role::Client, "guessed from the request line");
+    assert_eq!(meta.remote, Some(addr("127.0.0.1:50000")));
+    assert_eq!(t.stats().unknown_connection, 0, "TLS streams are expected");
+}
+
+#[test]
+fn closing_the_socket_finishes_its_tls_stream() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    t.bind_tls(&bind(STREAM, SOCKET), &mut out);
+    t.data(&chunk(STREAM, Direction::Ingress, 0, REQUEST), &mut out);
+    assert!(out.is_empty());
+    t.close(
+        &ConnClose {
+            pid: PID,
+            time_ns: 100,
+            conn_id: SOCKET,
+            bytes: [0, 0],
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "the request without a response is emitted");
+    assert!(out[0].exchange.response.is_none());
+    assert!(t.is_empty(), "socket and stream are both gone");
+}
+
+#[test]
+fn a_binding_to_an_untracked_socket_is_counted() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.bind_tls(&bind(STREAM, SOCKET), &mut out);
+    assert_eq!(t.stats().tls_bound_unknown_socket, 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_gap_in_a_stream_is_counted() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    t.data(&chunk(SOCKET, Direction::Ingress, 0, REQUEST), &mut out);
+    t.data(
+        &chunk(SOCKET, Direction::Egress, 10, b"tail of a lost response"),
+        &mut out,
+    );
+    assert_eq!(t.stats().gaps, 1);
+    assert_eq!(t.stats().gap_bytes, 10);
+}
