@@ -114,8 +114,38 @@ pub fn setup() -> Result<Env> {
         python_venv,
     )?;
     step("cargo-fuzz", "cargo install cargo-fuzz", cargo_fuzz)?;
+    step(
+        "openssl command (test certificates for the HTTPS tests)",
+        "apt-get install openssl",
+        openssl_command,
+    )?;
     eprintln!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
     Ok(Env { python })
+}
+
+/// The `openssl` command the HTTPS end-to-end tests make their certificate with.
+fn openssl_command() -> Result<()> {
+    let present = || {
+        Command::new("openssl")
+            .arg("version")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the openssl command is missing and we are not root to install it");
+    }
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "openssl"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if present() {
+        Ok(())
+    } else {
+        bail!("apt-get install openssl left no working openssl command")
+    }
 }
 
 fn is_mounted(path: &str, fstype: &str) -> bool {
