@@ -5,6 +5,7 @@
 //! few seconds. A failed step names itself and its fix.
 
 mod bench;
+mod bench_tls;
 mod setup;
 
 use std::{
@@ -176,7 +177,8 @@ fn main() -> Result<()> {
         Task::Bench => {
             let env = setup::setup()?;
             let binary = build()?;
-            bench::bench(&binary, &env.python)
+            bench::bench(&binary, &env.python)?;
+            bench_tls::bench(&binary, &env.python)
         }
     }
 }

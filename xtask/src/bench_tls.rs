@@ -1,0 +1,176 @@
+//! What the OpenSSL probes cost a process, measured side by side: an in-memory TLS loop
+//! (`tests/apps/tls_loop.py`, 4 `SSL_*` calls per round) with no sensor, with the sensor
+//! watching *another* process that uses the same libssl (probes are per process, so this one
+//! should not pay), and with the sensor watching this process (every call traps).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::workspace_root;
+
+const ROUNDS: usize = 3;
+const SECONDS: &str = "3";
+
+/// The loop process, started and ready; runs when told.
+struct TlsLoop {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl TlsLoop {
+    fn start(python: &Path, cert: &Path, key: &Path) -> Result<TlsLoop> {
+        let mut child = Command::new(python)
+            .arg(workspace_root().join("tests/apps/tls_loop.py"))
+            .args([cert.as_os_str(), key.as_os_str()])
+            .arg(SECONDS)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting tls_loop.py")?;
+        let out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        let mut this = TlsLoop { child, out };
+        this.expect("READY")?;
+        Ok(this)
+    }
+
+    fn expect(&mut self, prefix: &str) -> Result<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.out.read_line(&mut line)? == 0 {
+                bail!("tls_loop.py ended before printing {prefix}");
+            }
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                return Ok(rest.trim().to_owned());
+            }
+        }
+    }
+
+    /// Runs the loop; rounds per second.
+    fn run(mut self) -> Result<f64> {
+        let stdin = self.child.stdin.as_mut().ok_or_else(|| anyhow!("no stdin"))?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        let ops: f64 = self.expect("OPS")?.parse()?;
+        let _ = self.child.wait();
+        Ok(ops)
+    }
+}
+
+/// A sensor watching `pid`, stopped when dropped.
+struct Watching(Child);
+
+impl Watching {
+    fn start(binary: &Path, pid: u32) -> Result<Watching> {
+        let log = std::env::temp_dir().join("pysensor-bench-tls.log");
+        let mut child = Command::new(binary)
+            .args(["run", "--pid", &pid.to_string(), "--output", "jsonl"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting the sensor")?;
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("sensor running")
+        {
+            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                bail!("the sensor did not start; see {}", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Watching(child))
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our child.
+        unsafe { kill(self.0.id() as i32, 15) };
+        let _ = self.0.wait();
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs the three configurations, interleaved, and prints rounds/s and ratios.
+pub fn bench(binary: &Path, python: &Path) -> Result<()> {
+    let dir = std::env::temp_dir().join("pysensor-bench-tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", "/CN=localhost"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl req")?;
+    if !made.success() {
+        bail!("openssl req failed");
+    }
+    println!();
+    println!(
+        "== OpenSSL probe cost: in-memory TLS loop (4 SSL calls per round, 1 KB each way), {SECONDS} s per run, {ROUNDS} interleaved rounds, medians"
+    );
+    let (mut bare, mut other, mut watched) = (vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        bare.push(TlsLoop::start(python, &cert, &key)?.run()?);
+        let bystander = TlsLoop::start(python, &cert, &key)?;
+        let measured = TlsLoop::start(python, &cert, &key)?;
+        {
+            let _sensor = Watching::start(binary, bystander.child.id())?;
+            other.push(measured.run()?);
+        }
+        drop(bystander);
+        let measured = TlsLoop::start(python, &cert, &key)?;
+        let _sensor = Watching::start(binary, measured.child.id())?;
+        watched.push(measured.run()?);
+    }
+    let (bare, other, watched) = (median(bare), median(other), median(watched));
+    println!("{:<44} {:>12} {:>7}", "configuration", "rounds/s", "ratio");
+    println!("{:<44} {:>12.0} {:>7.3}", "no sensor", bare, 1.0);
+    println!(
+        "{:<44} {:>12.0} {:>7.3}",
+        "sensor watching another libssl user",
+        other,
+        other / bare
+    );
+    println!(
+        "{:<44} {:>12.0} {:>7.3}",
+        "sensor watching this process",
+        watched,
+        watched / bare
+    );
+    println!(
+        "added per round when watched (4 SSL calls with returns, 8 BIO calls): {:.2} us",
+        1e6 / watched - 1e6 / bare
+    );
+    Ok(())
+}
+
+impl Drop for TlsLoop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
