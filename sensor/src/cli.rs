@@ -87,12 +87,16 @@ pub struct TraceArgs {
     /// The process whose socket traffic to show (and its children).
     #[arg(long = "pid", value_name = "PID", required = true, num_args = 1..)]
     pub pids: Vec<u32>,
-    /// Also print the first bytes of each chunk.
+    /// Also print the first bytes of each chunk, redacted as the configuration says.
     #[arg(long)]
     pub payload: bool,
     /// How many bytes of each chunk `--payload` prints (escaped).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Configuration file whose redaction rules apply to `--payload`; also HT_CONFIG_FILE
+    /// and the HT_* variables, as for `run`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Options of `sensor check`.

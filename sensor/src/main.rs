@@ -10,6 +10,7 @@ use sensor::{
     daemon::{self, DaemonOptions, Output},
     export::{StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
+    redact::StreamRules,
     trace,
 };
 use tracing_subscriber::EnvFilter;
@@ -29,10 +30,24 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Attach(args) => runtime.block_on(run(args.into())),
-        Command::Trace(args) => runtime.block_on(trace::run(
-            &args.pids,
-            args.payload.then_some(args.payload_bytes),
-        )),
+        Command::Trace(args) => {
+            // Payloads are shown redacted by the same configuration `run` would use.
+            let rules = if args.payload {
+                let overrides = Overrides {
+                    config_file: args.config.clone(),
+                    ..Overrides::default()
+                };
+                let config = config::load_from_process_env(&overrides)?.config;
+                Some(StreamRules::from_config(&config).map_err(anyhow::Error::msg)?)
+            } else {
+                None
+            };
+            runtime.block_on(trace::run(
+                &args.pids,
+                args.payload.then_some(args.payload_bytes),
+                rules,
+            ))
+        }
         Command::Check(args) => {
             let mut items = runtime.block_on(async { check::run_checks() });
             items.extend(check::openssl_items(

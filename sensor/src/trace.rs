@@ -1,6 +1,19 @@
 //! `sensor trace`: the raw capture of some processes, one line per chunk, for debugging.
+//!
+//! With `--payload`, the configured redaction applies to the bytes shown: each connection's
+//! streams go through a [`ConnScrubber`], and a chunk's line is printed once every byte of it
+//! is decided (masked runs print as `[REDACTED]`). Lines of one stream keep their order; a
+//! line held for a body that is not complete yet is printed when it completes, when the
+//! connection closes, or after [`HOLD_LIMIT`] with the undecided bytes masked.
 
-use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Write as _,
+    net::SocketAddr,
+    ops::Range,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use sensor_common::event::Direction;
@@ -9,7 +22,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed, tls},
     daemon::with_descendants,
+    redact::{ConnScrubber, REDACTED, StreamRules},
 };
+
+/// Longest time a chunk line waits for its bytes to be decided before they are masked.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(2);
 
 fn addr(a: Option<SocketAddr>) -> String {
     a.map_or_else(|| "?".to_owned(), |a| a.to_string())
@@ -32,6 +49,128 @@ pub fn escape_prefix(bytes: &[u8], limit: usize) -> String {
         }
     }
     out
+}
+
+/// As [`escape_prefix`], with the masked runs of the payload (sorted, disjoint, relative to
+/// its start) shown as `[REDACTED]`.
+pub fn escape_masked(bytes: &[u8], limit: usize, masked: &[Range<usize>]) -> String {
+    let shown = &bytes[..bytes.len().min(limit)];
+    let mut out = String::new();
+    let mut last = 0;
+    for run in masked {
+        if run.start >= shown.len() {
+            break;
+        }
+        out.push_str(&escape_prefix(&shown[last..run.start], usize::MAX));
+        out.push_str(REDACTED);
+        last = run.end.min(shown.len());
+    }
+    out.push_str(&escape_prefix(&shown[last..], usize::MAX));
+    out
+}
+
+/// A chunk line waiting for its payload bytes to be decided.
+struct HeldLine {
+    head: String,
+    offset: u64,
+    payload: Vec<u8>,
+    /// The bytes overlap bytes already seen: shown masked whole.
+    refused: bool,
+    since: Instant,
+}
+
+/// Redaction of one connection's payloads and its held lines, by direction.
+#[derive(Default)]
+struct RedactedConn {
+    scrubber: ConnScrubber,
+    held: [VecDeque<HeldLine>; 2],
+}
+
+/// Payload redaction for `trace`: every connection's scrubber and held lines.
+struct Redaction {
+    rules: StreamRules,
+    limit: usize,
+    conns: HashMap<u64, RedactedConn>,
+}
+
+impl Redaction {
+    /// Takes a chunk's line and payload; prints what can be printed.
+    fn chunk(
+        &mut self,
+        conn_id: u64,
+        direction: Direction,
+        head: String,
+        offset: u64,
+        payload: Vec<u8>,
+    ) {
+        let conn = self.conns.entry(conn_id).or_default();
+        let refused = !conn.scrubber.feed(&self.rules, direction, offset, &payload);
+        conn.held[direction.index()].push_back(HeldLine {
+            head,
+            offset,
+            payload,
+            refused,
+            since: Instant::now(),
+        });
+        print_decided(conn, direction, self.limit);
+    }
+
+    /// The connection closed: everything it held is decided and printed.
+    fn close(&mut self, conn_id: u64) {
+        if let Some(mut conn) = self.conns.remove(&conn_id) {
+            conn.scrubber.close(&self.rules);
+            for direction in [Direction::Ingress, Direction::Egress] {
+                print_decided(&mut conn, direction, self.limit);
+            }
+        }
+    }
+
+    /// Streams holding a line longer than `limit` (or all, with `None`) are decided now,
+    /// masking what is undecided, and printed.
+    fn flush(&mut self, limit: Option<Duration>) {
+        for conn in self.conns.values_mut() {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let stale = conn.held[direction.index()]
+                    .front()
+                    .is_some_and(|line| limit.is_none_or(|l| line.since.elapsed() >= l));
+                if stale {
+                    conn.scrubber.flush(&self.rules, direction);
+                    print_decided(conn, direction, self.limit);
+                }
+            }
+        }
+    }
+}
+
+/// Prints a stream's held lines whose bytes are all decided, in order.
+fn print_decided(conn: &mut RedactedConn, direction: Direction, limit: usize) {
+    let settled = conn.scrubber.settled(direction);
+    let held = &mut conn.held[direction.index()];
+    while let Some(line) = held.front() {
+        let end = line.offset + line.payload.len() as u64;
+        if !line.refused && end > settled {
+            break;
+        }
+        let mut text = line.head.clone();
+        if !line.payload.is_empty() {
+            let masked = if line.refused {
+                std::iter::once(0..line.payload.len()).collect()
+            } else {
+                conn.scrubber
+                    .masked_runs(direction, line.offset, line.payload.len())
+            };
+            let _ = write!(
+                text,
+                " payload=\"{}\"",
+                escape_masked(&line.payload, limit, &masked)
+            );
+        }
+        println!("{text}");
+        if !line.refused {
+            conn.scrubber.release(direction, end);
+        }
+        held.pop_front();
+    }
 }
 
 /// What `trace` shows of a connection.
@@ -69,8 +208,9 @@ impl ConnView {
     }
 }
 
-/// Prints every chunk of the given processes (and their children) until interrupted.
-pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
+/// Prints every chunk of the given processes (and their children) until interrupted; with
+/// `payload`, the first bytes of each chunk, redacted by `rules` unless they are empty.
+pub async fn run(pids: &[u32], payload: Option<usize>, rules: Option<StreamRules>) -> Result<()> {
     let mut capture = Capture::load(&CaptureOptions::default())?;
     let clock = Clock::now()?;
     let mut conns: HashMap<u64, ConnView> = HashMap::new();
@@ -89,10 +229,33 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
             }
         }
     }
+    let mut redaction = match (payload, rules) {
+        (Some(limit), Some(rules)) if !rules.is_empty() => Some(Redaction {
+            rules,
+            limit,
+            conns: HashMap::new(),
+        }),
+        _ => None,
+    };
+    match (payload, &redaction) {
+        (Some(limit), Some(_)) => {
+            tracing::info!(
+                payload_bytes = limit,
+                "trace payloads redacted as configured"
+            );
+        }
+        (Some(limit), None) => tracing::info!(
+            payload_bytes = limit,
+            "no redaction rule configured: trace payloads shown as captured"
+        ),
+        (None, _) => {}
+    }
     eprintln!("tracing {} process(es); Ctrl-C to stop", pids.len());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
+        let mut tick = false;
         let handle = |_: &mut Capture, event: CaptureEvent| match event {
             CaptureEvent::Open(o) => {
                 conns.insert(o.conn_id, ConnView::of(&o));
@@ -109,6 +272,9 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
             }
             CaptureEvent::Close(c) => {
                 conns.remove(&c.conn_id);
+                if let Some(redaction) = redaction.as_mut() {
+                    redaction.close(c.conn_id);
+                }
             }
             CaptureEvent::TlsBind(bind) => {
                 // A TLS stream's plaintext is shown with its socket's ends.
@@ -143,6 +309,16 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
                     chunk.syscall_offset,
                     chunk.source.name(),
                 );
+                if let Some(redaction) = redaction.as_mut() {
+                    redaction.chunk(
+                        chunk.conn_id,
+                        chunk.direction,
+                        line,
+                        chunk.offset,
+                        chunk.payload,
+                    );
+                    return;
+                }
                 if let Some(limit) = payload.filter(|_| !chunk.payload.is_empty()) {
                     let _ = write!(
                         line,
@@ -158,8 +334,14 @@ pub async fn run(pids: &[u32], payload: Option<usize>) -> Result<()> {
             result = capture.next_batch(handle) => result?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = ticker.tick() => tick = true,
         }
+        if tick && let Some(redaction) = redaction.as_mut() {
+            redaction.flush(Some(HOLD_LIMIT));
+        }
+    }
+    if let Some(redaction) = redaction.as_mut() {
+        redaction.flush(None);
     }
     let counters = capture.counters()?;
     let summary: Vec<String> = counters
@@ -182,5 +364,23 @@ mod tests {
         );
         assert_eq!(escape_prefix(b"\x00\xff\\\"", 64), "\\x00\\xff\\\\\\\"");
         assert_eq!(escape_prefix(&[b'a'; 100], 64).len(), 64);
+    }
+
+    #[test]
+    fn masked_runs_print_as_redacted_within_the_limit() {
+        let bytes = b"Authorization: Bearer x\r\nHost: a";
+        let value = 14..23;
+        let runs = std::slice::from_ref(&value);
+        assert_eq!(
+            escape_masked(bytes, 64, runs),
+            "Authorization:[REDACTED]\\r\\nHost: a"
+        );
+        assert_eq!(escape_masked(bytes, 16, runs), "Authorization:[REDACTED]");
+        assert_eq!(escape_masked(bytes, 10, runs), "Authorizat");
+        let whole = 0..3;
+        assert_eq!(
+            escape_masked(b"abc", 64, std::slice::from_ref(&whole)),
+            "[REDACTED]"
+        );
     }
 }

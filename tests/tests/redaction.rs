@@ -1,6 +1,7 @@
 //! End to end: redaction and capture policy through a real Flask service. Every secret the
 //! client and the app exchange is searched for — whole and as every 6-byte substring — in the
 //! sensor's JSONL output and in its log; a SIGHUP swaps the policy on the running sensor.
+//! `sensor trace --payload` applies the same rules to the raw chunks it prints.
 
 use std::{
     io::{Read as _, Write as _},
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use sensor_e2e::{Py, Sensor, attr, records_of, scratch_dir};
+use sensor_e2e::{Py, Sensor, attr, records_of, scratch_dir, trace};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -72,7 +73,7 @@ data_capture:
   exclude_paths: [/health, /search]
 ";
 
-/// One HTTP/1.1 request on a fresh connection; returns the status and the whole response.
+/// One HTTP/1.1 request on a fresh connection; returns the status.
 fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> u16 {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the app");
     stream.set_read_timeout(Some(LONG)).unwrap();
@@ -299,4 +300,119 @@ fn flask_redaction_policy_and_reload() {
         "the reload is logged: {}",
         output.stderr
     );
+}
+
+/// A request written in pieces, each cut inside a secret, with a pause between them so the
+/// server reads each piece in its own syscall; returns the status.
+fn request_in_pieces(port: u16, pieces: &[&str]) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the app");
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    for piece in pieces {
+        stream.write_all(piece.as_bytes()).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+/// `sensor trace --payload` redacts what it prints with the configured rules: an
+/// Authorization header, a JSONPath-selected body value and a card number never appear — not
+/// even when a secret is cut across two captured chunks — while the rest of the traffic does.
+#[test]
+fn trace_payloads_are_redacted() {
+    let dir = scratch_dir("trace-redaction");
+    let config = dir.join("sensor.yaml");
+    std::fs::write(
+        &config,
+        "\
+data_capture:
+  redact_headers: [authorization]
+  redact_request_body: ['$.user.password']
+  redact_response_body: ['$.user.password']
+  redact_card_numbers: true
+",
+    )
+    .unwrap();
+    let server = Py::spawn("redaction_app", &["redaction_app.py"], &[]);
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    let sensor = Sensor::start(
+        "trace-redaction",
+        &[
+            "trace",
+            "--pid",
+            &server.pid().to_string(),
+            "--payload",
+            "--payload-bytes",
+            "100000",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+
+    let body = json!({
+        "user": {"name": "Trace Tester", "password": PASSWORD},
+        "note": format!("card {CARD} on file"),
+    })
+    .to_string();
+    let head = format!(
+        "POST /users HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {BEARER}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let message = format!("{head}{body}");
+    // Cut inside the bearer token and inside the password.
+    let cut_bearer = message.find(BEARER).unwrap() + BEARER.len() / 2;
+    let cut_password = message.find(PASSWORD).unwrap() + PASSWORD.len() / 2;
+    let pieces = [
+        &message[..cut_bearer],
+        &message[cut_bearer..cut_password],
+        &message[cut_password..],
+    ];
+    assert_eq!(request_in_pieces(port, &pieces), 200);
+    std::thread::sleep(Duration::from_millis(1000));
+    let output = sensor.stop();
+
+    let lines: Vec<trace::TraceLine> = output
+        .stdout
+        .lines()
+        .filter_map(trace::parse_line)
+        .collect();
+    let shown = |dir: &str| -> String {
+        lines
+            .iter()
+            .filter(|l| l.pid == server.pid() && l.dir == dir)
+            .map(|l| String::from_utf8_lossy(&l.payload).into_owned())
+            .collect()
+    };
+    let (received, sent) = (shown("in"), shown("out"));
+    let pieces_seen = lines
+        .iter()
+        .filter(|l| l.dir == "in" && !l.payload.is_empty())
+        .count();
+    assert!(
+        pieces_seen >= 3,
+        "the request arrived in several chunks: {}",
+        output.stdout
+    );
+    assert!(
+        received.contains("POST /users HTTP/1.1\r\n") && received.contains("Trace Tester"),
+        "the request is shown: {received}"
+    );
+    assert!(received.contains("Authorization:[REDACTED]"), "{received}");
+    assert!(received.contains("\"password\":[REDACTED]"), "{received}");
+    assert!(received.contains("card [REDACTED] on file"), "{received}");
+    assert!(
+        sent.contains(" 200 OK\r\n") && sent.contains("Trace Tester"),
+        "the echoed response is shown: {sent}"
+    );
+    let secrets = [BEARER, PASSWORD, CARD];
+    assert_no_secret("the trace output", &output.stdout, &secrets);
+    assert_no_secret("the sensor's log", &output.stderr, &secrets);
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: numbers measured side by side in one run.
 //!
 //! 1. Parser throughput on byte fixtures (the `parser_bench` example).
-//! 2. Capture path under a loopback load: the same closed-loop load against an asyncio server,
+//! 2. Redaction cost per exchange on 1 KB and 100 KB JSON bodies, beside the no-redaction
+//!    baseline (the `redaction_bench` example).
+//! 3. Capture path under a loopback load: the same closed-loop load against an asyncio server,
 //!    without the sensor and with it, interleaved and repeated (medians reported): requests/s of
 //!    each, their ratio, exchanges exported vs requests sent, ring-buffer events/s and MB/s, and
 //!    the BPF run time per program run (kernel.bpf_stats_enabled).
@@ -175,9 +177,8 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-/// Runs every benchmark and prints the tables.
-pub fn bench(binary: &Path, python: &Path) -> Result<()> {
-    println!("== HTTP parser (fixtures fed in 16 KiB chunks)");
+/// Runs one of the sensor's benchmark examples.
+fn example(name: &str) -> Result<()> {
     run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace_root())
@@ -188,9 +189,20 @@ pub fn bench(binary: &Path, python: &Path) -> Result<()> {
                 "-p",
                 "sensor",
                 "--example",
-                "parser_bench",
+                name,
             ]),
-    )?;
+    )
+}
+
+/// Runs every benchmark and prints the tables.
+pub fn bench(binary: &Path, python: &Path) -> Result<()> {
+    println!("== HTTP parser (fixtures fed in 16 KiB chunks)");
+    example("parser_bench")?;
+    println!();
+    println!(
+        "== redaction per exchange (request and response JSON bodies of the size shown; CPU µs): no rule, default header rules, headers + JSONPaths + card/e-mail patterns; cost = full - baseline"
+    );
+    example("redaction_bench")?;
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     println!();
     println!(

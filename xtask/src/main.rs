@@ -44,8 +44,8 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
     },
-    /// Set up, build, then measure: parser throughput, and the capture path under a loopback
-    /// load with and without the sensor, side by side (as root).
+    /// Set up, build, then measure: parser throughput, redaction cost per exchange, and the
+    /// capture path under a loopback load with and without the sensor, side by side (as root).
     Bench,
 }
 

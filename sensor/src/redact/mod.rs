@@ -19,9 +19,14 @@
 //!
 //! [`Policy`] adds the capture policy around it (per-service overrides, path exclusions,
 //! sampling with errors kept, header/body switches) and counts every decision.
+//!
+//! [`ConnScrubber`] applies the same rules ([`StreamRules`], the union over services) to raw
+//! byte streams for `sensor trace --payload`, deciding every byte masked or clear before it is
+//! shown.
 
 mod patterns;
 mod policy;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +38,7 @@ use crate::record::{AttributeValue, Attributes, ExchangeRecord};
 
 pub use patterns::{Patterns, luhn_valid, redact_cards};
 pub use policy::{Decision, PathPattern, Policy, PolicyStats, parser_settings};
+pub use stream::{ConnScrubber, StreamRules};
 
 /// The replacement text for redacted values.
 pub const REDACTED: &str = "[REDACTED]";

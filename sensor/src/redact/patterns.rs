@@ -1,6 +1,8 @@
 //! Pattern redaction: payment card numbers (Luhn-checked), e-mail addresses and user regular
 //! expressions, replaced wherever they occur in a text.
 
+use std::ops::Range;
+
 use regex::{Regex, RegexBuilder};
 
 use super::REDACTED;
@@ -72,6 +74,33 @@ impl Patterns {
         }
         current.map(|out| (out, count))
     }
+
+    /// Byte ranges of `text` that some pattern matches (each pattern searched in the original
+    /// text; ranges may overlap), in no particular order.
+    pub fn spans(&self, text: &str) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        if self.cards {
+            out.extend(card_spans(text).into_iter().map(|(start, end)| start..end));
+        }
+        for re in self.email.iter().chain(self.user.iter()) {
+            out.extend(
+                re.find_iter(text)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.range()),
+            );
+        }
+        out
+    }
+
+    /// Whether some pattern matches somewhere in `text`.
+    pub fn matches(&self, text: &str) -> bool {
+        (self.cards && !card_spans(text).is_empty())
+            || self
+                .email
+                .iter()
+                .chain(self.user.iter())
+                .any(|re| re.find_iter(text).any(|m| !m.is_empty()))
+    }
 }
 
 /// Whether `digits` (ASCII digits) pass the Luhn check.
@@ -93,11 +122,29 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     !digits.is_empty() && sum.is_multiple_of(10)
 }
 
-/// Replaces card numbers: runs of 13 to 19 digits, optionally grouped by single spaces or
-/// dashes, starting with 2 to 6 (the issuer ranges of the card networks) and passing the Luhn
-/// check. Within a longer grouped run (two numbers side by side), every window of whole groups
-/// is tried, longest valid first.
+/// Replaces card numbers (as found by [`card_spans`]) by `[REDACTED]`; returns the text and the
+/// number of replacements, or `None` when there was none.
 pub fn redact_cards(text: &str) -> Option<(String, u64)> {
+    let spans = card_spans(text);
+    if spans.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for &(start, end) in &spans {
+        out.push_str(&text[last..start]);
+        out.push_str(REDACTED);
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    Some((out, spans.len() as u64))
+}
+
+/// Byte ranges of card numbers in `text`, in order: runs of 13 to 19 digits, optionally
+/// grouped by single spaces or dashes, starting with 2 to 6 (the issuer ranges of the card
+/// networks) and passing the Luhn check. Within a longer grouped run (two numbers side by
+/// side), every window of whole groups is tried, longest valid first.
+pub fn card_spans(text: &str) -> Vec<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
@@ -146,16 +193,5 @@ pub fn redact_cards(text: &str) -> Option<(String, u64)> {
         }
         i = j;
     }
-    if spans.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut last = 0;
-    for &(start, end) in &spans {
-        out.push_str(&text[last..start]);
-        out.push_str(REDACTED);
-        last = end;
-    }
-    out.push_str(&text[last..]);
-    Some((out, spans.len() as u64))
+    spans
 }

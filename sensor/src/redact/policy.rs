@@ -263,6 +263,20 @@ fn is_error(record: &ExchangeRecord) -> bool {
     }
 }
 
+/// The `data_capture` settings of every service: the global ones, then those of each service
+/// of `data_capture.service_overrides`.
+pub(super) fn every_service(config: &Config) -> Vec<DataCapture> {
+    std::iter::once(config.data_capture_for(""))
+        .chain(
+            config
+                .data_capture
+                .service_overrides
+                .keys()
+                .map(|service| config.data_capture_for(service)),
+        )
+        .collect()
+}
+
 /// The HTTP parser settings a configuration needs, over `base`. When some service has body
 /// redaction rules (JSONPaths, form fields, patterns), bodies are kept up to the largest
 /// processing size of any service, so redaction sees whole bodies and the record stage
@@ -271,15 +285,7 @@ fn is_error(record: &ExchangeRecord) -> bool {
 /// `Content-Type`; the record stage drops them when capture is off), bodies are kept when any
 /// service captures them, for the content types any service allows.
 pub fn parser_settings(config: &Config, mut base: HttpSettings) -> HttpSettings {
-    let all: Vec<DataCapture> = std::iter::once(config.data_capture_for(""))
-        .chain(
-            config
-                .data_capture
-                .service_overrides
-                .keys()
-                .map(|service| config.data_capture_for(service)),
-        )
-        .collect();
+    let all = every_service(config);
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let whole_bodies = all.iter().any(has_body_rules);
     base.body_max_size = all
