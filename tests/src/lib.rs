@@ -360,3 +360,31 @@ pub fn children(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// A loopback port free at the time of the call (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// The value of counter `pysensor_<name>_total` on the `/metrics` page served at `addr`
+/// (`--metrics-addr`); `None` when the page or the counter is not there.
+pub fn metric(addr: &str, name: &str) -> Option<u64> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    let wanted = format!("pysensor_{name}_total ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&wanted))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+}

@@ -1,7 +1,10 @@
 //! End to end: records exported as OTLP spans, trace context and stitching (thread-per-request
-//! parenting in `otlp_export/parenting.rs`), and the sensor never capturing its own export
-//! traffic.
+//! parenting in `otlp_export/parenting.rs`), the sensor never capturing its own export
+//! traffic, and delivery (`otlp_export/delivery.rs`: collector down, SIGTERM flush, the
+//! sensor instance's name).
 
+#[path = "otlp_export/delivery.rs"]
+mod delivery;
 #[path = "otlp_export/parenting.rs"]
 mod parenting;
 
