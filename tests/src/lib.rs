@@ -67,6 +67,25 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The Python of the in-process agent's venv (`SENSOR_TEST_AGENT_PYTHON`, else the venv
+/// `cargo xtask setup` makes from `tests/requirements-agent.txt`).
+pub fn agent_python() -> PathBuf {
+    let path = std::env::var_os("SENSOR_TEST_AGENT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/pysensor/venv-agent/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "agent venv Python {} not found: run `cargo xtask setup`",
+        path.display()
+    );
+    path
+}
+
 /// Directory of the Python apps the tests run.
 pub fn apps_dir() -> PathBuf {
     workspace_root().join("tests/apps")
@@ -233,7 +252,12 @@ impl Py {
     /// Starts the test venv's Python with `args` (the first is usually a script in
     /// [`apps_dir`]), with extra environment variables.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
-        let mut child = Command::new(python())
+        Self::spawn_with(&python(), name, args, env)
+    }
+
+    /// As [`Py::spawn`], with another interpreter (e.g. [`agent_python`]).
+    pub fn spawn_with(interpreter: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
+        let mut child = Command::new(interpreter)
             .args(args)
             .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")

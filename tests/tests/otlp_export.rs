@@ -1,12 +1,14 @@
 //! End to end: records exported as OTLP spans, trace context and stitching (thread-per-request
 //! parenting in `otlp_export/parenting.rs`), the sensor never capturing its own export
-//! traffic, and delivery (`otlp_export/delivery.rs`: collector down, SIGTERM flush, the
-//! sensor instance's name).
+//! traffic, delivery (`otlp_export/delivery.rs`: collector down, SIGTERM flush, the sensor
+//! instance's name), and parity with the in-process agent (`otlp_export/parity.rs`).
 
 #[path = "otlp_export/delivery.rs"]
 mod delivery;
 #[path = "otlp_export/parenting.rs"]
 mod parenting;
+#[path = "otlp_export/parity.rs"]
+mod parity;
 
 use std::time::Duration;
 
