@@ -399,11 +399,9 @@ pub fn metric(addr: &str, name: &str) -> Option<u64> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    // One write: the server answers after its first read and closes.
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut page = String::new();
     stream.read_to_string(&mut page).ok()?;
     let wanted = format!("pysensor_{name}_total ");
