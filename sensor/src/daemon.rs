@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
 use crate::{
-    capture::{Capture, CaptureEvent, CaptureOptions, Clock, events::DataChunk, seed},
+    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed},
     conntrack::{Completed, Tracker, TrackerSettings},
     enrich::{
         self, ProcessInfo, ProcessTable, RecordContext, build_record,
@@ -280,7 +280,6 @@ impl Pipeline {
                 let info = self.procs.exec(&exec);
                 // Sockets are close-on-exec in Python: the old program's connections are over.
                 self.forget_process_sockets(capture, exec.pid, exec.time_ns);
-                self.threads.forget_process(exec.pid);
                 if exec.watch_state == WatchState::Pending as u32 {
                     if self.wanted(&info, &exec.filename) {
                         self.watch(capture, exec.pid);
@@ -308,7 +307,6 @@ impl Pipeline {
                 self.tracker.process_exit(pid, time_ns, &mut self.completed);
                 self.flush_completed();
                 self.forget_process_sockets(capture, pid, time_ns);
-                self.threads.forget_process(pid);
                 self.watched.remove(&pid);
                 self.procs.remove(pid);
             }
@@ -318,7 +316,7 @@ impl Pipeline {
 
     /// Follows which server request each thread serves (a read on a server connection) and
     /// links the client requests it writes meanwhile to that request ([`Threads`]).
-    fn follow_thread(&mut self, chunk: &DataChunk) {
+    fn follow_thread(&mut self, chunk: &crate::capture::events::DataChunk) {
         use sensor_common::event::{Direction, Role};
         if chunk.syscall_len == 0 {
             return;
@@ -330,7 +328,11 @@ impl Pipeline {
         };
         let thread = (chunk.pid, chunk.tid);
         match (meta.role, chunk.direction) {
-            (Role::Server, Direction::Ingress) => {
+            // Only bytes that made a request head count (not junk, nor a protocol that is not
+            // HTTP): the thread then serves the connection's oldest unanswered request.
+            (Role::Server, Direction::Ingress)
+                if tracker.unfinished_request_headers(chunk.conn_id).is_some() =>
+            {
                 self.threads
                     .request_read(thread, chunk.conn_id, seq, chunk.time_ns, finished);
             }
@@ -391,6 +393,7 @@ impl Pipeline {
             capture.forget_fd(SocketKey { tgid: pid, fd });
         }
         self.tracker.process_exit(pid, time_ns, &mut self.completed);
+        self.threads.forget_process(pid);
     }
 
     /// SIGHUP: re-reads the configuration and swaps the capture and redaction policy; the
