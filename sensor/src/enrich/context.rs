@@ -392,7 +392,8 @@ impl Threads {
     }
 
     /// Threads followed and links kept.
-    pub fn sizes(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
         (self.threads.len(), self.links.len())
     }
 }
