@@ -20,6 +20,7 @@ POST /form       -> 200 application/json {"ok": true}
 Both read the request body whole (and nothing else of it), with or without the agent.
 """
 import json
+import logging
 import sys
 import threading
 
@@ -29,6 +30,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 app = Flask(__name__)
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 @app.route("/route1", methods=["GET", "POST"])
