@@ -11,7 +11,11 @@ use tracing::{debug, info, warn};
 use crate::{
     capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed, tls},
     conntrack::{Completed, Tracker, TrackerSettings},
-    enrich::{self, ProcessInfo, ProcessTable, RecordContext, build_record, process},
+    enrich::{
+        self, ProcessInfo, ProcessTable, RecordContext, build_record,
+        context::{self, ExchangeKey, Threads},
+        process,
+    },
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
     metrics::Metrics,
@@ -142,6 +146,10 @@ fn socket_local_addr(fd: i32) -> Option<std::net::SocketAddr> {
     }
 }
 
+/// How much longer than the response timeout a client call's link to its server request is
+/// kept: both ends' records are built within the response timeout of the call.
+const LINK_RETENTION_MARGIN_NS: u64 = 60_000_000_000;
+
 /// Everything the event handler needs besides the capture itself.
 pub struct Pipeline {
     procs: ProcessTable,
@@ -156,6 +164,8 @@ pub struct Pipeline {
     selector: enrich::selectors::Selector,
     completed: Vec<Completed>,
     salt: u64,
+    /// Which server request each thread serves, and the client calls made for them.
+    threads: Threads,
     own: OwnSockets,
     /// Connections deliberately not tracked (the sensor's own export traffic): records already
     /// in flight for them are dropped instead of starting an unknown connection.
@@ -236,6 +246,7 @@ impl Pipeline {
                 if let Some((conn_id, control)) = self.tracker.data(&chunk, &mut self.completed) {
                     capture.set_control(conn_id, control);
                 }
+                self.follow_thread(&chunk);
             }
             CaptureEvent::Open(mut open) => {
                 if self.watched.contains(&open.pid) {
@@ -352,6 +363,73 @@ impl Pipeline {
         self.flush_completed();
     }
 
+    /// Follows which server request each thread serves (a read on a server connection) and
+    /// links the client requests it writes meanwhile to that request ([`Threads`]).
+    fn follow_thread(&mut self, chunk: &crate::capture::events::DataChunk) {
+        use sensor_common::event::{Direction, Role};
+        if chunk.syscall_len == 0 {
+            return;
+        }
+        let tracker = &self.tracker;
+        let finished = |conn_id: u64| tracker.progress(conn_id).map(|(_, n)| n);
+        let Some((meta, seq)) = tracker.progress(chunk.conn_id) else {
+            return;
+        };
+        let thread = (chunk.pid, chunk.tid);
+        match (meta.role, chunk.direction) {
+            // Only bytes that made a request head count (not junk, nor a protocol that is not
+            // HTTP): the thread then serves the connection's oldest unanswered request.
+            (Role::Server, Direction::Ingress)
+                if tracker.unfinished_request_headers(chunk.conn_id).is_some() =>
+            {
+                self.threads
+                    .request_read(thread, chunk.conn_id, seq, chunk.time_ns, finished);
+            }
+            (Role::Client, Direction::Egress) => {
+                let Some(key) = ExchangeKey::of(meta.role, meta.local, meta.remote, seq) else {
+                    return;
+                };
+                if self.threads.client_writes(&key, chunk.conn_id) {
+                    return;
+                }
+                let Some((server_conn, server_seq)) =
+                    self.threads.serving(thread, chunk.time_ns, finished)
+                else {
+                    return;
+                };
+                let Some((server, _)) = tracker.progress(server_conn) else {
+                    return;
+                };
+                let Some(server_key) =
+                    ExchangeKey::of(server.role, server.local, server.remote, server_seq)
+                else {
+                    return;
+                };
+                let traceparent = tracker
+                    .unfinished_request_headers(server_conn)
+                    .and_then(|headers| enrich::record::header_value(headers, "traceparent"));
+                let client_watched =
+                    tracker.is_watched_client(server_key.client, server_key.server);
+                let upstream = self.threads.link_of(&server_key);
+                if let Some(ids) = context::server_ids(
+                    self.salt,
+                    Some(&server_key),
+                    traceparent.as_deref(),
+                    client_watched,
+                    upstream.as_ref(),
+                ) {
+                    let link = context::Link {
+                        trace_id: ids.trace_id,
+                        parent_span_id: ids.span_id,
+                    };
+                    self.threads
+                        .add_link(key, chunk.conn_id, link, chunk.time_ns);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn wanted(&self, info: &ProcessInfo, filename: &str) -> bool {
         self.discover
             && !info.opted_out()
@@ -364,6 +442,7 @@ impl Pipeline {
             capture.forget_fd(SocketKey { tgid: pid, fd });
         }
         self.tracker.process_exit(pid, time_ns, &mut self.completed);
+        self.threads.forget_process(pid);
     }
 
     /// SIGHUP: re-reads the configuration and swaps the capture and redaction policy; the
@@ -433,12 +512,18 @@ impl Pipeline {
                 }
                 _ => false,
             };
+            let key = ExchangeKey::of(done.meta.role, done.meta.local, done.meta.remote, done.seq);
+            let link = key.and_then(|key| match done.meta.role {
+                sensor_common::event::Role::Client => self.threads.link(&key, done.meta.conn_id),
+                _ => self.threads.link_of(&key),
+            });
             let ctx = RecordContext {
                 host_name: &self.host_name,
                 scheme: if done.meta.tls { "https" } else { "http" },
                 to_unix_nanos: &to_unix,
                 seq: done.seq,
                 client_watched,
+                link,
                 salt: self.salt,
             };
             if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx)
@@ -514,6 +599,12 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         selector: enrich::selectors::Selector::new(&options.policy.sensor.selectors)?,
         completed: Vec::new(),
         salt: rand::random(),
+        threads: Threads::new(
+            options
+                .tracker
+                .response_timeout_ns
+                .saturating_add(LINK_RETENTION_MARGIN_NS),
+        ),
         own: OwnSockets::default(),
         ignored_conns: HashSet::new(),
         tls_symbols: tls::SymbolCache::default(),
@@ -556,8 +647,10 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         tokio::select! {
             result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => result?,
             _ = tick.tick() => {
-                pipeline.tracker.tick(Clock::monotonic_now(), &mut pipeline.completed);
+                let now = Clock::monotonic_now();
+                pipeline.tracker.tick(now, &mut pipeline.completed);
                 pipeline.flush_completed();
+                pipeline.threads.expire(now);
             }
             _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
             _ = rescan.tick() => pipeline.rescan_tls(&mut capture),

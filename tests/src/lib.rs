@@ -67,6 +67,25 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The Python of the in-process agent's venv (`SENSOR_TEST_AGENT_PYTHON`, else the venv
+/// `cargo xtask setup` makes from `tests/requirements-agent.txt`).
+pub fn agent_python() -> PathBuf {
+    let path = std::env::var_os("SENSOR_TEST_AGENT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/pysensor/venv-agent/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "agent venv Python {} not found: run `cargo xtask setup`",
+        path.display()
+    );
+    path
+}
+
 /// Directory of the Python apps the tests run.
 pub fn apps_dir() -> PathBuf {
     workspace_root().join("tests/apps")
@@ -290,7 +309,12 @@ impl Py {
     /// Starts the test venv's Python with `args` (the first is usually a script in
     /// [`apps_dir`]), with extra environment variables.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
-        let mut child = Command::new(python())
+        Self::spawn_with(&python(), name, args, env)
+    }
+
+    /// As [`Py::spawn`], with another interpreter (e.g. [`agent_python`]).
+    pub fn spawn_with(interpreter: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
+        let mut child = Command::new(interpreter)
             .args(args)
             .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
@@ -416,4 +440,30 @@ pub fn children(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// A loopback port free at the time of the call (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// The value of counter `pysensor_<name>_total` on the `/metrics` page served at `addr`
+/// (`--metrics-addr`); `None` when the page or the counter is not there.
+pub fn metric(addr: &str, name: &str) -> Option<u64> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // One write: the server answers after its first read and closes.
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    let wanted = format!("pysensor_{name}_total ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&wanted))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
 }

@@ -138,18 +138,36 @@ pub struct Receiver {
 impl Receiver {
     /// Starts the gRPC and HTTP servers on 127.0.0.1 (ports chosen by the system).
     pub fn start() -> Receiver {
-        Self::start_with(None)
+        Self::start_with(None, None)
+    }
+
+    /// As [`Receiver::start`], on the given addresses (e.g. those of a receiver stopped
+    /// earlier, to bring "the same" collector back).
+    pub fn start_at(grpc: SocketAddr, http: SocketAddr) -> Receiver {
+        Self::start_with(None, Some((grpc, http)))
+    }
+
+    /// The gRPC and HTTP servers' addresses.
+    pub fn addresses(&self) -> (SocketAddr, SocketAddr) {
+        (self.grpc, self.http)
     }
 
     /// As [`Receiver::start`], both servers speaking TLS with this certificate chain and
     /// private key (PEM); the endpoints are then `https://127.0.0.1:PORT`.
     pub fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> Receiver {
-        Self::start_with(Some((cert_pem.to_vec(), key_pem.to_vec())))
+        Self::start_with(Some((cert_pem.to_vec(), key_pem.to_vec())), None)
     }
 
-    fn start_with(tls: Option<(Vec<u8>, Vec<u8>)>) -> Receiver {
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the gRPC receiver");
-        let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the HTTP receiver");
+    fn start_with(
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+        at: Option<(SocketAddr, SocketAddr)>,
+    ) -> Receiver {
+        let (grpc, http) = at.unwrap_or_else(|| {
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            (any, any)
+        });
+        let grpc = std::net::TcpListener::bind(grpc).expect("bind the gRPC receiver");
+        let http = std::net::TcpListener::bind(http).expect("bind the HTTP receiver");
         grpc.set_nonblocking(true).expect("non-blocking listener");
         http.set_nonblocking(true).expect("non-blocking listener");
         let grpc_addr = grpc.local_addr().expect("gRPC receiver address");

@@ -1,5 +1,14 @@
-//! End to end: records exported as OTLP spans, trace context and stitching, and the sensor
-//! never capturing its own export traffic.
+//! End to end: records exported as OTLP spans, trace context and stitching (thread-per-request
+//! parenting in `otlp_export/parenting.rs`), the sensor never capturing its own export
+//! traffic, delivery (`otlp_export/delivery.rs`: collector down, SIGTERM flush, the sensor
+//! instance's name), and parity with the in-process agent (`otlp_export/parity.rs`).
+
+#[path = "otlp_export/delivery.rs"]
+mod delivery;
+#[path = "otlp_export/parenting.rs"]
+mod parenting;
+#[path = "otlp_export/parity.rs"]
+mod parity;
 
 use std::time::Duration;
 
@@ -7,6 +16,12 @@ use sensor_e2e::{Py, Sensor, otlp::Receiver};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
+
+/// The next `RESULT <json>` line of a client.
+fn result(py: &Py) -> Value {
+    let line = py.expect_line("RESULT", LONG);
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("RESULT is not JSON ({e}): {line}"))
+}
 
 fn command(url: &str, headers: Value) -> String {
     json!({"method": "GET", "url": url, "headers": headers, "body": null}).to_string()

@@ -111,7 +111,12 @@ pub fn setup() -> Result<Env> {
     let python = step(
         "python test venv",
         "python3 with the venv module and access to PyPI (apt-get install python3-venv)",
-        python_venv,
+        || python_venv("venv", "tests/requirements.txt"),
+    )?;
+    step(
+        "python agent venv",
+        "python3 with the venv module and access to PyPI (apt-get install python3-venv)",
+        || python_venv("venv-agent", "tests/requirements-agent.txt"),
     )?;
     step("cargo-fuzz", "cargo install cargo-fuzz", cargo_fuzz)?;
     step(
@@ -516,11 +521,13 @@ fn bpf_linker(nightly: &Nightly) -> Result<()> {
     run(&mut cmd).with_context(|| format!("building bpf-linker with feature {feature}"))
 }
 
-fn python_venv() -> Result<PathBuf> {
-    let requirements = workspace_root().join("tests/requirements.txt");
+/// A venv under the cache directory named `name` with the packages of `requirements` (a path
+/// in the workspace) installed; left as it is when it already holds exactly those.
+fn python_venv(name: &str, requirements: &str) -> Result<PathBuf> {
+    let requirements = workspace_root().join(requirements);
     let wanted = std::fs::read_to_string(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
-    let venv = cache_dir().join("venv");
+    let venv = cache_dir().join(name);
     let python = venv.join("bin/python");
     let stamp = venv.join(".requirements");
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {

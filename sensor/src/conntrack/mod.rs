@@ -454,6 +454,21 @@ impl Tracker {
             .collect()
     }
 
+    /// A connection's identity and how many of its exchanges are finished (the position
+    /// the oldest unfinished one will get).
+    pub fn progress(&self, conn_id: u64) -> Option<(&Arc<ConnMeta>, u64)> {
+        self.conns.get(&conn_id).map(|c| (&c.meta, c.exchanges))
+    }
+
+    /// Header fields of the oldest request on a connection whose exchange is not finished,
+    /// once its head is parsed.
+    pub fn unfinished_request_headers(&self, conn_id: u64) -> Option<&[crate::http::HeaderField]> {
+        self.conns
+            .get(&conn_id)?
+            .parser
+            .unfinished_request_headers()
+    }
+
     /// Periodic work: response timeouts and idle connections.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
         const CLIENT_MEMORY_NS: u64 = 60_000_000_000;

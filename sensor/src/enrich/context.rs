@@ -7,11 +7,18 @@
 //!   the exchange's position on the connection. Both ends compute the same values, so when the
 //!   client of a server connection is a watched process on this host, the server span's parent
 //!   is exactly the client span's id, whichever record is built first.
+//! - A client call made by a thread while it serves a server request is a child of that
+//!   server span (thread-per-request servers: gunicorn sync and gthread workers,
+//!   `ThreadingHTTPServer`, Django's runserver); see [`Threads`] for the rule and why it does
+//!   not parent the calls of event loops serving several requests at once.
 
 use std::{
+    collections::{HashMap, VecDeque},
     hash::{Hash, Hasher},
     net::SocketAddr,
 };
+
+use sensor_common::event::Role;
 
 use crate::record::{AttributeValue, Attributes};
 
@@ -92,6 +99,38 @@ pub struct ExchangeKey {
     pub seq: u64,
 }
 
+impl ExchangeKey {
+    /// The key of exchange `seq` on a connection of a process in `role` (a connection of
+    /// unknown role is taken for a server's, as the record does); `None` without both
+    /// addresses (unix sockets, unknown peers).
+    pub fn of(
+        role: Role,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+        seq: u64,
+    ) -> Option<ExchangeKey> {
+        let (client, server) = match role {
+            Role::Client => (local?, remote?),
+            Role::Server | Role::Unknown => (remote?, local?),
+        };
+        Some(ExchangeKey {
+            client,
+            server,
+            seq,
+        })
+    }
+}
+
+/// What a client exchange takes from the server request its thread was serving when it
+/// wrote the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The server span's trace id.
+    pub trace_id: [u8; 16],
+    /// The server span's id: the client span's parent.
+    pub parent_span_id: [u8; 8],
+}
+
 /// Derives ids from a key; `salt` is fixed for the sensor's lifetime (both ends of a
 /// connection on this host are seen by the same sensor).
 fn derive<const N: usize>(salt: u64, key: &ExchangeKey, role: &str) -> [u8; N] {
@@ -108,11 +147,13 @@ fn derive<const N: usize>(salt: u64, key: &ExchangeKey, role: &str) -> [u8; N] {
     out
 }
 
-/// Ids of a client span.
+/// Ids of a client span; `link` is the server request the call was made for, if known
+/// (the span is then its child, in its trace).
 pub fn client_ids(
     salt: u64,
     key: Option<&ExchangeKey>,
     traceparent: Option<&str>,
+    link: Option<&Link>,
 ) -> Option<SpanIds> {
     if let Some((trace_id, parent)) = traceparent.and_then(parse_traceparent) {
         return Some(SpanIds {
@@ -123,19 +164,22 @@ pub fn client_ids(
     }
     let key = key?;
     Some(SpanIds {
-        trace_id: derive(salt, key, "trace"),
+        trace_id: link.map_or_else(|| derive(salt, key, "trace"), |l| l.trace_id),
         span_id: derive(salt, key, "client"),
-        parent_span_id: None,
+        parent_span_id: link.map(|l| l.parent_span_id),
     })
 }
 
 /// Ids of a server span; `client_watched` says whether the client end of the connection is a
-/// watched process on this host (its span then exists and is the parent).
+/// watched process on this host (its span then exists and is the parent), and
+/// `client_link` is that client exchange's [`Link`], if it has one (the client span, and so
+/// this one, are then in the trace of the request the client was serving).
 pub fn server_ids(
     salt: u64,
     key: Option<&ExchangeKey>,
     traceparent: Option<&str>,
     client_watched: bool,
+    client_link: Option<&Link>,
 ) -> Option<SpanIds> {
     let parsed = traceparent.and_then(parse_traceparent);
     let key = key?;
@@ -146,12 +190,212 @@ pub fn server_ids(
             span_id,
             parent_span_id: Some(parent),
         },
-        None => SpanIds {
-            trace_id: derive(salt, key, "trace"),
-            span_id,
-            parent_span_id: client_watched.then(|| derive(salt, key, "client")),
-        },
+        None => {
+            let linked = client_link.filter(|_| client_watched);
+            SpanIds {
+                trace_id: linked.map_or_else(|| derive(salt, key, "trace"), |l| l.trace_id),
+                span_id,
+                parent_span_id: client_watched.then(|| derive(salt, key, "client")),
+            }
+        }
     })
+}
+
+/// How long a thread that was seen serving two requests at once is taken for an event loop.
+const EVENT_LOOP_MEMORY_NS: u64 = 60_000_000_000;
+
+/// Most threads followed, and most links kept, at once.
+const MAX_ENTRIES: usize = 65_536;
+
+/// A server request a thread read and that is not answered yet.
+#[derive(Clone, Copy, Debug)]
+struct Serving {
+    conn_id: u64,
+    /// The request's position on its connection: the number of exchanges finished there
+    /// when the thread read it. It is answered once that number has grown.
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct ThreadState {
+    serving: Vec<Serving>,
+    /// When the thread was last seen with two unanswered requests.
+    multiplexed_ns: Option<u64>,
+    last_ns: u64,
+}
+
+/// Which server request each thread serves, and the [`Link`]s of the client calls made for
+/// them.
+///
+/// The rule: a client request written by thread T is the child of server request R when T
+/// read R, R is not answered yet (its exchange is not finished), R is the only such request
+/// of T, and T has not been seen with two unanswered requests in the last 60 seconds.
+///
+/// - In a thread-per-request server (gunicorn sync and gthread workers, `ThreadingHTTPServer`)
+///   the thread that reads a request runs the application for it and writes its response,
+///   and serves nothing else meanwhile: every call it makes in between is made for that
+///   request.
+/// - An event-loop thread (asyncio: uvicorn, aiohttp) reads the requests of many
+///   connections and runs their handlers interleaved; with two requests in flight, which
+///   one a call is made for cannot be told from system calls, so its calls are not parented,
+///   and once seen with two the thread is taken for an event loop for a while. With a single
+///   request in flight (all it was seen serving for a minute) a call is parented to that
+///   request, which is the only one the thread serves; the exception is work started by no
+///   request (a background task running at that moment), which is then mis-parented.
+/// - A call made after the response was written (a WSGI close callback, a background task
+///   after the response) is not parented: the request is answered.
+/// - The parent's ids are those its own record will get ([`server_ids`]), computed when the
+///   call's first bytes are written, from the connection's addresses, the request's position
+///   and its `traceparent` header: the client record is finished before the server's (its
+///   response is read before the server writes its own), and the server on the other end,
+///   if watched, is finished before both.
+/// - Requests on connections without both addresses (unix sockets) have no derived ids and
+///   parent nothing.
+pub struct Threads {
+    threads: HashMap<(u32, u32), ThreadState>,
+    links: HashMap<ExchangeKey, (u64, Link, u64)>,
+    /// Links in the order they were made, to expire them.
+    order: VecDeque<(ExchangeKey, u64)>,
+    retention_ns: u64,
+}
+
+impl Threads {
+    /// An empty table whose links are kept `retention_ns` (longer than a request may wait
+    /// for its response, so that both ends' records find them).
+    pub fn new(retention_ns: u64) -> Self {
+        Threads {
+            threads: HashMap::new(),
+            links: HashMap::new(),
+            order: VecDeque::new(),
+            retention_ns,
+        }
+    }
+
+    /// Thread `tid` of process `pid` read request bytes on server connection `conn_id`, on
+    /// which `seq` exchanges are finished. `finished` gives that number for any connection
+    /// (`None`: the connection is gone).
+    pub fn request_read(
+        &mut self,
+        (pid, tid): (u32, u32),
+        conn_id: u64,
+        seq: u64,
+        now_ns: u64,
+        finished: impl Fn(u64) -> Option<u64>,
+    ) {
+        if self.threads.len() >= MAX_ENTRIES && !self.threads.contains_key(&(pid, tid)) {
+            self.expire(now_ns);
+            if self.threads.len() >= MAX_ENTRIES {
+                return;
+            }
+        }
+        let state = self.threads.entry((pid, tid)).or_default();
+        state.last_ns = now_ns;
+        state
+            .serving
+            .retain(|s| s.conn_id != conn_id && finished(s.conn_id) == Some(s.seq));
+        if !state.serving.is_empty() {
+            state.multiplexed_ns = Some(now_ns);
+        }
+        state.serving.push(Serving { conn_id, seq });
+    }
+
+    /// The server request (connection and position) thread `tid` of `pid` is serving alone,
+    /// by the rule above.
+    pub fn serving(
+        &self,
+        (pid, tid): (u32, u32),
+        now_ns: u64,
+        finished: impl Fn(u64) -> Option<u64>,
+    ) -> Option<(u64, u64)> {
+        let state = self.threads.get(&(pid, tid))?;
+        if state
+            .multiplexed_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) < EVENT_LOOP_MEMORY_NS)
+        {
+            return None;
+        }
+        let mut open = state
+            .serving
+            .iter()
+            .filter(|s| finished(s.conn_id) == Some(s.seq));
+        let only = open.next()?;
+        if open.next().is_some() {
+            return None;
+        }
+        Some((only.conn_id, only.seq))
+    }
+
+    /// The link of client exchange `key` made on connection `conn_id`, if it has one.
+    pub fn link(&self, key: &ExchangeKey, conn_id: u64) -> Option<Link> {
+        self.links
+            .get(key)
+            .filter(|(id, _, _)| *id == conn_id)
+            .map(|(_, link, _)| *link)
+    }
+
+    /// The link of client exchange `key`, whichever connection made it (for the server end
+    /// of the connection, which knows only the addresses).
+    pub fn link_of(&self, key: &ExchangeKey) -> Option<Link> {
+        self.links.get(key).map(|(_, link, _)| *link)
+    }
+
+    /// Client connection `conn_id` is writing exchange `key`: a link another connection
+    /// left under the same addresses is stale, and forgotten. Returns whether the exchange
+    /// is linked already.
+    pub fn client_writes(&mut self, key: &ExchangeKey, conn_id: u64) -> bool {
+        match self.links.get(key) {
+            Some((id, _, _)) if *id == conn_id => true,
+            Some(_) => {
+                self.links.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Links client exchange `key` of connection `conn_id`.
+    pub fn add_link(&mut self, key: ExchangeKey, conn_id: u64, link: Link, now_ns: u64) {
+        if self.links.len() >= MAX_ENTRIES {
+            self.expire(now_ns);
+            while self.links.len() >= MAX_ENTRIES {
+                let Some((old, at)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.links.get(&old).is_some_and(|(_, _, t)| *t == at) {
+                    self.links.remove(&old);
+                }
+            }
+        }
+        self.links.insert(key, (conn_id, link, now_ns));
+        self.order.push_back((key, now_ns));
+    }
+
+    /// A process ended or replaced its program: its threads are forgotten.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.threads.retain(|(p, _), _| *p != pid);
+    }
+
+    /// Forgets links older than the retention and threads idle as long.
+    pub fn expire(&mut self, now_ns: u64) {
+        let retention = self.retention_ns;
+        while let Some((key, at)) = self.order.front().copied() {
+            if now_ns.saturating_sub(at) < retention {
+                break;
+            }
+            self.order.pop_front();
+            if self.links.get(&key).is_some_and(|(_, _, t)| *t == at) {
+                self.links.remove(&key);
+            }
+        }
+        self.threads
+            .retain(|_, state| now_ns.saturating_sub(state.last_ns) < retention);
+    }
+
+    /// Threads followed and links kept.
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        (self.threads.len(), self.links.len())
+    }
 }
 
 #[cfg(test)]
@@ -187,30 +431,163 @@ mod tests {
     #[test]
     fn header_joins_the_trace() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let client = client_ids(7, Some(&key()), Some(tp)).unwrap();
+        let client = client_ids(7, Some(&key()), Some(tp), None).unwrap();
         assert_eq!(hex(&client.span_id), "00f067aa0ba902b7");
-        let server = server_ids(7, Some(&key()), Some(tp), true).unwrap();
+        let server = server_ids(7, Some(&key()), Some(tp), true, None).unwrap();
         assert_eq!(server.trace_id, client.trace_id);
         assert_eq!(server.parent_span_id, Some(client.span_id));
     }
 
     #[test]
     fn both_ends_on_this_host_are_stitched() {
-        let client = client_ids(7, Some(&key()), None).unwrap();
-        let server = server_ids(7, Some(&key()), None, true).unwrap();
+        let client = client_ids(7, Some(&key()), None, None).unwrap();
+        let server = server_ids(7, Some(&key()), None, true, None).unwrap();
         assert_eq!(server.trace_id, client.trace_id);
         assert_eq!(server.parent_span_id, Some(client.span_id));
         assert_ne!(server.span_id, client.span_id);
-        let alone = server_ids(7, Some(&key()), None, false).unwrap();
+        let alone = server_ids(7, Some(&key()), None, false, None).unwrap();
         assert_eq!(alone.parent_span_id, None);
         let next = ExchangeKey { seq: 3, ..key() };
         assert_ne!(
-            client_ids(7, Some(&next), None).unwrap().span_id,
+            client_ids(7, Some(&next), None, None).unwrap().span_id,
             client.span_id
         );
         assert_ne!(
-            client_ids(8, Some(&key()), None).unwrap().span_id,
+            client_ids(8, Some(&key()), None, None).unwrap().span_id,
             client.span_id
         );
+    }
+
+    #[test]
+    fn keys_are_seen_from_the_client() {
+        let a: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let client = ExchangeKey::of(Role::Client, Some(a), Some(b), 2).unwrap();
+        let server = ExchangeKey::of(Role::Server, Some(b), Some(a), 2).unwrap();
+        assert_eq!(client, key());
+        assert_eq!(server, key());
+        assert_eq!(ExchangeKey::of(Role::Client, Some(a), None, 0), None);
+    }
+
+    /// A linked client span is the child of the server request, in its trace; the server at
+    /// the other end of the call, when watched, joins that trace with the client as parent.
+    #[test]
+    fn a_linked_call_is_a_child_of_the_server_span() {
+        let inbound = key();
+        let server = server_ids(7, Some(&inbound), None, false, None).unwrap();
+        let link = Link {
+            trace_id: server.trace_id,
+            parent_span_id: server.span_id,
+        };
+        let call = ExchangeKey {
+            client: "127.0.0.1:50001".parse().unwrap(),
+            server: "127.0.0.1:9090".parse().unwrap(),
+            seq: 0,
+        };
+        let client = client_ids(7, Some(&call), None, Some(&link)).unwrap();
+        assert_eq!(client.trace_id, server.trace_id);
+        assert_eq!(client.parent_span_id, Some(server.span_id));
+        assert_eq!(
+            client.span_id,
+            client_ids(7, Some(&call), None, None).unwrap().span_id,
+            "the client's own id does not depend on the link"
+        );
+        let downstream = server_ids(7, Some(&call), None, true, Some(&link)).unwrap();
+        assert_eq!(downstream.trace_id, server.trace_id);
+        assert_eq!(downstream.parent_span_id, Some(client.span_id));
+        let unwatched = server_ids(7, Some(&call), None, false, Some(&link)).unwrap();
+        assert_ne!(unwatched.trace_id, server.trace_id);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headed = client_ids(7, Some(&call), Some(tp), Some(&link)).unwrap();
+        assert_eq!(hex(&headed.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// Exchanges finished per connection, as the connection tracker would say.
+    struct Finished(HashMap<u64, u64>);
+
+    impl Finished {
+        fn of(&self) -> impl Fn(u64) -> Option<u64> + '_ {
+            |conn| self.0.get(&conn).copied()
+        }
+    }
+
+    #[test]
+    fn a_thread_serving_one_request_parents_its_calls() {
+        let mut threads = Threads::new(90 * SEC);
+        let mut done = Finished(HashMap::from([(1, 0), (2, 0)]));
+        let t = (100, 101);
+        assert_eq!(threads.serving(t, SEC, done.of()), None);
+        threads.request_read(t, 1, 0, SEC, done.of());
+        assert_eq!(threads.serving(t, SEC, done.of()), Some((1, 0)));
+        assert_eq!(
+            threads.serving((100, 102), SEC, done.of()),
+            None,
+            "another thread"
+        );
+        // The response is written: the request is answered.
+        done.0.insert(1, 1);
+        assert_eq!(threads.serving(t, 2 * SEC, done.of()), None);
+        // The next request on the same keep-alive connection.
+        threads.request_read(t, 1, 1, 3 * SEC, done.of());
+        assert_eq!(threads.serving(t, 3 * SEC, done.of()), Some((1, 1)));
+        done.0.insert(1, 2);
+        // A new connection (gunicorn sync: one per request).
+        threads.request_read(t, 2, 0, 4 * SEC, done.of());
+        assert_eq!(threads.serving(t, 4 * SEC, done.of()), Some((2, 0)));
+        // Its connection closes without an answer: nothing is served.
+        done.0.remove(&2);
+        assert_eq!(threads.serving(t, 5 * SEC, done.of()), None);
+        threads.forget_process(100);
+        assert_eq!(threads.sizes().0, 0);
+    }
+
+    #[test]
+    fn an_event_loop_serving_two_requests_parents_nothing() {
+        let mut threads = Threads::new(90 * SEC);
+        let mut done = Finished(HashMap::from([(1, 0), (2, 0), (3, 0)]));
+        let t = (200, 200);
+        threads.request_read(t, 1, 0, SEC, done.of());
+        assert_eq!(threads.serving(t, SEC, done.of()), Some((1, 0)));
+        threads.request_read(t, 2, 0, SEC + 1, done.of());
+        assert_eq!(threads.serving(t, SEC + 2, done.of()), None, "two at once");
+        done.0.insert(1, 1);
+        assert_eq!(
+            threads.serving(t, 2 * SEC, done.of()),
+            None,
+            "one left, but the thread is an event loop"
+        );
+        done.0.insert(2, 1);
+        threads.request_read(t, 3, 0, 30 * SEC, done.of());
+        assert_eq!(threads.serving(t, 30 * SEC, done.of()), None);
+        assert_eq!(
+            threads.serving(t, SEC + 1 + EVENT_LOOP_MEMORY_NS, done.of()),
+            Some((3, 0)),
+            "a minute later with one request at a time"
+        );
+    }
+
+    #[test]
+    fn links_belong_to_their_connection_and_expire() {
+        let mut threads = Threads::new(90 * SEC);
+        let link = Link {
+            trace_id: [1; 16],
+            parent_span_id: [2; 8],
+        };
+        assert!(!threads.client_writes(&key(), 5));
+        threads.add_link(key(), 5, link, SEC);
+        assert!(threads.client_writes(&key(), 5));
+        assert_eq!(threads.link(&key(), 5), Some(link));
+        assert_eq!(threads.link_of(&key()), Some(link));
+        assert_eq!(threads.link(&key(), 6), None, "another connection");
+        assert!(!threads.client_writes(&key(), 6), "same addresses reused");
+        assert_eq!(threads.link_of(&key()), None, "the stale link is gone");
+        threads.add_link(key(), 6, link, 2 * SEC);
+        threads.expire(50 * SEC);
+        assert_eq!(threads.link(&key(), 6), Some(link));
+        threads.expire(93 * SEC);
+        assert_eq!(threads.link(&key(), 6), None);
+        assert_eq!(threads.sizes(), (0, 0));
     }
 }

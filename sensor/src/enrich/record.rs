@@ -25,6 +25,9 @@ pub struct RecordContext<'a> {
     pub seq: u64,
     /// For a server exchange: whether its client is a watched process on this host.
     pub client_watched: bool,
+    /// For a client exchange: the server request it was made for. For a server exchange:
+    /// that of its client's exchange (whose trace it joins), when the client is watched.
+    pub link: Option<context::Link>,
     /// Fixed for the sensor's lifetime; makes derived ids unique to this host and run.
     pub salt: u64,
 }
@@ -110,6 +113,21 @@ fn header_values(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
         }
     }
     merged
+}
+
+/// The value of header `name` (case-insensitive) as the record shows it: repeated fields
+/// joined with `, `, invalid UTF-8 escaped.
+pub fn header_value(headers: &[(String, Vec<u8>)], name: &str) -> Option<String> {
+    let mut values = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| body_text(v));
+    let first = values.next()?;
+    Some(values.fold(first, |mut all, v| {
+        all.push_str(", ");
+        all.push_str(&v);
+        all
+    }))
 }
 
 fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
@@ -287,29 +305,18 @@ pub fn build_record(
         put(&mut attrs, "sensor.incomplete", true);
     }
     let traceparent = header(&req_headers, "traceparent");
+    let key = context::ExchangeKey::of(meta.role, meta.local, meta.remote, ctx.seq);
     let ids = match kind {
         SpanKind::Client => {
-            let key = meta
-                .local
-                .zip(meta.remote)
-                .map(|(client, server)| context::ExchangeKey {
-                    client,
-                    server,
-                    seq: ctx.seq,
-                });
-            context::client_ids(ctx.salt, key.as_ref(), traceparent)
+            context::client_ids(ctx.salt, key.as_ref(), traceparent, ctx.link.as_ref())
         }
-        SpanKind::Server => {
-            let key = meta
-                .remote
-                .zip(meta.local)
-                .map(|(client, server)| context::ExchangeKey {
-                    client,
-                    server,
-                    seq: ctx.seq,
-                });
-            context::server_ids(ctx.salt, key.as_ref(), traceparent, ctx.client_watched)
-        }
+        SpanKind::Server => context::server_ids(
+            ctx.salt,
+            key.as_ref(),
+            traceparent,
+            ctx.client_watched,
+            ctx.link.as_ref(),
+        ),
     };
     if let Some(ids) = ids {
         ids.write(&mut attrs);

@@ -317,6 +317,13 @@ impl Core {
         }
     }
 
+    /// The oldest request whose exchange is not finished: its id, and the request once
+    /// complete.
+    pub(super) fn oldest_unfinished(&self) -> Option<(u64, Option<&HttpRequest>)> {
+        let front = self.entries.front()?;
+        Some((self.base, front.request.as_ref()))
+    }
+
     /// Memory held by queued and finished exchanges.
     pub(super) fn held_bytes(&self) -> usize {
         let queued: usize = self

@@ -134,6 +134,9 @@ pub enum HttpVersion {
     Http11,
 }
 
+/// One header field: the name as sent, the raw value.
+pub type HeaderField = (String, Vec<u8>);
+
 /// A message body as captured.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Body {
@@ -381,6 +384,25 @@ impl HttpConnection {
     /// yet taken), in bytes.
     pub fn buffered_bytes(&self) -> usize {
         self.req.held_bytes() + self.resp.held_bytes() + self.core.held_bytes()
+    }
+
+    /// Header fields of the oldest request whose exchange is not finished yet, as soon as its
+    /// head is parsed (its body may still be arriving); `None` when there is no such request.
+    /// Empty when request headers are not captured.
+    pub fn unfinished_request_headers(&self) -> Option<&[HeaderField]> {
+        let (id, request) = self.core.oldest_unfinished()?;
+        if let Some(request) = request {
+            return Some(&request.headers);
+        }
+        let (reading, headers) = self.req.reading_request()?;
+        if reading != id {
+            return None;
+        }
+        Some(if self.core.settings.capture_request_headers {
+            headers
+        } else {
+            &[]
+        })
     }
 
     /// Counters.

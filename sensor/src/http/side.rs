@@ -129,6 +129,17 @@ pub(super) struct Side {
     ever_synced: bool,
 }
 
+impl Side {
+    /// The entry and header fields of the request whose body is being read, if any.
+    pub(super) fn reading_request(&self) -> Option<(u64, &[super::HeaderField])> {
+        let msg = self.msg.as_ref()?;
+        if self.is_response() {
+            return None;
+        }
+        Some((msg.entry?, &msg.head.headers))
+    }
+}
+
 fn lower_list(headers: &[(String, Vec<u8>)], name: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut seen = false;

@@ -1559,3 +1559,44 @@ fn duplicate_and_overlapping_chunks() {
     assert_eq!(c.take_exchanges(), vec![x1]);
     assert_eq!(c.stats().duplicate_bytes, 10 + 10);
 }
+
+/// The oldest unfinished request's headers are known from its head on, while its body is
+/// read, until its response ends; then the next request's.
+#[test]
+fn unfinished_request_headers_follow_the_oldest_request() {
+    let names = |conn: &HttpConnection| -> Option<Vec<String>> {
+        conn.unfinished_request_headers()
+            .map(|h| h.iter().map(|(n, _)| n.clone()).collect())
+    };
+    let mut conn = HttpConnection::new(Arc::new(HttpSettings::default()));
+    assert_eq!(names(&conn), None);
+    let head = b"POST /a HTTP/1.1\r\nHost: h\r\nTraceparent: x\r\nContent-Length: 4\r\n\r\n";
+    conn.on_data(Stream::Request, 0, &head[..10], 1);
+    assert_eq!(names(&conn), None, "head not parsed yet");
+    conn.on_data(Stream::Request, 10, &head[10..], 2);
+    let expected = Some(vec![
+        "Host".to_owned(),
+        "Traceparent".to_owned(),
+        "Content-Length".to_owned(),
+    ]);
+    assert_eq!(names(&conn), expected, "body still to come");
+    conn.on_data(Stream::Request, head.len() as u64, b"body", 3);
+    assert_eq!(names(&conn), expected, "request complete, unanswered");
+    let second = b"GET /b HTTP/1.1\r\nX-Second: 1\r\n\r\n";
+    conn.on_data(Stream::Request, head.len() as u64 + 4, second, 4);
+    assert_eq!(names(&conn), expected, "pipelined: still the oldest");
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    conn.on_data(Stream::Response, 0, response, 5);
+    assert_eq!(conn.take_exchanges().len(), 1);
+    assert_eq!(names(&conn), Some(vec!["X-Second".to_owned()]));
+    conn.on_data(Stream::Response, response.len() as u64, response, 6);
+    assert_eq!(conn.take_exchanges().len(), 1);
+    assert_eq!(names(&conn), None);
+
+    let mut quiet = HttpConnection::new(Arc::new(HttpSettings {
+        capture_request_headers: false,
+        ..HttpSettings::default()
+    }));
+    quiet.on_data(Stream::Request, 0, head, 1);
+    assert_eq!(names(&quiet), Some(Vec::new()), "headers not captured");
+}
