@@ -55,7 +55,11 @@ impl TlsLoop {
 
     /// Runs the loop; rounds per second.
     fn run(mut self) -> Result<f64> {
-        let stdin = self.child.stdin.as_mut().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("no stdin"))?;
         stdin.write_all(b"go\n")?;
         stdin.flush()?;
         let ops: f64 = self.expect("OPS")?.parse()?;
@@ -115,7 +119,9 @@ pub fn bench(binary: &Path, python: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
