@@ -664,9 +664,12 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         }
     }
     info!("stopping: draining capture and flushing buffered exchanges");
-    // Records already in the ring buffer still count.
-    let drain = capture.next_batch(|cap, event| pipeline.handle(cap, event));
-    let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+    // Everything already in the ring buffer still counts: read until it is empty (bounded, so
+    // a process still flooding it cannot hold the stop up).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && capture.read_available(|cap, event| pipeline.handle(cap, event)) > 0
+    {}
     pipeline
         .tracker
         .finish_all(Clock::monotonic_now(), &mut pipeline.completed);

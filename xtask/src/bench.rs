@@ -100,6 +100,7 @@ struct WithSensor {
     rps: f64,
     exported: u64,
     sent: u64,
+    ring_full: u64,
     events_per_sec: f64,
     mb_per_sec: f64,
     ns_per_run: f64,
@@ -162,6 +163,7 @@ fn with_sensor(
         rps: result.requests as f64 / elapsed,
         exported,
         sent: result.requests,
+        ring_full: delta("kernel_ringbuf_full"),
         events_per_sec: delta("kernel_data_events") as f64 / elapsed,
         mb_per_sec: delta("kernel_copied_bytes") as f64 / elapsed / 1e6,
         ns_per_run: if runs > 0 {
@@ -209,13 +211,14 @@ pub fn bench(binary: &Path, python: &Path) -> Result<()> {
         "== capture path: asyncio keep-alive server, {CONNECTIONS} client connections, {SECONDS} s per run, {ROUNDS} interleaved rounds, medians"
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>7} {:>9} {:>9} {:>11} {:>8} {:>11}",
+        "{:<16} {:>10} {:>10} {:>7} {:>9} {:>9} {:>10} {:>11} {:>8} {:>11}",
         "workload",
         "bare rps",
         "sensor rps",
         "ratio",
         "sent",
         "exported",
+        "ring full",
         "events/s",
         "MB/s",
         "ns/bpf run"
@@ -225,7 +228,7 @@ pub fn bench(binary: &Path, python: &Path) -> Result<()> {
         let port = line_with(&mut server_out, "READY")?;
         let (mut bare, mut sensed, mut events, mut mbs, mut ns) =
             (vec![], vec![], vec![], vec![], vec![]);
-        let (mut sent, mut exported) = (0u64, 0u64);
+        let (mut sent, mut exported, mut ring_full) = (0u64, 0u64, 0u64);
         for _ in 0..ROUNDS {
             let (plain, _) = load(python, &port, body)?;
             if plain.errors > 0 {
@@ -242,18 +245,20 @@ pub fn bench(binary: &Path, python: &Path) -> Result<()> {
             ns.push(measured.ns_per_run);
             sent += measured.sent;
             exported += measured.exported;
+            ring_full += measured.ring_full;
         }
         let _ = server.kill();
         let _ = server.wait();
         let (bare, sensed) = (median(bare), median(sensed));
         println!(
-            "{:<16} {:>10.0} {:>10.0} {:>7.3} {:>9} {:>9} {:>11.0} {:>8.1} {:>11.0}",
+            "{:<16} {:>10.0} {:>10.0} {:>7.3} {:>9} {:>9} {:>10} {:>11.0} {:>8.1} {:>11.0}",
             name,
             bare,
             sensed,
             sensed / bare,
             sent,
             exported,
+            ring_full,
             median(events),
             median(mbs),
             median(ns)

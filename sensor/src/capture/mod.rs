@@ -228,13 +228,17 @@ impl Capture {
 
     /// Waits until records are available, then hands each decoded one to `handle`. Returns after
     /// draining what was there, so the caller can interleave timers.
-    pub async fn next_batch(
-        &mut self,
-        mut handle: impl FnMut(&mut Self, CaptureEvent),
-    ) -> Result<()> {
+    pub async fn next_batch(&mut self, handle: impl FnMut(&mut Self, CaptureEvent)) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         guard.clear_ready();
         drop(guard);
+        self.read_available(handle);
+        Ok(())
+    }
+
+    /// Hands every record in the ring buffer now (at most one batch of 4096) to `handle`,
+    /// without waiting; returns how many there were.
+    pub fn read_available(&mut self, mut handle: impl FnMut(&mut Self, CaptureEvent)) -> usize {
         let mut batch = Vec::new();
         {
             let ring = self.ring.get_mut();
@@ -245,6 +249,7 @@ impl Capture {
                 }
             }
         }
+        let read = batch.len();
         for decoded in batch {
             match decoded {
                 Ok(event) => handle(self, event),
@@ -254,7 +259,7 @@ impl Capture {
                 }
             }
         }
-        Ok(())
+        read
     }
 
     /// Starts (or keeps) capturing a process.
