@@ -1,7 +1,12 @@
 //! The daemon: wires capture → conntrack → http → enrich → redact → export and decides which
 //! processes are watched (discovery, `--pid`).
 
-use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use sensor_common::maps::{SocketKey, WatchState};
@@ -11,7 +16,11 @@ use tracing::{debug, info, warn};
 use crate::{
     capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed},
     conntrack::{Completed, Tracker, TrackerSettings},
-    enrich::{self, ProcessInfo, ProcessTable, RecordContext, build_record, process},
+    enrich::{
+        self, ProcessInfo, ProcessTable, RecordContext, build_record,
+        kubernetes::{PodContainer, PodDirectory},
+        process,
+    },
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
     metrics::Metrics,
@@ -58,8 +67,12 @@ pub struct DaemonStats {
     pub unwatched_data: u64,
     /// Processes watched.
     pub watched: u64,
-    /// Processes rejected by discovery (not Python, or opted out).
+    /// Processes rejected by discovery (not Python, opted out, or not selected).
     pub rejected: u64,
+    /// Discovery decisions that waited for the process's pod to be known (pod selectors).
+    pub deferred: u64,
+    /// Deferred decisions taken without the pod, which stayed unknown.
+    pub deferred_timed_out: u64,
     /// Connections ignored because their peer is the sensor itself.
     pub own_traffic: u64,
 }
@@ -154,6 +167,13 @@ pub struct Pipeline {
     discover: bool,
     /// Discovery's include/exclude rules (`sensor.include`, `sensor.exclude`).
     selector: enrich::selectors::Selector,
+    /// Pods of this node (inactive outside a cluster).
+    pods: PodDirectory,
+    /// Processes whose discovery decision waits for their pod (namespace or label selectors):
+    /// the exec'd file name and since when.
+    deferred: HashMap<u32, (String, Instant)>,
+    /// The configured `service_name`, the service name of last resort.
+    configured_service_name: Option<String>,
     completed: Vec<Completed>,
     salt: u64,
     own: OwnSockets,
@@ -166,6 +186,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     fn watch(&mut self, capture: &mut Capture, pid: u32) {
+        self.deferred.remove(&pid);
         if let Err(error) = capture.watch(pid) {
             warn!(pid, %error, "cannot watch process");
             return;
@@ -173,12 +194,22 @@ impl Pipeline {
         if self.watched.insert(pid) {
             self.stats.watched += 1;
             let info = self.procs.get(pid);
+            let pod = info.as_deref().and_then(|i| self.pod_of(i));
+            let service = info.as_deref().map_or_else(
+                || "?".to_owned(),
+                |i| {
+                    process::resolve_service_name(
+                        i,
+                        pod.as_ref(),
+                        self.configured_service_name.as_deref(),
+                    )
+                },
+            );
             info!(
                 pid,
-                service = info
-                    .as_ref()
-                    .map(|i| i.service_name.as_str())
-                    .unwrap_or("?"),
+                service,
+                pod = pod.as_ref().map(|p| p.pod.name.as_str()),
+                namespace = pod.as_ref().map(|p| p.pod.namespace.as_str()),
                 "watching process"
             );
         }
@@ -194,8 +225,65 @@ impl Pipeline {
     }
 
     fn unwatch(&mut self, capture: &mut Capture, pid: u32) {
+        self.deferred.remove(&pid);
         capture.unwatch(pid);
         self.watched.remove(&pid);
+    }
+
+    /// The pod container a process runs in, when pod metadata knows it.
+    fn pod_of(&self, info: &ProcessInfo) -> Option<PodContainer> {
+        self.pods.container(info.container_id.as_deref()?)
+    }
+
+    /// Applies a discovery decision.
+    fn apply(&mut self, capture: &mut Capture, pid: u32, filename: &str, decision: Discovery) {
+        match decision {
+            Discovery::Watch => self.watch(capture, pid),
+            Discovery::Reject => {
+                self.stats.rejected += 1;
+                self.unwatch(capture, pid);
+            }
+            Discovery::Defer => {
+                if !self.deferred.contains_key(&pid) {
+                    self.stats.deferred += 1;
+                    debug!(pid, "discovery waits for the process's pod");
+                }
+                self.deferred
+                    .insert(pid, (filename.to_owned(), Instant::now()));
+            }
+        }
+    }
+
+    /// Decides again for processes waiting for their pod: now known, gone, or waited out.
+    fn decide_deferred(&mut self, capture: &mut Capture) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let waiting: Vec<(u32, String, Instant)> = self
+            .deferred
+            .iter()
+            .map(|(pid, (filename, since))| (*pid, filename.clone(), *since))
+            .collect();
+        for (pid, filename, since) in waiting {
+            let Some(info) = self.procs.get(pid) else {
+                self.deferred.remove(&pid);
+                continue;
+            };
+            let waited_out = since.elapsed() >= POD_WAIT;
+            let decision = self.decide(&info, &filename, waited_out);
+            if waited_out {
+                self.stats.deferred_timed_out += 1;
+                info!(
+                    pid,
+                    container_id = info.container_id.as_deref().unwrap_or(""),
+                    ?decision,
+                    "the process's pod is still unknown: decided without it"
+                );
+            }
+            if decision != Discovery::Defer {
+                self.apply(capture, pid, &filename, decision);
+            }
+        }
     }
 
     fn handle(&mut self, capture: &mut Capture, event: CaptureEvent) {
@@ -262,6 +350,11 @@ impl Pipeline {
                 if self.watched.contains(&pid) && self.watched.insert(child) {
                     self.procs.fork(pid, child);
                     debug!(parent = pid, child, "watching forked child");
+                } else if let Some(waiting) = self.deferred.get(&pid).cloned() {
+                    // A child forked while its parent's decision waits for the pod (gunicorn's
+                    // workers) waits with it.
+                    self.procs.fork(pid, child);
+                    self.deferred.insert(child, waiting);
                 }
             }
             CaptureEvent::ExecArg(arg) => self.procs.exec_arg(arg),
@@ -270,12 +363,8 @@ impl Pipeline {
                 // Sockets are close-on-exec in Python: the old program's connections are over.
                 self.forget_process_sockets(capture, exec.pid, exec.time_ns);
                 if exec.watch_state == WatchState::Pending as u32 {
-                    if self.wanted(&info, &exec.filename) {
-                        self.watch(capture, exec.pid);
-                    } else {
-                        self.stats.rejected += 1;
-                        self.unwatch(capture, exec.pid);
-                    }
+                    let decision = self.decide(&info, &exec.filename, false);
+                    self.apply(capture, exec.pid, &exec.filename, decision);
                 }
             }
             CaptureEvent::CloseRange {
@@ -297,17 +386,38 @@ impl Pipeline {
                 self.flush_completed();
                 self.forget_process_sockets(capture, pid, time_ns);
                 self.watched.remove(&pid);
+                self.deferred.remove(&pid);
                 self.procs.remove(pid);
             }
         }
         self.flush_completed();
     }
 
-    fn wanted(&self, info: &ProcessInfo, filename: &str) -> bool {
-        self.discover
-            && !info.opted_out()
-            && process::is_python(self.procs.proc_root(), info.pid, filename)
-            && self.selector.wants(info)
+    /// Whether discovery watches a process: a Python process that does not opt out and that
+    /// the selectors want. With namespace or label selectors, a process in a container whose
+    /// pod is not known yet waits for it (the kubelet reports a container's id shortly after
+    /// the container starts), unless `waited_out`.
+    fn decide(&self, info: &ProcessInfo, filename: &str, waited_out: bool) -> Discovery {
+        if !self.discover
+            || info.opted_out()
+            || !process::is_python(self.procs.proc_root(), info.pid, filename)
+        {
+            return Discovery::Reject;
+        }
+        let pod = self.pod_of(info);
+        if pod.is_none()
+            && !waited_out
+            && info.container_id.is_some()
+            && self.selector.uses_pods()
+            && self.pods.is_active()
+        {
+            return Discovery::Defer;
+        }
+        if self.selector.wants(info, pod.as_ref()) {
+            Discovery::Watch
+        } else {
+            Discovery::Reject
+        }
     }
 
     fn forget_process_sockets(&mut self, capture: &mut Capture, pid: u32, time_ns: u64) {
@@ -384,6 +494,7 @@ impl Pipeline {
                 }
                 _ => false,
             };
+            let pod = self.pod_of(&process);
             let ctx = RecordContext {
                 host_name: &self.host_name,
                 scheme: "http",
@@ -391,6 +502,8 @@ impl Pipeline {
                 seq: done.seq,
                 client_watched,
                 salt: self.salt,
+                pod: pod.as_ref(),
+                configured_service_name: self.configured_service_name.as_deref(),
             };
             if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx)
                 && self.policy.process(&mut record) == Decision::Export
@@ -400,6 +513,20 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// How long a discovery decision waits for a process's pod to be known.
+const POD_WAIT: Duration = Duration::from_secs(30);
+
+/// What discovery does with a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Discovery {
+    /// Watch it.
+    Watch,
+    /// Leave it unwatched.
+    Reject,
+    /// Decide once its pod is known (pod selectors).
+    Defer,
 }
 
 /// Every process id under `/proc`.
@@ -453,6 +580,16 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             Exporter::otlp((**settings).clone())?
         }
     };
+    let pods = enrich::kubernetes::start().await;
+    if pods.is_active() && !pods.wait_synced(Duration::from_secs(10)).await {
+        warn!("the pods of this node are not listed yet: records get pod metadata once they are");
+    }
+    let selector = enrich::selectors::Selector::new(&options.policy.sensor.selectors)?;
+    if selector.uses_pods() && !pods.is_active() {
+        warn!(
+            "namespace or pod label selectors are configured but there is no pod metadata: they match no process"
+        );
+    }
     let mut pipeline = Pipeline {
         procs: ProcessTable::new("/proc"),
         tracker: Tracker::new(Arc::new(options.http.clone()), options.tracker.clone()),
@@ -462,7 +599,10 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         host_name: enrich::host_name(),
         watched: HashSet::new(),
         discover,
-        selector: enrich::selectors::Selector::new(&options.policy.sensor.selectors)?,
+        selector,
+        pods,
+        deferred: HashMap::new(),
+        configured_service_name: options.policy.service_name.clone(),
         completed: Vec::new(),
         salt: rand::random(),
         own: OwnSockets::default(),
@@ -470,23 +610,27 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");
-    let initial: Vec<u32> = if discover {
-        all_pids(proc_root)
-            .into_iter()
-            .filter(|pid| *pid != std::process::id())
-            .filter(|pid| {
-                process::read_proc(proc_root, *pid).is_some_and(|info| {
-                    !info.opted_out()
-                        && process::is_python(proc_root, *pid, "")
-                        && pipeline.selector.wants(&info)
-                })
-            })
-            .collect()
+    if discover {
+        for pid in all_pids(proc_root) {
+            if pid == std::process::id() {
+                continue;
+            }
+            let Some(info) = process::read_proc(proc_root, pid) else {
+                continue;
+            };
+            match pipeline.decide(&info, "", false) {
+                Discovery::Watch => pipeline.watch(&mut capture, pid),
+                Discovery::Defer => {
+                    pipeline.apply(&mut capture, pid, "", Discovery::Defer);
+                }
+                // Nothing to undo: the kernel does not watch it.
+                Discovery::Reject => {}
+            }
+        }
     } else {
-        with_descendants(proc_root, &options.pids)
-    };
-    for pid in initial {
-        pipeline.watch(&mut capture, pid);
+        for pid in with_descendants(proc_root, &options.pids) {
+            pipeline.watch(&mut capture, pid);
+        }
     }
     info!(watched = pipeline.watched.len(), discover, "sensor running");
 
@@ -507,6 +651,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             _ = tick.tick() => {
                 pipeline.tracker.tick(Clock::monotonic_now(), &mut pipeline.completed);
                 pipeline.flush_completed();
+                pipeline.decide_deferred(&mut capture);
             }
             _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
             _ = report.tick() => {
@@ -657,8 +802,23 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
             "connections ignored because their peer is the sensor itself",
             pipeline.stats.own_traffic,
         ),
+        (
+            "processes_deferred",
+            "discovery decisions that waited for the process's pod",
+            pipeline.stats.deferred,
+        ),
+        (
+            "processes_deferred_timed_out",
+            "discovery decisions taken without the pod, which stayed unknown",
+            pipeline.stats.deferred_timed_out,
+        ),
     ] {
         metrics.publish(name, help, value);
+    }
+    if let Some(stats) = pipeline.pods.stats() {
+        for (name, help, value) in stats.named() {
+            metrics.publish(name, help, value);
+        }
     }
     let export = pipeline.exporter.stats();
     let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
@@ -707,4 +867,25 @@ fn log_counters(capture: &Capture, pipeline: &Pipeline) {
         decode_errors = capture.decode_errors,
         "counters"
     );
+    if let Some(stats) = pipeline.pods.stats() {
+        let [
+            lists,
+            list_errors,
+            watch_restarts,
+            watch_errors,
+            expired,
+            events,
+        ] = stats.named().map(|(_, _, value)| value);
+        info!(
+            pods = pipeline.pods.len(),
+            lists,
+            list_errors,
+            watch_restarts,
+            watch_errors,
+            expired,
+            events,
+            deferred = pipeline.deferred.len(),
+            "pod metadata counters"
+        );
+    }
 }
