@@ -347,9 +347,13 @@ impl Pipeline {
                 self.tracker.address(conn_id, local, remote);
             }
             CaptureEvent::Fork { pid, child, .. } => {
-                if self.watched.contains(&pid) && self.watched.insert(child) {
+                if self.watched.contains(&pid) {
+                    // Always the parent's identity: a pid still marked watched (its process's
+                    // exit record lost) must not keep the identity of the process it was.
                     self.procs.fork(pid, child);
-                    debug!(parent = pid, child, "watching forked child");
+                    if self.watched.insert(child) {
+                        debug!(parent = pid, child, "watching forked child");
+                    }
                 } else if let Some(waiting) = self.deferred.get(&pid).cloned() {
                     // A child forked while its parent's decision waits for the pod (gunicorn's
                     // workers) waits with it.
@@ -359,9 +363,12 @@ impl Pipeline {
             }
             CaptureEvent::ExecArg(arg) => self.procs.exec_arg(arg),
             CaptureEvent::Exec(exec) => {
-                let info = self.procs.exec(&exec);
-                // Sockets are close-on-exec in Python: the old program's connections are over.
+                // Sockets are close-on-exec in Python: the old program's connections are over,
+                // and their exchanges are reported under the old program's identity before the
+                // new one replaces it.
                 self.forget_process_sockets(capture, exec.pid, exec.time_ns);
+                self.flush_completed();
+                let info = self.procs.exec(&exec);
                 if exec.watch_state == WatchState::Pending as u32 {
                     let decision = self.decide(&info, &exec.filename, false);
                     self.apply(capture, exec.pid, &exec.filename, decision);

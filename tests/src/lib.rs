@@ -233,8 +233,15 @@ impl Py {
     /// Starts the test venv's Python with `args` (the first is usually a script in
     /// [`apps_dir`]), with extra environment variables.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
-        let mut child = Command::new(python())
-            .args(args)
+        let mut command = Command::new(python());
+        command.args(args);
+        Self::spawn_command(name, command, env)
+    }
+
+    /// As [`Py::spawn`], for any command (e.g. the test venv's Python under `unshare`); it runs
+    /// in [`apps_dir`] with stdin and stdout piped.
+    pub fn spawn_command(name: &str, mut command: Command, env: &[(&str, &str)]) -> Py {
+        let mut child = command
             .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             .current_dir(apps_dir())
