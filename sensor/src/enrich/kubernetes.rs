@@ -552,6 +552,10 @@ mod watch {
         };
         let config = match kube::Config::infer().await {
             Ok(config) => config,
+            Err(error) if in_cluster => {
+                warn!(node, %error, "cannot read the in-cluster configuration (service-account token): no pod metadata");
+                return PodDirectory::inactive();
+            }
             Err(error) => {
                 info!(node, %error, "no Kubernetes cluster configuration: no pod metadata");
                 return PodDirectory::inactive();
