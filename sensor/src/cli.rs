@@ -4,10 +4,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// What `sensor --version` prints: the version, and the optional features built in.
+pub const VERSION: &str = if cfg!(feature = "kubernetes") {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: kubernetes)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// eBPF API-traffic sensor for Python services: captures the HTTP calls Python processes serve
 /// and make, with no change to the application.
 #[derive(Parser, Debug)]
-#[command(name = "sensor", version, about, long_about = None)]
+#[command(name = "sensor", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

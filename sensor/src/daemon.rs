@@ -1,7 +1,12 @@
 //! The daemon: wires capture → conntrack → http → enrich → redact → export and decides which
 //! processes are watched (discovery, `--pid`).
 
-use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use sensor_common::maps::{SocketKey, WatchState};
@@ -14,6 +19,7 @@ use crate::{
     enrich::{
         self, ProcessInfo, ProcessTable, RecordContext, build_record,
         context::{self, ExchangeKey, Threads},
+        kubernetes::{PodContainer, PodDirectory},
         process,
     },
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
@@ -62,8 +68,12 @@ pub struct DaemonStats {
     pub unwatched_data: u64,
     /// Processes watched.
     pub watched: u64,
-    /// Processes rejected by discovery (not Python, or opted out).
+    /// Processes rejected by discovery (not Python, opted out, or not selected).
     pub rejected: u64,
+    /// Discovery decisions that waited for the process's pod to be known (pod selectors).
+    pub deferred: u64,
+    /// Deferred decisions taken without the pod, which stayed unknown.
+    pub deferred_timed_out: u64,
     /// Connections ignored because their peer is the sensor itself.
     pub own_traffic: u64,
 }
@@ -162,6 +172,13 @@ pub struct Pipeline {
     discover: bool,
     /// Discovery's include/exclude rules (`sensor.include`, `sensor.exclude`).
     selector: enrich::selectors::Selector,
+    /// Pods of this node (inactive outside a cluster).
+    pods: PodDirectory,
+    /// Processes whose discovery decision waits for their pod (namespace or label selectors):
+    /// the exec'd file name and since when.
+    deferred: HashMap<u32, (String, Instant)>,
+    /// The configured `service_name`, the service name of last resort.
+    configured_service_name: Option<String>,
     completed: Vec<Completed>,
     salt: u64,
     /// Which server request each thread serves, and the client calls made for them.
@@ -178,6 +195,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     fn watch(&mut self, capture: &mut Capture, pid: u32) {
+        self.deferred.remove(&pid);
         if let Err(error) = capture.watch(pid) {
             warn!(pid, %error, "cannot watch process");
             return;
@@ -185,12 +203,22 @@ impl Pipeline {
         if self.watched.insert(pid) {
             self.stats.watched += 1;
             let info = self.procs.get(pid);
+            let pod = info.as_deref().and_then(|i| self.pod_of(i));
+            let service = info.as_deref().map_or_else(
+                || "?".to_owned(),
+                |i| {
+                    process::resolve_service_name(
+                        i,
+                        pod.as_ref(),
+                        self.configured_service_name.as_deref(),
+                    )
+                },
+            );
             info!(
                 pid,
-                service = info
-                    .as_ref()
-                    .map(|i| i.service_name.as_str())
-                    .unwrap_or("?"),
+                service,
+                pod = pod.as_ref().map(|p| p.pod.name.as_str()),
+                namespace = pod.as_ref().map(|p| p.pod.namespace.as_str()),
                 "watching process"
             );
         }
@@ -207,6 +235,7 @@ impl Pipeline {
     }
 
     fn unwatch(&mut self, capture: &mut Capture, pid: u32) {
+        self.deferred.remove(&pid);
         capture.unwatch(pid);
         capture.detach_tls(pid);
         self.watched.remove(&pid);
@@ -230,6 +259,62 @@ impl Pipeline {
         let pids: Vec<u32> = self.watched.iter().copied().collect();
         for pid in pids {
             self.probe_tls(capture, pid);
+        }
+    }
+
+    /// The pod container a process runs in, when pod metadata knows it.
+    fn pod_of(&self, info: &ProcessInfo) -> Option<PodContainer> {
+        self.pods.container(info.container_id.as_deref()?)
+    }
+
+    /// Applies a discovery decision.
+    fn apply(&mut self, capture: &mut Capture, pid: u32, filename: &str, decision: Discovery) {
+        match decision {
+            Discovery::Watch => self.watch(capture, pid),
+            Discovery::Reject => {
+                self.stats.rejected += 1;
+                self.unwatch(capture, pid);
+            }
+            Discovery::Defer => {
+                if !self.deferred.contains_key(&pid) {
+                    self.stats.deferred += 1;
+                    debug!(pid, "discovery waits for the process's pod");
+                }
+                self.deferred
+                    .insert(pid, (filename.to_owned(), Instant::now()));
+            }
+        }
+    }
+
+    /// Decides again for processes waiting for their pod: now known, gone, or waited out.
+    fn decide_deferred(&mut self, capture: &mut Capture) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let waiting: Vec<(u32, String, Instant)> = self
+            .deferred
+            .iter()
+            .map(|(pid, (filename, since))| (*pid, filename.clone(), *since))
+            .collect();
+        for (pid, filename, since) in waiting {
+            let Some(info) = self.procs.get(pid) else {
+                self.deferred.remove(&pid);
+                continue;
+            };
+            let waited_out = since.elapsed() >= POD_WAIT;
+            let decision = self.decide(&info, &filename, waited_out);
+            if waited_out {
+                self.stats.deferred_timed_out += 1;
+                info!(
+                    pid,
+                    container_id = info.container_id.as_deref().unwrap_or(""),
+                    ?decision,
+                    "the process's pod is still unknown: decided without it"
+                );
+            }
+            if decision != Discovery::Defer {
+                self.apply(capture, pid, &filename, decision);
+            }
         }
     }
 
@@ -312,29 +397,37 @@ impl Pipeline {
                 self.tracker.address(conn_id, local, remote);
             }
             CaptureEvent::Fork { pid, child, .. } => {
-                if self.watched.contains(&pid) && self.watched.insert(child) {
+                if self.watched.contains(&pid) {
+                    // Always the parent's identity: a pid still marked watched (its process's
+                    // exit record lost) must not keep the identity of the process it was.
                     self.procs.fork(pid, child);
+                    if self.watched.insert(child) {
+                        debug!(parent = pid, child, "watching forked child");
+                    }
                     self.probe_tls(capture, child);
-                    debug!(parent = pid, child, "watching forked child");
+                } else if let Some(waiting) = self.deferred.get(&pid).cloned() {
+                    // A child forked while its parent's decision waits for the pod (gunicorn's
+                    // workers) waits with it.
+                    self.procs.fork(pid, child);
+                    self.deferred.insert(child, waiting);
                 }
             }
             CaptureEvent::ExecArg(arg) => self.procs.exec_arg(arg),
             CaptureEvent::Exec(exec) => {
-                let info = self.procs.exec(&exec);
-                // Sockets are close-on-exec in Python: the old program's connections are over.
+                // Sockets are close-on-exec in Python: the old program's connections are over,
+                // and their exchanges are reported under the old program's identity before the
+                // new one replaces it.
                 self.forget_process_sockets(capture, exec.pid, exec.time_ns);
+                self.flush_completed();
+                let info = self.procs.exec(&exec);
                 // The new program maps its own libraries.
                 capture.detach_tls(exec.pid);
                 if self.watched.contains(&exec.pid) {
                     self.probe_tls(capture, exec.pid);
                 }
                 if exec.watch_state == WatchState::Pending as u32 {
-                    if self.wanted(&info, &exec.filename) {
-                        self.watch(capture, exec.pid);
-                    } else {
-                        self.stats.rejected += 1;
-                        self.unwatch(capture, exec.pid);
-                    }
+                    let decision = self.decide(&info, &exec.filename, false);
+                    self.apply(capture, exec.pid, &exec.filename, decision);
                 }
             }
             CaptureEvent::CloseRange {
@@ -357,6 +450,7 @@ impl Pipeline {
                 self.forget_process_sockets(capture, pid, time_ns);
                 capture.detach_tls(pid);
                 self.watched.remove(&pid);
+                self.deferred.remove(&pid);
                 self.procs.remove(pid);
             }
         }
@@ -430,11 +524,31 @@ impl Pipeline {
         }
     }
 
-    fn wanted(&self, info: &ProcessInfo, filename: &str) -> bool {
-        self.discover
-            && !info.opted_out()
-            && process::is_python(self.procs.proc_root(), info.pid, filename)
-            && self.selector.wants(info)
+    /// Whether discovery watches a process: a Python process that does not opt out and that
+    /// the selectors want. With namespace or label selectors, a process in a container whose
+    /// pod is not known yet waits for it (the kubelet reports a container's id shortly after
+    /// the container starts), unless `waited_out`.
+    fn decide(&self, info: &ProcessInfo, filename: &str, waited_out: bool) -> Discovery {
+        if !self.discover
+            || info.opted_out()
+            || !process::is_python(self.procs.proc_root(), info.pid, filename)
+        {
+            return Discovery::Reject;
+        }
+        let pod = self.pod_of(info);
+        if pod.is_none()
+            && !waited_out
+            && info.container_id.is_some()
+            && self.selector.uses_pods()
+            && self.pods.is_active()
+        {
+            return Discovery::Defer;
+        }
+        if self.selector.wants(info, pod.as_ref()) {
+            Discovery::Watch
+        } else {
+            Discovery::Reject
+        }
     }
 
     fn forget_process_sockets(&mut self, capture: &mut Capture, pid: u32, time_ns: u64) {
@@ -517,6 +631,7 @@ impl Pipeline {
                 sensor_common::event::Role::Client => self.threads.link(&key, done.meta.conn_id),
                 _ => self.threads.link_of(&key),
             });
+            let pod = self.pod_of(&process);
             let ctx = RecordContext {
                 host_name: &self.host_name,
                 scheme: if done.meta.tls { "https" } else { "http" },
@@ -525,6 +640,8 @@ impl Pipeline {
                 client_watched,
                 link,
                 salt: self.salt,
+                pod: pod.as_ref(),
+                configured_service_name: self.configured_service_name.as_deref(),
             };
             if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx)
                 && self.policy.process(&mut record) == Decision::Export
@@ -534,6 +651,20 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// How long a discovery decision waits for a process's pod to be known.
+const POD_WAIT: Duration = Duration::from_secs(30);
+
+/// What discovery does with a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Discovery {
+    /// Watch it.
+    Watch,
+    /// Leave it unwatched.
+    Reject,
+    /// Decide once its pod is known (pod selectors).
+    Defer,
 }
 
 /// Every process id under `/proc`.
@@ -587,6 +718,16 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             Exporter::otlp((**settings).clone())?
         }
     };
+    let pods = enrich::kubernetes::start().await;
+    if pods.is_active() && !pods.wait_synced(Duration::from_secs(10)).await {
+        warn!("the pods of this node are not listed yet: records get pod metadata once they are");
+    }
+    let selector = enrich::selectors::Selector::new(&options.policy.sensor.selectors)?;
+    if selector.uses_pods() && !pods.is_active() {
+        warn!(
+            "namespace or pod label selectors are configured but there is no pod metadata: they match no process"
+        );
+    }
     let mut pipeline = Pipeline {
         procs: ProcessTable::new("/proc"),
         tracker: Tracker::new(Arc::new(options.http.clone()), options.tracker.clone()),
@@ -596,7 +737,10 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         host_name: enrich::host_name(),
         watched: HashSet::new(),
         discover,
-        selector: enrich::selectors::Selector::new(&options.policy.sensor.selectors)?,
+        selector,
+        pods,
+        deferred: HashMap::new(),
+        configured_service_name: options.policy.service_name.clone(),
         completed: Vec::new(),
         salt: rand::random(),
         threads: Threads::new(
@@ -611,23 +755,27 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");
-    let initial: Vec<u32> = if discover {
-        all_pids(proc_root)
-            .into_iter()
-            .filter(|pid| *pid != std::process::id())
-            .filter(|pid| {
-                process::read_proc(proc_root, *pid).is_some_and(|info| {
-                    !info.opted_out()
-                        && process::is_python(proc_root, *pid, "")
-                        && pipeline.selector.wants(&info)
-                })
-            })
-            .collect()
+    if discover {
+        for pid in all_pids(proc_root) {
+            if pid == std::process::id() {
+                continue;
+            }
+            let Some(info) = process::read_proc(proc_root, pid) else {
+                continue;
+            };
+            match pipeline.decide(&info, "", false) {
+                Discovery::Watch => pipeline.watch(&mut capture, pid),
+                Discovery::Defer => {
+                    pipeline.apply(&mut capture, pid, "", Discovery::Defer);
+                }
+                // Nothing to undo: the kernel does not watch it.
+                Discovery::Reject => {}
+            }
+        }
     } else {
-        with_descendants(proc_root, &options.pids)
-    };
-    for pid in initial {
-        pipeline.watch(&mut capture, pid);
+        for pid in with_descendants(proc_root, &options.pids) {
+            pipeline.watch(&mut capture, pid);
+        }
     }
     info!(watched = pipeline.watched.len(), discover, "sensor running");
 
@@ -651,6 +799,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.tracker.tick(now, &mut pipeline.completed);
                 pipeline.flush_completed();
                 pipeline.threads.expire(now);
+                pipeline.decide_deferred(&mut capture);
             }
             _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
             _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
@@ -820,8 +969,23 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
             "connections ignored because their peer is the sensor itself",
             pipeline.stats.own_traffic,
         ),
+        (
+            "processes_deferred",
+            "discovery decisions that waited for the process's pod",
+            pipeline.stats.deferred,
+        ),
+        (
+            "processes_deferred_timed_out",
+            "discovery decisions taken without the pod, which stayed unknown",
+            pipeline.stats.deferred_timed_out,
+        ),
     ] {
         metrics.publish(name, help, value);
+    }
+    if let Some(stats) = pipeline.pods.stats() {
+        for (name, help, value) in stats.named() {
+            metrics.publish(name, help, value);
+        }
     }
     let export = pipeline.exporter.stats();
     let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
@@ -870,4 +1034,25 @@ fn log_counters(capture: &Capture, pipeline: &Pipeline) {
         decode_errors = capture.decode_errors,
         "counters"
     );
+    if let Some(stats) = pipeline.pods.stats() {
+        let [
+            lists,
+            list_errors,
+            watch_restarts,
+            watch_errors,
+            expired,
+            events,
+        ] = stats.named().map(|(_, _, value)| value);
+        info!(
+            pods = pipeline.pods.len(),
+            lists,
+            list_errors,
+            watch_restarts,
+            watch_errors,
+            expired,
+            events,
+            deferred = pipeline.deferred.len(),
+            "pod metadata counters"
+        );
+    }
 }

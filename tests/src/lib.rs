@@ -314,8 +314,15 @@ impl Py {
 
     /// As [`Py::spawn`], with another interpreter (e.g. [`agent_python`]).
     pub fn spawn_with(interpreter: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
-        let mut child = Command::new(interpreter)
-            .args(args)
+        let mut command = Command::new(interpreter);
+        command.args(args);
+        Self::spawn_command(name, command, env)
+    }
+
+    /// As [`Py::spawn`], for any command (e.g. the test venv's Python under `unshare`); it runs
+    /// in [`apps_dir`] with stdin and stdout piped.
+    pub fn spawn_command(name: &str, mut command: Command, env: &[(&str, &str)]) -> Py {
+        let mut child = command
             .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             .current_dir(apps_dir())

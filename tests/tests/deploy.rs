@@ -427,6 +427,19 @@ fn check_pod(spec: &PodSpec, privileged: bool) {
         config_file.value.as_deref(),
         Some("/etc/pysensor/config.yaml")
     );
+    // Pod metadata: the node's name from the downward API scopes the pod watch, which
+    // authenticates with the service account's token.
+    let node = env
+        .iter()
+        .find(|e| e.name == "K8S_NODE_NAME")
+        .expect("K8S_NODE_NAME");
+    let field = node
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("K8S_NODE_NAME from a fieldRef");
+    assert_eq!(field.field_path, "spec.nodeName");
+    assert_ne!(spec.automount_service_account_token, Some(false));
     assert_eq!(container.args.as_deref(), Some(&["run".to_owned()][..]));
 }
 
@@ -601,7 +614,8 @@ fn systemd_unit_grants_the_proven_set_and_installs() {
     }
 }
 
-/// The image builds the way `cargo xtask build` does and ships only the binary and the config.
+/// The image builds the way `cargo xtask build` does (with the `kubernetes` feature, as
+/// `cargo xtask test` tests it) and ships only the binary and the config.
 #[test]
 fn dockerfile_builds_like_xtask_and_ships_the_binary() {
     let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
@@ -612,7 +626,8 @@ fn dockerfile_builds_like_xtask_and_ships_the_binary() {
     assert_eq!(stages.len(), 2, "{stages:?}");
     assert!(stages[0].ends_with(" AS builder"));
     assert!(stages[1].starts_with("FROM gcr.io/distroless/cc-debian12"));
-    assert!(dockerfile.contains("cargo build --release --locked -p sensor"));
+    // With pod metadata: the image is what runs in clusters.
+    assert!(dockerfile.contains("cargo build --release --locked -p sensor --features kubernetes"));
     assert!(dockerfile.contains("--component rust-src"));
     assert!(dockerfile.contains("cargo install bpf-linker"));
     let runtime = &dockerfile[dockerfile.find(stages[1]).unwrap()..];

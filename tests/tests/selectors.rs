@@ -64,3 +64,184 @@ fn include_and_exclude_select_discovered_processes() {
     assert!(records_of(&records, "client", client.pid()).is_empty());
     client.wait(LONG);
 }
+
+/// A plain HTTP/1.1 GET on a fresh connection (the test process is not Python, so only the
+/// server's side is captured); the response, or `None` when the connection closed without one.
+fn get(port: u16, target: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    (!response.is_empty()).then_some(response)
+}
+
+/// The server records of `pid`, by request target.
+fn by_target(records: &[Value], pid: u32) -> std::collections::BTreeMap<String, Value> {
+    records_of(records, "server", pid)
+        .into_iter()
+        .map(|r| {
+            let target = r["attributes"]["http.target"].as_str().unwrap().to_owned();
+            (target, r["resource"].clone())
+        })
+        .collect()
+}
+
+fn assert_identity(resource: &Value, service: &str, command_line_has: &str) {
+    assert_eq!(resource["service.name"], service, "{resource}");
+    let command_line = resource["process.command_line"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        command_line.contains(command_line_has),
+        "{command_line:?} should contain {command_line_has:?}"
+    );
+}
+
+/// The same pid running another program (execve): the old program's exchanges keep the old
+/// identity — including one cut short by the exec, reported when its connection went away —
+/// and the new program's get the new one.
+#[test]
+fn a_program_replacing_itself_gets_a_fresh_identity() {
+    let sensor = Sensor::start("exec-identity", &["run", "--output", "jsonl"]);
+    let py = Py::spawn(
+        "exec_server",
+        &["-X", "sel=before", "exec_server.py"],
+        &[
+            ("HT_SERVICE_NAME", "before-exec"),
+            ("EXEC_SERVICE_NAME", "after-exec"),
+        ],
+    );
+    let port: u16 = py.expect_line("READY", LONG).parse().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(get(port, "/hello?n=1").is_some_and(|r| r.contains(" 200 OK")));
+    assert_eq!(get(port, "/exec"), None, "the exec answers nothing");
+    let again: u16 = py.expect_line("READY", LONG).parse().unwrap();
+    assert_eq!(again, port);
+    assert!(get(port, "/hello?n=2").is_some_and(|r| r.contains(" 200 OK")));
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = by_target(&output.records(), py.pid());
+    let before = records.get("/hello?n=1").expect("first program's exchange");
+    assert_identity(before, "before-exec", "sel=before exec_server.py");
+    let cut = records
+        .get("/exec")
+        .expect("the exchange the exec cut short");
+    assert_identity(cut, "before-exec", "sel=before exec_server.py");
+    let after = records
+        .get("/hello?n=2")
+        .expect("second program's exchange");
+    assert_identity(after, "after-exec", "sel=after http_server.py");
+}
+
+/// Starts `spawn()` until the process it starts gets `pid` (the kernel hands out
+/// `ns_last_pid + 1` next, unless another process takes it first).
+fn spawn_with_pid(pid: u32, spawn: impl Fn() -> Py) -> Py {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("write /proc/sys/kernel/ns_last_pid (needs root)");
+        let py = spawn();
+        if py.pid() == pid {
+            return py;
+        }
+    }
+    panic!("could not start a process with pid {pid}");
+}
+
+/// A pid whose process exited is given to a different program: its records carry the new
+/// program's service name and command line, never the old one's.
+#[test]
+fn a_reused_pid_gets_a_fresh_identity() {
+    let sensor = Sensor::start("reused-pid", &["run", "--output", "jsonl"]);
+    let first = Py::spawn(
+        "first",
+        &["-X", "sel=first", "http_server.py"],
+        &[("HT_SERVICE_NAME", "pid-first")],
+    );
+    let port: u16 = first.expect_line("READY", LONG).parse().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(get(port, "/hello?who=first").is_some());
+    let pid = first.pid();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let second = spawn_with_pid(pid, || {
+        Py::spawn(
+            "second",
+            &["-X", "sel=second", "http_server.py"],
+            &[("HT_SERVICE_NAME", "pid-second")],
+        )
+    });
+    let port: u16 = second.expect_line("READY", LONG).parse().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(get(port, "/hello?who=second").is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = by_target(&output.records(), pid);
+    assert_identity(
+        records.get("/hello?who=first").expect("first exchange"),
+        "pid-first",
+        "sel=first",
+    );
+    assert_identity(
+        records.get("/hello?who=second").expect("second exchange"),
+        "pid-second",
+        "sel=second",
+    );
+}
+
+/// Two processes that are each pid 1 of a fresh pid namespace (`unshare --pid`): the sensor
+/// tells them apart by their host pids, each with its own identity.
+#[test]
+fn processes_in_fresh_pid_namespaces_keep_their_own_identity() {
+    let sensor = Sensor::start("pid-namespaces", &["run", "--output", "jsonl"]);
+    let in_namespace = |marker: &str, service: &str| {
+        let mut command = std::process::Command::new("unshare");
+        command
+            .args(["--pid", "--kill-child", "--mount-proc"])
+            .arg(sensor_e2e::python())
+            .args(["-X", &format!("sel={marker}"), "http_server.py"]);
+        let py = Py::spawn_command(marker, command, &[("HT_SERVICE_NAME", service)]);
+        let port: u16 = py.expect_line("READY", LONG).parse().unwrap();
+        let children = sensor_e2e::children(py.pid());
+        assert_eq!(
+            children.len(),
+            1,
+            "unshare forks the namespace's first process"
+        );
+        let host_pid = children[0];
+        let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+        assert!(nspid.ends_with("\t1"), "pid 1 in its namespace: {nspid}");
+        (py, port, host_pid)
+    };
+    let (_one, port_one, pid_one) = in_namespace("ns-one", "in-ns-one");
+    let (_two, port_two, pid_two) = in_namespace("ns-two", "in-ns-two");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(get(port_one, "/hello?ns=one").is_some());
+    assert!(get(port_two, "/hello?ns=two").is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let one = by_target(&records, pid_one);
+    let two = by_target(&records, pid_two);
+    assert_identity(
+        one.get("/hello?ns=one")
+            .expect("first namespace's exchange"),
+        "in-ns-one",
+        "sel=ns-one",
+    );
+    assert_identity(
+        two.get("/hello?ns=two")
+            .expect("second namespace's exchange"),
+        "in-ns-two",
+        "sel=ns-two",
+    );
+    assert_eq!(one.len(), 1);
+    assert_eq!(two.len(), 1);
+}

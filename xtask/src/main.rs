@@ -37,8 +37,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then run every check and test: fmt, clippy, unit tests, end-to-end tests
-    /// (root), and a bounded fuzzing run of the HTTP parser.
+    /// Set up, build, then run every check and test: fmt, clippy (with and without the
+    /// `kubernetes` feature), unit tests, end-to-end tests (root) against the binary the
+    /// container image ships (with `kubernetes`), and a bounded fuzzing run of the HTTP parser.
     Test {
         /// Seconds of fuzzing (0 skips it).
         #[arg(long, default_value_t = 60)]
@@ -80,9 +81,19 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Builds the release binary and leaves a copy at `<workspace>/target/release/sensor`.
-fn build() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "sensor"]))?;
+/// The sensor's `kubernetes` feature (pod metadata through kube-rs): off by default for its
+/// build time, on in the container image and in `test`.
+const KUBERNETES: &str = "sensor/kubernetes";
+
+/// Builds the release binary (with `features`, e.g. [`KUBERNETES`]) and leaves a copy at
+/// `<workspace>/target/release/sensor`.
+fn build(features: &[&str]) -> Result<PathBuf> {
+    let mut command = cargo();
+    command.args(["build", "--release", "-p", "sensor"]);
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    run(&mut command)?;
     let built = target_dir().join("release/sensor");
     let wanted = workspace_root().join("target/release/sensor");
     if built != wanted {
@@ -95,20 +106,22 @@ fn build() -> Result<PathBuf> {
 
 fn test(fuzz_seconds: u64) -> Result<()> {
     let env = setup::setup()?;
-    let binary = build()?;
+    let binary = build(&[KUBERNETES])?;
     run(cargo().args(["fmt", "--all", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
-    run(cargo().args([
-        "clippy",
-        "--release",
-        "--workspace",
-        "--exclude",
-        "sensor-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    for features in [&[][..], &["--features", KUBERNETES]] {
+        run(cargo()
+            .args([
+                "clippy",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "sensor-ebpf",
+                "--all-targets",
+            ])
+            .args(features)
+            .args(["--", "-D", "warnings"]))?;
+    }
     // The kernel programs are linted for their own target, as they are built.
     run(Command::new("cargo")
         .current_dir(workspace_root())
@@ -138,6 +151,8 @@ fn test(fuzz_seconds: u64) -> Result<()> {
             "--workspace",
             "--exclude",
             "sensor-ebpf",
+            "--features",
+            KUBERNETES,
             "--",
             "--test-threads=1",
         ])
@@ -159,13 +174,13 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup().map(|_| ()),
         Task::Build => {
             setup::setup()?;
-            let binary = build()?;
+            let binary = build(&[])?;
             println!("built {}", binary.display());
             Ok(())
         }
         Task::Run { args } => {
             setup::setup()?;
-            let binary = build()?;
+            let binary = build(&[])?;
             let args = if args.is_empty() {
                 vec!["run".to_owned()]
             } else {
@@ -176,7 +191,7 @@ fn main() -> Result<()> {
         Task::Test { fuzz_seconds } => test(fuzz_seconds),
         Task::Bench => {
             let env = setup::setup()?;
-            let binary = build()?;
+            let binary = build(&[])?;
             bench::bench(&binary, &env.python)?;
             bench_tls::bench(&binary, &env.python)
         }

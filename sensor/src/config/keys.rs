@@ -458,6 +458,32 @@ pub const KEYS: &[KeyDoc] = &[
         ),
     },
     KeyDoc {
+        key: "sensor.include.namespaces",
+        default: "",
+        env: "HT_SENSOR_INCLUDE_NAMESPACES",
+        otel: &[],
+        flag: None,
+        description: "Watch only discovered processes whose Kubernetes pod is in one of these namespaces (needs pod metadata: the `kubernetes` build feature, in a cluster).",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.include.namespaces,
+            check_namespace,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.include.pod_labels",
+        default: "",
+        env: "HT_SENSOR_INCLUDE_POD_LABELS",
+        otel: &[],
+        flag: None,
+        description: "Watch only discovered processes whose Kubernetes pod has one of these labels, each `key=value` (e.g. `app.kubernetes.io/name=orders`).",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.include.pod_labels,
+            check_pod_label,
+            true,
+        ),
+    },
+    KeyDoc {
         key: "sensor.exclude.executables",
         default: "",
         env: "HT_SENSOR_EXCLUDE_EXECUTABLES",
@@ -493,6 +519,32 @@ pub const KEYS: &[KeyDoc] = &[
         setter: Setter::ExactList(
             |c| &mut c.sensor.selectors.exclude.container_ids,
             check_container_id,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.exclude.namespaces",
+        default: "",
+        env: "HT_SENSOR_EXCLUDE_NAMESPACES",
+        otel: &[],
+        flag: None,
+        description: "Never watch discovered processes whose Kubernetes pod is in one of these namespaces (needs pod metadata: the `kubernetes` build feature, in a cluster).",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.exclude.namespaces,
+            check_namespace,
+            true,
+        ),
+    },
+    KeyDoc {
+        key: "sensor.exclude.pod_labels",
+        default: "",
+        env: "HT_SENSOR_EXCLUDE_POD_LABELS",
+        otel: &[],
+        flag: None,
+        description: "Never watch discovered processes whose Kubernetes pod has one of these labels, each `key=value` (e.g. `app.kubernetes.io/name=orders`).",
+        setter: Setter::ExactList(
+            |c| &mut c.sensor.selectors.exclude.pod_labels,
+            check_pod_label,
             true,
         ),
     },
@@ -751,6 +803,48 @@ fn check_container_id(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("expected 12 to 64 hex digits".into())
+    }
+}
+
+/// Checks a Kubernetes namespace name (an RFC 1123 label: up to 63 lower-case letters,
+/// digits and `-`, starting and ending with a letter or digit).
+fn check_namespace(s: &str) -> Result<(), String> {
+    if is_dns_label(s) {
+        Ok(())
+    } else {
+        Err("expected a namespace name (lower-case letters, digits and -, at most 63)".into())
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks a `key=value` pod label: the key an optional DNS-subdomain prefix and `/`, then a
+/// name of letters, digits, `-`, `_` and `.`; the value the same characters, possibly empty.
+fn check_pod_label(s: &str) -> Result<(), String> {
+    let expected = || "expected key=value with a Kubernetes label key and value".to_string();
+    let (key, value) = s.split_once('=').ok_or_else(expected)?;
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let label_text = |t: &str, max: usize| {
+        t.len() <= max
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && t.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+            && t.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
+    if prefix_ok && !name.is_empty() && label_text(name, 63) && label_text(value, 63) {
+        Ok(())
+    } else {
+        Err(expected())
     }
 }
 

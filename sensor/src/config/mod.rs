@@ -169,6 +169,10 @@ pub struct SelectorRules {
     pub command_lines: Vec<String>,
     /// Container ids or their prefixes (12 or more hex digits, as `docker ps` shows them).
     pub container_ids: Vec<String>,
+    /// Kubernetes namespaces of the process's pod.
+    pub namespaces: Vec<String>,
+    /// `key=value` labels of the process's pod.
+    pub pod_labels: Vec<String>,
 }
 
 impl SelectorRules {
@@ -177,6 +181,13 @@ impl SelectorRules {
         self.executables.is_empty()
             && self.command_lines.is_empty()
             && self.container_ids.is_empty()
+            && self.namespaces.is_empty()
+            && self.pod_labels.is_empty()
+    }
+
+    /// Whether a rule needs the process's pod (namespace or label).
+    pub fn uses_pods(&self) -> bool {
+        !self.namespaces.is_empty() || !self.pod_labels.is_empty()
     }
 }
 

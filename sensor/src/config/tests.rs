@@ -1145,6 +1145,48 @@ sensor:
     assert!(bad_id.contains("12 to 64 hex digits"), "{bad_id}");
 }
 
+#[test]
+fn kubernetes_selectors_from_file_and_variables() {
+    let file = "\
+sensor:
+  include:
+    namespaces: [shop, payments]
+    podLabels: ['app.kubernetes.io/name=orders', 'pysensor.io/capture=true']
+";
+    let loaded = load_with(
+        Some(file),
+        &[
+            ("HT_SENSOR_EXCLUDE_NAMESPACES", "kube-system, monitoring"),
+            ("HT_SENSOR_EXCLUDE_POD_LABELS", "tier=batch,skip="),
+        ],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let selectors = &loaded.config.sensor.selectors;
+    assert_eq!(selectors.include.namespaces, ["shop", "payments"]);
+    assert_eq!(
+        selectors.include.pod_labels,
+        ["app.kubernetes.io/name=orders", "pysensor.io/capture=true"]
+    );
+    assert_eq!(selectors.exclude.namespaces, ["kube-system", "monitoring"]);
+    assert_eq!(selectors.exclude.pod_labels, ["tier=batch", "skip="]);
+    assert!(selectors.include.uses_pods() && selectors.exclude.uses_pods());
+    assert!(!Config::default().sensor.selectors.include.uses_pods());
+
+    for (variable, value) in [
+        ("HT_SENSOR_INCLUDE_NAMESPACES", "Shop"),
+        ("HT_SENSOR_INCLUDE_NAMESPACES", "-shop"),
+        ("HT_SENSOR_INCLUDE_POD_LABELS", "app"),
+        ("HT_SENSOR_INCLUDE_POD_LABELS", "=orders"),
+        ("HT_SENSOR_INCLUDE_POD_LABELS", "app=-orders"),
+        ("HT_SENSOR_EXCLUDE_POD_LABELS", "Example.com/app=x"),
+    ] {
+        let error = load_err(None, &[(variable, value)]);
+        assert!(error.contains(variable), "{value}: {error}");
+    }
+}
+
 /// The README's configuration table is the generated one: every key, default and variable.
 #[test]
 fn readme_lists_every_key_as_generated() {

@@ -1,8 +1,9 @@
-//! Enrichment: who served or made each exchange (process identity, service name) and the
-//! exchange record built from it.
+//! Enrichment: who served or made each exchange (process identity, container and pod, service
+//! name) and the exchange record built from it.
 
 pub mod container;
 pub mod context;
+pub mod kubernetes;
 pub mod process;
 pub mod record;
 pub mod selectors;

@@ -10,6 +10,7 @@ use std::{
     sync::Arc,
 };
 
+use super::kubernetes::PodContainer;
 use crate::capture::events::{ExecArg, ExecInfo};
 
 /// What the sensor knows of one process.
@@ -25,8 +26,11 @@ pub struct ProcessInfo {
     pub argv: Vec<String>,
     /// `HT_*` and `OTEL_*` environment entries.
     pub env: BTreeMap<String, String>,
-    /// The service name chosen for the process.
+    /// The service name the process itself gives: its environment's, else one derived from
+    /// its command line (see [`resolve_service_name`] for the name its records carry).
     pub service_name: String,
+    /// Where [`Self::service_name`] came from.
+    pub name_source: NameSource,
     /// The id of the container the process runs in, from its cgroup (resource `container.id`).
     pub container_id: Option<String>,
 }
@@ -45,8 +49,13 @@ impl ProcessInfo {
         env: BTreeMap<String, String>,
     ) -> Self {
         let executable_name = basename(&executable_path).to_owned();
-        let service_name = service_name_from_env(&env)
-            .unwrap_or_else(|| service_name_from_command_line(&executable_name, &argv));
+        let (service_name, name_source) = match service_name_from_env(&env) {
+            Some(name) => (name, NameSource::Environment),
+            None => (
+                service_name_from_command_line(&executable_name, &argv),
+                NameSource::CommandLine,
+            ),
+        };
         ProcessInfo {
             pid,
             executable_name,
@@ -54,6 +63,7 @@ impl ProcessInfo {
             argv,
             env,
             service_name,
+            name_source,
             container_id: None,
         }
     }
@@ -72,6 +82,36 @@ impl ProcessInfo {
             .map(|raw| parse_key_values(raw))
             .unwrap_or_default()
     }
+}
+
+/// Where a process's own service name came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameSource {
+    /// `HT_SERVICE_NAME`, `OTEL_SERVICE_NAME` or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
+    Environment,
+    /// Derived from the command line.
+    CommandLine,
+}
+
+/// The service name of a process's records, first found of: the process's own environment
+/// (`HT_SERVICE_NAME`, `OTEL_SERVICE_NAME`, `service.name` in `OTEL_RESOURCE_ATTRIBUTES`); its
+/// pod's service-name annotation, `app.kubernetes.io/name` label or owning workload (see
+/// [`PodContainer::service_name`]); the name derived from its command line; the configured
+/// `service_name`; `unknown_service`.
+pub fn resolve_service_name(
+    process: &ProcessInfo,
+    pod: Option<&PodContainer>,
+    configured: Option<&str>,
+) -> String {
+    let own = (!process.service_name.is_empty()).then_some(process.service_name.as_str());
+    let from_env = own.filter(|_| process.name_source == NameSource::Environment);
+    let from_command_line = own.filter(|_| process.name_source == NameSource::CommandLine);
+    from_env
+        .or_else(|| pod.and_then(PodContainer::service_name))
+        .or(from_command_line)
+        .or(configured.map(str::trim).filter(|c| !c.is_empty()))
+        .unwrap_or("unknown_service")
+        .to_owned()
 }
 
 fn basename(path: &str) -> &str {
@@ -465,6 +505,70 @@ mod tests {
         assert_eq!(service_name_from_env(&env).as_deref(), Some("ht"));
         env.insert("HT_SERVICE_NAME".into(), "  ".into());
         assert_eq!(service_name_from_env(&env).as_deref(), Some("otel"));
+    }
+
+    /// Environment > pod annotation > app.kubernetes.io/name > workload > command line >
+    /// configured name: each level is knocked out in turn, the next one must win.
+    #[test]
+    fn service_name_precedence() {
+        use super::super::kubernetes::{
+            APP_NAME_LABEL, OTEL_SERVICE_NAME_ANNOTATION, PodContainer, PodMeta,
+            SERVICE_NAME_ANNOTATION, Workload,
+        };
+        let mut env = BTreeMap::new();
+        env.insert("OTEL_SERVICE_NAME".to_owned(), "from-env".to_owned());
+        let with_env = ProcessInfo::new(
+            1,
+            "/usr/bin/python3".into(),
+            argv(&["python3", "-m", "gunicorn", "orders:app"]),
+            env,
+        );
+        let plain = ProcessInfo::new(
+            1,
+            "/usr/bin/python3".into(),
+            argv(&["python3", "-m", "gunicorn", "orders:app"]),
+            BTreeMap::new(),
+        );
+        let unknown = ProcessInfo::new(1, String::new(), Vec::new(), BTreeMap::new());
+        let mut pod = PodMeta {
+            uid: "u".into(),
+            name: "orders-api-7d9f8b6c5d-x2x4q".into(),
+            workload: Workload::from_owner(
+                "ReplicaSet",
+                "orders-api-7d9f8b6c5d",
+                Some("7d9f8b6c5d"),
+            ),
+            ..PodMeta::default()
+        };
+        pod.annotations
+            .insert(SERVICE_NAME_ANNOTATION.into(), "from-annotation".into());
+        pod.annotations.insert(
+            OTEL_SERVICE_NAME_ANNOTATION.into(),
+            "from-otel-annotation".into(),
+        );
+        pod.labels
+            .insert(APP_NAME_LABEL.into(), "from-label".into());
+        let container = |pod: &PodMeta| PodContainer {
+            pod: Arc::new(pod.clone()),
+            container_name: "api".into(),
+        };
+        let name = |process: &ProcessInfo, pod: Option<&PodMeta>, configured: Option<&str>| {
+            resolve_service_name(process, pod.map(container).as_ref(), configured)
+        };
+        let configured = Some("configured");
+        assert_eq!(name(&with_env, Some(&pod), configured), "from-env");
+        assert_eq!(name(&plain, Some(&pod), configured), "from-annotation");
+        pod.annotations.remove(SERVICE_NAME_ANNOTATION);
+        assert_eq!(name(&plain, Some(&pod), configured), "from-otel-annotation");
+        pod.annotations.remove(OTEL_SERVICE_NAME_ANNOTATION);
+        assert_eq!(name(&plain, Some(&pod), configured), "from-label");
+        pod.labels.remove(APP_NAME_LABEL);
+        assert_eq!(name(&plain, Some(&pod), configured), "orders-api");
+        pod.workload = Workload::default();
+        assert_eq!(name(&plain, Some(&pod), configured), "orders");
+        assert_eq!(name(&plain, None, configured), "orders");
+        assert_eq!(name(&unknown, None, configured), "configured");
+        assert_eq!(name(&unknown, None, None), "unknown_service");
     }
 
     #[test]

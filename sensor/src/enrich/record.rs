@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 
 use sensor_common::event::Role;
 
-use super::{context, process::ProcessInfo};
+use super::{
+    context,
+    kubernetes::PodContainer,
+    process::{ProcessInfo, resolve_service_name},
+};
 use crate::{
     conntrack::ConnMeta,
     http::{Body, HttpExchange, HttpVersion},
@@ -30,6 +34,10 @@ pub struct RecordContext<'a> {
     pub link: Option<context::Link>,
     /// Fixed for the sensor's lifetime; makes derived ids unique to this host and run.
     pub salt: u64,
+    /// The pod container the process runs in, when pod metadata knows it.
+    pub pod: Option<&'a PodContainer>,
+    /// The configured `service_name`: the service name of last resort.
+    pub configured_service_name: Option<&'a str>,
 }
 
 /// The span name: method and path with id-like segments replaced by `{id}`.
@@ -323,7 +331,11 @@ pub fn build_record(
     }
 
     let mut resource = Attributes::new();
-    put(&mut resource, "service.name", process.service_name.as_str());
+    put(
+        &mut resource,
+        "service.name",
+        resolve_service_name(process, ctx.pod, ctx.configured_service_name),
+    );
     put(&mut resource, "process.pid", i64::from(process.pid));
     put(
         &mut resource,
@@ -338,6 +350,11 @@ pub fn build_record(
     put(&mut resource, "host.name", ctx.host_name);
     if let Some(id) = &process.container_id {
         put(&mut resource, "container.id", id.as_str());
+    }
+    if let Some(pod) = ctx.pod {
+        for (key, value) in pod.attributes() {
+            put(&mut resource, &key, value);
+        }
     }
 
     Some(ExchangeRecord {

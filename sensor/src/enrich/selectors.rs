@@ -1,11 +1,11 @@
 //! Discovery selectors: which discovered Python processes are watched, from the configuration's
-//! `sensor.include` and `sensor.exclude` rules (executable, command line, container id).
-//! Processes named with `--pid` are not subject to them.
+//! `sensor.include` and `sensor.exclude` rules (executable, command line, container id,
+//! Kubernetes namespace and pod label). Processes named with `--pid` are not subject to them.
 
 use anyhow::{Context as _, Result};
 use regex::Regex;
 
-use super::ProcessInfo;
+use super::{ProcessInfo, kubernetes::PodContainer};
 use crate::config::{SelectorRules, Selectors};
 
 /// Compiled rules of one side.
@@ -14,6 +14,8 @@ struct Rules {
     executables: Vec<String>,
     command_lines: Vec<Regex>,
     container_ids: Vec<String>,
+    namespaces: Vec<String>,
+    pod_labels: Vec<(String, String)>,
 }
 
 impl Rules {
@@ -31,6 +33,13 @@ impl Rules {
                 .iter()
                 .map(|id| id.to_ascii_lowercase())
                 .collect(),
+            namespaces: rules.namespaces.clone(),
+            pod_labels: rules
+                .pod_labels
+                .iter()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
         })
     }
 
@@ -38,9 +47,14 @@ impl Rules {
         self.executables.is_empty()
             && self.command_lines.is_empty()
             && self.container_ids.is_empty()
+            && !self.uses_pods()
     }
 
-    fn matches(&self, info: &ProcessInfo) -> bool {
+    fn uses_pods(&self) -> bool {
+        !self.namespaces.is_empty() || !self.pod_labels.is_empty()
+    }
+
+    fn matches(&self, info: &ProcessInfo, pod: Option<&PodContainer>) -> bool {
         let executable = self
             .executables
             .iter()
@@ -54,6 +68,14 @@ impl Rules {
                 self.container_ids
                     .iter()
                     .any(|p| id.starts_with(p.as_str()))
+            })
+            || pod.is_some_and(|pod| {
+                let pod = &*pod.pod;
+                self.namespaces.contains(&pod.namespace)
+                    || self
+                        .pod_labels
+                        .iter()
+                        .any(|(k, v)| pod.labels.get(k) == Some(v))
             })
     }
 }
@@ -74,10 +96,18 @@ impl Selector {
         })
     }
 
-    /// Whether discovery may watch this process: it matches an include rule (or there is
-    /// none) and no exclude rule.
-    pub fn wants(&self, info: &ProcessInfo) -> bool {
-        (self.include.is_empty() || self.include.matches(info)) && !self.exclude.matches(info)
+    /// Whether discovery may watch this process, in this pod (if any): it matches an include
+    /// rule (or there is none) and no exclude rule. Without a pod, namespace and label rules
+    /// match nothing.
+    pub fn wants(&self, info: &ProcessInfo, pod: Option<&PodContainer>) -> bool {
+        (self.include.is_empty() || self.include.matches(info, pod))
+            && !self.exclude.matches(info, pod)
+    }
+
+    /// Whether a rule looks at the process's pod (namespace or label), so that the decision
+    /// about a process in a container waits for its pod to be known.
+    pub fn uses_pods(&self) -> bool {
+        self.include.uses_pods() || self.exclude.uses_pods()
     }
 }
 
@@ -102,15 +132,75 @@ mod tests {
             executables: owned(executables),
             command_lines: owned(command_lines),
             container_ids: owned(ids),
+            ..SelectorRules::default()
         }
     }
 
     const ID: &str = "3f5e5c0b1d2a4e6f8a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f";
 
+    impl Selector {
+        /// [`Selector::wants`] for a process in no known pod.
+        fn wants_alone(&self, info: &ProcessInfo) -> bool {
+            self.wants(info, None)
+        }
+    }
+
+    fn in_pod(namespace: &str, labels: &[(&str, &str)]) -> PodContainer {
+        use super::super::kubernetes::PodMeta;
+        PodContainer {
+            pod: std::sync::Arc::new(PodMeta {
+                uid: "u".into(),
+                namespace: namespace.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..PodMeta::default()
+            }),
+            container_name: "app".into(),
+        }
+    }
+
+    #[test]
+    fn namespaces_and_pod_labels() {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let selector = Selector::new(&Selectors {
+            include: SelectorRules {
+                namespaces: owned(&["shop", "payments"]),
+                pod_labels: owned(&["pysensor.io/capture=true"]),
+                ..SelectorRules::default()
+            },
+            exclude: SelectorRules {
+                pod_labels: owned(&["app.kubernetes.io/name=migrations", "tier="]),
+                ..SelectorRules::default()
+            },
+        })
+        .unwrap();
+        assert!(selector.uses_pods());
+        let web = process("/usr/bin/python3.11", &["python3", "web.py"], Some(ID));
+        assert!(selector.wants(&web, Some(&in_pod("shop", &[]))));
+        assert!(selector.wants(
+            &web,
+            Some(&in_pod("tools", &[("pysensor.io/capture", "true")]))
+        ));
+        assert!(!selector.wants(&web, Some(&in_pod("tools", &[]))));
+        assert!(!selector.wants(
+            &web,
+            Some(&in_pod("shop", &[("app.kubernetes.io/name", "migrations")]))
+        ));
+        // An empty value is a value: `tier=` matches the label set to "".
+        assert!(!selector.wants(&web, Some(&in_pod("shop", &[("tier", "")]))));
+        assert!(selector.wants(&web, Some(&in_pod("shop", &[("tier", "web")]))));
+        // No pod: namespace and label rules match nothing, so the include rules fail.
+        assert!(!selector.wants(&web, None));
+        let no_pods = Selector::new(&Selectors::default()).unwrap();
+        assert!(!no_pods.uses_pods());
+    }
+
     #[test]
     fn no_rules_watch_everything() {
         let selector = Selector::new(&Selectors::default()).unwrap();
-        assert!(selector.wants(&process("/usr/bin/python3.11", &["python3", "a.py"], None)));
+        assert!(selector.wants_alone(&process("/usr/bin/python3.11", &["python3", "a.py"], None)));
     }
 
     #[test]
@@ -135,18 +225,18 @@ mod tests {
             ],
             None,
         );
-        assert!(selector.wants(&gunicorn));
-        assert!(selector.wants(&process(
+        assert!(selector.wants_alone(&gunicorn));
+        assert!(selector.wants_alone(&process(
             "/opt/venv/bin/python3",
             &["python3", "x.py"],
             None
         )));
-        assert!(selector.wants(&process(
+        assert!(selector.wants_alone(&process(
             "/usr/bin/python3.11",
             &["python3", "x.py"],
             Some(ID)
         )));
-        assert!(!selector.wants(&process("/usr/bin/python3.11", &["python3", "x.py"], None)));
+        assert!(!selector.wants_alone(&process("/usr/bin/python3.11", &["python3", "x.py"], None)));
     }
 
     #[test]
@@ -156,7 +246,7 @@ mod tests {
             exclude: rules(&[], &["celery", "manage\\.py (shell|migrate)"], &[ID]),
         })
         .unwrap();
-        assert!(selector.wants(&process(
+        assert!(selector.wants_alone(&process(
             "/usr/bin/python3.11",
             &["python3", "web.py"],
             None
@@ -166,14 +256,14 @@ mod tests {
             &["python3", "-m", "celery", "worker"],
             None,
         );
-        assert!(!selector.wants(&celery));
+        assert!(!selector.wants_alone(&celery));
         let migrate = process(
             "/usr/bin/python3.11",
             &["python3", "manage.py", "migrate"],
             None,
         );
-        assert!(!selector.wants(&migrate));
-        assert!(!selector.wants(&process(
+        assert!(!selector.wants_alone(&migrate));
+        assert!(!selector.wants_alone(&process(
             "/usr/bin/python3.11",
             &["python3", "a.py"],
             Some(ID)
