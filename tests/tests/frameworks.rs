@@ -722,29 +722,28 @@ fn uvicorn_20_threads_50_requests_each_paired_right() {
         );
         let mut seen = BTreeSet::new();
         for record in &got {
-            let target = attr(record, "http.target").as_str().expect("target");
-            let id = target
-                .strip_prefix("/id/")
-                .and_then(|t| t.split_once("?id="))
-                .and_then(|(a, b)| (a == b).then_some(a))
-                .unwrap_or_else(|| panic!("{kind}: unexpected target {target}"));
-            assert!(seen.insert(id.to_owned()), "{kind}: {id} recorded twice");
+            let id = common::id_of(record, kind);
+            assert!(seen.insert(id.clone()), "{kind}: {id} recorded twice");
             let want = bodies
-                .get(id)
+                .get(&id)
                 .unwrap_or_else(|| panic!("{kind}: {id} was never sent"));
             assert_eq!(
                 attr(record, "http.request.header.x-request-id"),
-                id,
+                id.as_str(),
                 "{kind}"
             );
             assert_eq!(
                 attr(record, "http.response.header.x-request-id"),
-                id,
+                id.as_str(),
                 "{kind} {id}: paired with another request's response"
             );
             assert_eq!(attr(record, "http.response.body"), want, "{kind} {id}");
             assert_eq!(attr(record, "http.status_code"), 200, "{kind} {id}");
-            assert_eq!(record["name"], "GET /id/{id}".replace("{id}", id), "{kind}");
+            assert_eq!(
+                record["name"],
+                "GET /id/{id}".replace("{id}", &id),
+                "{kind}"
+            );
             assert_eq!(
                 attr(record, "sensor.incomplete"),
                 &Value::Null,

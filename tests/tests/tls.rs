@@ -364,15 +364,10 @@ fn https_500_requests_over_10_connections_each_on_its_own_connection() {
         );
         let mut seen = BTreeSet::new();
         for record in &got {
-            let target = attr(record, "http.target").as_str().expect("target");
-            let id = target
-                .strip_prefix("/id/")
-                .and_then(|t| t.split_once("?id="))
-                .and_then(|(a, b)| (a == b).then_some(a))
-                .unwrap_or_else(|| panic!("{kind}: unexpected target {target}"));
-            assert!(seen.insert(id.to_owned()), "{kind}: {id} recorded twice");
+            let id = common::id_of(record, kind);
+            assert!(seen.insert(id.clone()), "{kind}: {id} recorded twice");
             let (body, local_port) = sent
-                .get(id)
+                .get(&id)
                 .unwrap_or_else(|| panic!("{kind}: {id} was never sent"));
             assert_eq!(attr(record, "http.response.body"), body, "{kind} {id}");
             assert_eq!(

@@ -400,6 +400,18 @@ pub fn find<'a>(records: &[&'a Value], exchange: &Exchange, kind: &str) -> &'a V
 
 pub use sensor_e2e::children;
 
+/// The id of a `GET /id/<id>?id=<id>` record (the `threads` load of `requests_client.py`);
+/// panics on any other target.
+pub fn id_of(record: &Value, kind: &str) -> String {
+    let target = attr(record, "http.target").as_str().expect("target");
+    target
+        .strip_prefix("/id/")
+        .and_then(|t| t.split_once("?id="))
+        .and_then(|(a, b)| (a == b).then_some(a))
+        .unwrap_or_else(|| panic!("{kind}: unexpected target {target}"))
+        .to_owned()
+}
+
 /// Has `client` make one request to `http://127.0.0.1:port` and returns the exchange it saw,
 /// and its raw RESULT.
 pub fn ask(
