@@ -11,17 +11,22 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use prometheus_client::{encoding::text::encode, metrics::counter::Counter, registry::Registry};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
 };
 use tracing::{debug, info};
 
-/// The metric registry and the last published value of each counter.
+/// The metric registry and the last published value of each counter and gauge.
 pub struct Metrics {
     registry: Mutex<Registry>,
     counters: Mutex<BTreeMap<String, Counter>>,
+    gauges: Mutex<BTreeMap<String, Gauge>>,
 }
 
 impl Default for Metrics {
@@ -29,6 +34,7 @@ impl Default for Metrics {
         Metrics {
             registry: Mutex::new(Registry::with_prefix("pysensor")),
             counters: Mutex::new(BTreeMap::new()),
+            gauges: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -50,6 +56,22 @@ impl Metrics {
         if value > current {
             counter.inc_by(value - current);
         }
+    }
+
+    /// Sets gauge `name` (exposed without a suffix) to `value`, registering it the first time.
+    /// Gauges carry levels that go up and down: connections tracked, bytes buffered, the
+    /// overload level.
+    pub fn set_gauge(&self, name: &str, help: &str, value: i64) {
+        let mut gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        let gauge = gauges.entry(name.to_owned()).or_insert_with(|| {
+            let gauge = Gauge::default();
+            self.registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .register(name, help, gauge.clone());
+            gauge
+        });
+        gauge.set(value);
     }
 
     /// The text exposition of every metric.
@@ -120,5 +142,15 @@ mod tests {
             text.contains("# HELP pysensor_kernel_ringbuf_full records lost"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gauges_go_up_and_down() {
+        let metrics = Metrics::default();
+        metrics.set_gauge("connections_tracked", "open connections", 12);
+        metrics.set_gauge("connections_tracked", "open connections", 4);
+        let text = metrics.render();
+        assert!(text.contains("pysensor_connections_tracked 4\n"), "{text}");
+        assert!(!text.contains("connections_tracked_total"), "{text}");
     }
 }

@@ -255,9 +255,25 @@ impl Sensor {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// The sensor's log (stderr) so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     /// The sensor's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the sensor with SIGKILL (nothing is flushed, nothing cleaned up by the sensor) and
+    /// returns its output so far.
+    pub fn kill(mut self) -> SensorOutput {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        SensorOutput {
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
     }
 
     /// Stops the sensor with SIGTERM (it flushes what it buffered) and returns its output.
@@ -457,9 +473,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The value of counter `pysensor_<name>_total` on the `/metrics` page served at `addr`
-/// (`--metrics-addr`); `None` when the page or the counter is not there.
-pub fn metric(addr: &str, name: &str) -> Option<u64> {
+/// The `/metrics` page served at `addr` (`--metrics-addr`); `None` when it cannot be read.
+pub fn metrics_page(addr: &str) -> Option<String> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -468,9 +483,26 @@ pub fn metric(addr: &str, name: &str) -> Option<u64> {
     stream.write_all(request.as_bytes()).ok()?;
     let mut page = String::new();
     stream.read_to_string(&mut page).ok()?;
-    let wanted = format!("pysensor_{name}_total ");
-    page.lines()
+    Some(page)
+}
+
+/// The value of the sample named exactly `sample` on the metrics page at `addr`.
+fn sample(addr: &str, sample: &str) -> Option<f64> {
+    let wanted = format!("{sample} ");
+    metrics_page(addr)?
+        .lines()
         .find_map(|line| line.strip_prefix(&wanted))
         .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
+}
+
+/// The value of counter `pysensor_<name>_total` on the `/metrics` page served at `addr`
+/// (`--metrics-addr`); `None` when the page or the counter is not there.
+pub fn metric(addr: &str, name: &str) -> Option<u64> {
+    sample(addr, &format!("pysensor_{name}_total")).map(|value| value as u64)
+}
+
+/// The value of gauge `pysensor_<name>` on the `/metrics` page served at `addr`; `None` when
+/// the page or the gauge is not there.
+pub fn gauge(addr: &str, name: &str) -> Option<i64> {
+    sample(addr, &format!("pysensor_{name}")).map(|value| value as i64)
 }
