@@ -382,10 +382,12 @@ mod tests {
 
     use Level::{Normal as N, ShedBodies as B, ShedExchanges as X};
 
-    /// Each case: budgets, then readings (cores, MiB) and the level after each one.
+    /// A name, budgets, then readings (cores, MiB) and the level after each one.
+    type Case = (&'static str, Budgets, &'static [((f64, u64), Level)]);
+
     #[test]
     fn levels_follow_readings() {
-        let cases: &[(&str, Budgets, &[((f64, u64), Level)])] = &[
+        let cases: &[Case] = &[
             (
                 "under budget stays normal",
                 budgets(1.0, 512),
