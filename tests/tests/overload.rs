@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_e2e::{Py, Sensor, attr, free_port, gauge, metric, records_of, scratch_dir, wait_until};
+use sensor_e2e::{
+    Py, Sensor, SensorOutput, attr, free_port, gauge, metric, records_of, scratch_dir, wait_until,
+};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -97,6 +99,20 @@ fn settled(metrics: &str, requests: u64) -> Counters {
         c.exported + c.exchanges_shed >= requests
     });
     counters(metrics)
+}
+
+/// Ends the sensor once the `exported` records handed to its output are printed. It is killed
+/// rather than stopped: its shutdown (tested elsewhere) is slow and nothing is left to flush.
+fn finish(sensor: Sensor, exported: u64) -> SensorOutput {
+    wait_until(Duration::from_secs(10), || {
+        sensor
+            .stdout_so_far()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count() as u64
+            >= exported
+    });
+    sensor.kill()
 }
 
 /// A server, and the sensor watching it with its metrics served.
@@ -191,7 +207,7 @@ fn over_the_cpu_budget_bodies_are_shed_and_exchanges_still_exported() {
         load.requests, load.max_level
     );
     let gauge_now = gauge(&setup.metrics, "overload_level").unwrap();
-    let output = setup.sensor.stop();
+    let output = finish(setup.sensor, c.exported);
     let all = output.records();
     let records = records_of(&all, "server", setup.server.pid());
     assert_eq!(
@@ -291,7 +307,7 @@ fn held_over_budget_exchanges_are_shed_then_capture_recovers() {
     assert_eq!(end.exchanges_shed, before.exchanges_shed, "{end:?}");
     assert_eq!(end.bodies_shed, before.bodies_shed, "{end:?}");
 
-    let output = setup.sensor.stop();
+    let output = finish(setup.sensor, end.exported);
     let all = output.records();
     let records = records_of(&all, "server", setup.server.pid());
     assert_eq!(
@@ -344,7 +360,7 @@ fn unlimited_budgets_shed_nothing() {
         (0, 0, 0),
         "{c:?}"
     );
-    let output = setup.sensor.stop();
+    let output = finish(setup.sensor, c.exported);
     let all = output.records();
     let records = records_of(&all, "server", setup.server.pid());
     assert_eq!(records.len() as u64, load.requests, "{}", output.stderr);
@@ -354,4 +370,36 @@ fn unlimited_budgets_shed_nothing() {
         assert!(!is_shed(record, "http.request") && !is_shed(record, "http.response"));
     }
     assert!(!output.stderr.contains("overload level changed"));
+}
+
+/// The memory budget: a resident size over it (any, for a budget of 1 byte) sheds bodies, and
+/// memory is handed back to the system while shedding near the budget.
+#[test]
+fn over_the_memory_budget_bodies_are_shed() {
+    let dir = scratch_dir("overload-memory");
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "sensor:\n  cpu_budget_cores: 0\n  memory_budget_bytes: 1\n  overload_interval_ms: 200\n",
+    )
+    .unwrap();
+    let setup = start("overload-memory", &config);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            gauge(&setup.metrics, "overload_level") == Some(1)
+                && metric(&setup.metrics, "overload_memory_trims").is_some_and(|n| n > 0)
+        }),
+        "level {:?}, trims {:?}",
+        gauge(&setup.metrics, "overload_level"),
+        metric(&setup.metrics, "overload_memory_trims")
+    );
+    // Nothing to flush: only the log is checked.
+    let output = setup.sensor.kill();
+    let log = plain(&output.stderr);
+    assert!(
+        log.lines().any(|l| l.contains("overload level changed")
+            && l.contains("level=shed_bodies")
+            && l.contains("memory_budget_bytes=1")),
+        "{log}"
+    );
 }
