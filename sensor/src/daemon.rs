@@ -25,6 +25,7 @@ use crate::{
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
     metrics::Metrics,
+    overload::{self, Budgets, Overload},
     redact::{Decision, Policy, parser_settings},
 };
 
@@ -189,6 +190,8 @@ pub struct Pipeline {
     ignored_conns: HashSet<u64>,
     /// OpenSSL symbol tables already read.
     tls_symbols: tls::SymbolCache,
+    /// The CPU and memory budget, and what is shed beyond it.
+    overload: Overload,
     /// Counters.
     pub stats: DaemonStats,
 }
@@ -559,6 +562,22 @@ impl Pipeline {
         self.threads.forget_process(pid);
     }
 
+    /// Periodic: measures the sensor against its budgets and applies the overload level (body
+    /// shedding in every connection's parser, and so in the kernel's copy instructions).
+    /// Nothing here waits on the kernel or the application.
+    fn overload_tick(&mut self, capture: &mut Capture) {
+        let tick = self.overload.tick();
+        if let Some(change) = tick.change {
+            // Bodies being read are skipped from now on, not from their connection's next data.
+            for (conn_id, control) in self.tracker.set_shed_bodies(change.to.sheds_bodies()) {
+                capture.set_control(conn_id, control);
+            }
+        }
+        if tick.trim {
+            overload::trim_memory();
+        }
+    }
+
     /// SIGHUP: re-reads the configuration and swaps the capture and redaction policy; the
     /// connections and their state are kept. What the HTTP parser was started with (body
     /// sizes, body capture, content types) can only widen at a restart.
@@ -570,9 +589,16 @@ impl Pipeline {
                 return;
             }
         };
+        let budgets = Budgets::from_settings(&loaded.config.sensor);
         match Policy::from_config(&loaded.config) {
             Ok(policy) => {
                 self.policy.replace_rules(policy);
+                self.overload.set_budgets(budgets);
+                if loaded.config.sensor.overload_interval_ms
+                    != options.policy.sensor.overload_interval_ms
+                {
+                    warn!("SIGHUP: a new overload interval takes effect at restart");
+                }
                 let need = parser_settings(&loaded.config, options.http.clone());
                 let have = &options.http;
                 if need.body_max_size > have.body_max_size
@@ -587,7 +613,11 @@ impl Pipeline {
                         "SIGHUP: larger body limits, body capture turned on or new content types take effect at restart"
                     );
                 }
-                info!("SIGHUP: capture and redaction policy reloaded");
+                info!(
+                    cpu_budget_cores = budgets.cpu_cores,
+                    memory_budget_bytes = budgets.memory_bytes,
+                    "SIGHUP: capture and redaction policy reloaded"
+                );
             }
             Err(error) => {
                 warn!(%error, "SIGHUP: configuration not reloaded; the previous policy stays")
@@ -597,18 +627,8 @@ impl Pipeline {
 
     fn flush_completed(&mut self) {
         let completed = std::mem::take(&mut self.completed);
-        for done in completed {
-            let process = match self.procs.get(done.meta.pid) {
-                Some(p) => p,
-                None => Arc::new(ProcessInfo::new(
-                    done.meta.pid,
-                    String::new(),
-                    Vec::new(),
-                    Default::default(),
-                )),
-            };
-            let clock = self.clock;
-            let to_unix = move |ns: u64| clock.to_unix_nanos(ns);
+        let level = self.overload.level();
+        for mut done in completed {
             if done.meta.role == sensor_common::event::Role::Server
                 && done
                     .meta
@@ -620,6 +640,27 @@ impl Pipeline {
                 self.stats.own_traffic += 1;
                 continue;
             }
+            // Overload: bodies finished before the level rose are shed here; whole exchanges
+            // are dropped before any enrichment work. Each is counted.
+            if level.sheds_bodies() {
+                done.exchange.shed_bodies();
+            }
+            self.overload.stats.bodies_shed += done.exchange.shed_body_count();
+            if level.sheds_exchanges() && done.exchange.is_reportable() {
+                self.overload.stats.exchanges_shed += 1;
+                continue;
+            }
+            let process = match self.procs.get(done.meta.pid) {
+                Some(p) => p,
+                None => Arc::new(ProcessInfo::new(
+                    done.meta.pid,
+                    String::new(),
+                    Vec::new(),
+                    Default::default(),
+                )),
+            };
+            let clock = self.clock;
+            let to_unix = move |ns: u64| clock.to_unix_nanos(ns);
             let client_watched = match (done.meta.role, done.meta.local, done.meta.remote) {
                 (sensor_common::event::Role::Server, Some(local), Some(remote)) => {
                     self.tracker.is_watched_client(remote, local)
@@ -752,6 +793,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         own: OwnSockets::default(),
         ignored_conns: HashSet::new(),
         tls_symbols: tls::SymbolCache::default(),
+        overload: Overload::new(Budgets::from_settings(&options.policy.sensor)),
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");
@@ -791,6 +833,8 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut overload_tick = tokio::time::interval(options.policy.sensor.overload_interval());
+    overload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => result?,
@@ -803,6 +847,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             }
             _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
             _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
+            _ = overload_tick.tick() => pipeline.overload_tick(&mut capture),
             _ = report.tick() => {
                 capture.sweep(|pid| proc_root.join(pid.to_string()).exists());
                 log_counters(&capture, &pipeline);
@@ -903,6 +948,36 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
         "tls_probe_attach_errors",
         "OpenSSL functions that could not be probed in a watched process",
         capture.tls_attach_errors,
+    );
+    let overload = &pipeline.overload.stats;
+    for (name, help, value) in [
+        (
+            "overload_bodies_shed",
+            "message bodies not captured because the sensor was over its CPU or memory budget",
+            overload.bodies_shed,
+        ),
+        (
+            "overload_exchanges_shed",
+            "exchanges dropped because the sensor was over its CPU or memory budget",
+            overload.exchanges_shed,
+        ),
+        (
+            "overload_level_changes",
+            "changes of the overload level",
+            overload.level_changes,
+        ),
+        (
+            "overload_memory_trims",
+            "times freed memory was handed back to the system near the memory budget",
+            overload.memory_trims,
+        ),
+    ] {
+        metrics.publish(name, help, value);
+    }
+    metrics.set_gauge(
+        "overload_level",
+        "overload level: 0 normal, 1 shedding bodies, 2 shedding exchanges",
+        pipeline.overload.level().as_i64(),
     );
     let tracker = pipeline.tracker.stats();
     for (name, help, value) in [
@@ -1032,6 +1107,9 @@ fn log_counters(capture: &Capture, pipeline: &Pipeline) {
             .dropped_queue_full
             .load(std::sync::atomic::Ordering::Relaxed),
         decode_errors = capture.decode_errors,
+        overload_level = pipeline.overload.level().as_i64(),
+        bodies_shed = pipeline.overload.stats.bodies_shed,
+        exchanges_shed = pipeline.overload.stats.exchanges_shed,
         "counters"
     );
     if let Some(stats) = pipeline.pods.stats() {

@@ -45,6 +45,10 @@ enum Setter {
     Addr(fn(&mut Config) -> &mut Option<SocketAddr>),
     /// A number from 0 to 1.
     Ratio(fn(&mut Config) -> &mut f64),
+    /// A finite number of at least 0 (fractions allowed).
+    Amount(fn(&mut Config) -> &mut f64),
+    /// Milliseconds, at least the given number.
+    Interval(fn(&mut Config) -> &mut u64, u64),
     /// A list kept as written (case and all), each entry checked by the function; text is
     /// split at commas when the flag says so (else it is one entry), or is a JSON list.
     ExactList(
@@ -419,6 +423,33 @@ pub const KEYS: &[KeyDoc] = &[
         setter: Setter::U64(|c| &mut c.sensor.batch_timeout_ms, 1),
     },
     KeyDoc {
+        key: "sensor.cpu_budget_cores",
+        default: "1",
+        env: "HT_SENSOR_CPU_BUDGET_CORES",
+        otel: &[],
+        flag: None,
+        description: "CPU the sensor may use, in cores (fractions allowed, e.g. 0.25); 0 is unlimited. Beyond it the overload policy sheds bodies, then whole exchanges (see Overload policy).",
+        setter: Setter::Amount(|c| &mut c.sensor.cpu_budget_cores),
+    },
+    KeyDoc {
+        key: "sensor.memory_budget_bytes",
+        default: "536870912",
+        env: "HT_SENSOR_MEMORY_BUDGET_BYTES",
+        otel: &[],
+        flag: None,
+        description: "Resident memory the sensor may use, in bytes (512 MiB); 0 is unlimited. Beyond it the overload policy sheds bodies, then whole exchanges.",
+        setter: Setter::U64(|c| &mut c.sensor.memory_budget_bytes, 0),
+    },
+    KeyDoc {
+        key: "sensor.overload_interval_ms",
+        default: "2000",
+        env: "HT_SENSOR_OVERLOAD_INTERVAL_MS",
+        otel: &[],
+        flag: None,
+        description: "Tuning knob: how often the overload policy measures the sensor's CPU and memory (at least 10). Levels change after 1 to 4 measurements, so this sets how fast the policy reacts.",
+        setter: Setter::Interval(|c| &mut c.sensor.overload_interval_ms, 10),
+    },
+    KeyDoc {
         key: "sensor.include.executables",
         default: "",
         env: "HT_SENSOR_INCLUDE_EXECUTABLES",
@@ -642,6 +673,14 @@ impl KeyDoc {
             Setter::Output => config.sensor.output = parse_scalar(raw, parse_output)?,
             Setter::Addr(field) => *field(config) = parse_scalar(raw, parse_addr)?,
             Setter::Ratio(field) => *field(config) = parse_scalar(raw, parse_ratio)?,
+            Setter::Amount(field) => *field(config) = parse_scalar(raw, parse_amount)?,
+            Setter::Interval(field, min) => {
+                let n = parse_scalar(raw, |s| parse_int(s, 0))?;
+                if n < min {
+                    return Err(format!("expected at least {min} (milliseconds), got {n}"));
+                }
+                *field(config) = n;
+            }
             Setter::ExactList(field, check, split) => {
                 let items = parse_exact_list(raw, split)?;
                 for (i, item) in items.iter().enumerate() {
@@ -756,6 +795,14 @@ fn parse_ratio(s: &str) -> Result<f64, &'static str> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err("a number from 0 to 1"),
+    }
+}
+
+/// Parses a non-negative finite number (`0.25`, `2`, `1e-3`).
+fn parse_amount(s: &str) -> Result<f64, &'static str> {
+    match s.replace('_', "").parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err("a number of at least 0 (0 is unlimited)"),
     }
 }
 

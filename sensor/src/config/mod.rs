@@ -149,6 +149,13 @@ pub struct SensorSettings {
     pub batch_timeout_ms: u64,
     /// Which discovered processes are watched (`sensor.include` / `sensor.exclude`).
     pub selectors: Selectors,
+    /// CPU the sensor may use, in cores (0: unlimited); beyond it the overload policy sheds.
+    pub cpu_budget_cores: f64,
+    /// Resident memory the sensor may use, in bytes (0: unlimited); beyond it the overload
+    /// policy sheds.
+    pub memory_budget_bytes: u64,
+    /// How often the overload policy measures the sensor's CPU and memory (a tuning knob).
+    pub overload_interval_ms: u64,
 }
 
 /// Include and exclude rules of discovery (`--pid` is not subject to them).
@@ -351,6 +358,9 @@ impl Default for SensorSettings {
             batch_max_bytes: 3 * 1024 * 1024,
             batch_timeout_ms: 1000,
             selectors: Selectors::default(),
+            cpu_budget_cores: 1.0,
+            memory_budget_bytes: 512 * 1024 * 1024,
+            overload_interval_ms: 2000,
         }
     }
 }
@@ -452,6 +462,11 @@ impl SensorSettings {
     /// [`SensorSettings::idle_timeout_ms`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`SensorSettings::overload_interval_ms`] as a duration.
+    pub fn overload_interval(&self) -> Duration {
+        Duration::from_millis(self.overload_interval_ms)
     }
 
     /// [`SensorSettings::batch_timeout_ms`] as a duration.

@@ -1201,3 +1201,69 @@ fn readme_lists_every_key_as_generated() {
         "README.md's configuration table is out of date; paste keys_markdown()'s table"
     );
 }
+
+#[test]
+fn overload_budgets_parse_and_validate() {
+    let c = Config::default();
+    assert_eq!(c.sensor.cpu_budget_cores, 1.0);
+    assert_eq!(c.sensor.memory_budget_bytes, 536_870_912);
+    assert_eq!(c.sensor.overload_interval_ms, 2000);
+
+    let yaml =
+        "sensor:\n  cpuBudgetCores: 0.25\n  memory_budget_bytes: 0\n  overloadIntervalMs: 250\n";
+    let (c, warnings) = Config::from_yaml_str(yaml).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(c.sensor.cpu_budget_cores, 0.25);
+    assert_eq!(c.sensor.memory_budget_bytes, 0);
+    assert_eq!(c.sensor.overload_interval_ms, 250);
+
+    let loaded = load_with(
+        Some(yaml),
+        &[
+            ("HT_SENSOR_CPU_BUDGET_CORES", "2"),
+            ("HT_SENSOR_MEMORY_BUDGET_BYTES", "1048576"),
+        ],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(loaded.config.sensor.cpu_budget_cores, 2.0);
+    assert_eq!(loaded.config.sensor.memory_budget_bytes, 1_048_576);
+
+    for (variable, value, expected) in [
+        ("HT_SENSOR_CPU_BUDGET_CORES", "-1", "a number of at least 0"),
+        (
+            "HT_SENSOR_CPU_BUDGET_CORES",
+            "one",
+            "a number of at least 0",
+        ),
+        (
+            "HT_SENSOR_CPU_BUDGET_CORES",
+            "inf",
+            "a number of at least 0",
+        ),
+        (
+            "HT_SENSOR_CPU_BUDGET_CORES",
+            "NaN",
+            "a number of at least 0",
+        ),
+        (
+            "HT_SENSOR_MEMORY_BUDGET_BYTES",
+            "-5",
+            "a non-negative integer",
+        ),
+        (
+            "HT_SENSOR_MEMORY_BUDGET_BYTES",
+            "512MB",
+            "a non-negative integer",
+        ),
+        ("HT_SENSOR_OVERLOAD_INTERVAL_MS", "5", "at least 10"),
+    ] {
+        let error = load_err(None, &[(variable, value)]);
+        assert!(
+            error.contains(variable) && error.contains(expected),
+            "{variable}={value}: {error}"
+        );
+    }
+    let error = load_err(Some("sensor:\n  cpu_budget_cores: [1]\n"), &[]);
+    assert!(error.contains("sensor.cpu_budget_cores"), "{error}");
+}

@@ -113,6 +113,35 @@ struct Conn {
 }
 
 impl Conn {
+    /// The kernel instruction the parser's needs call for, when it differs from the last one
+    /// sent (which it then becomes).
+    fn instruction(&mut self) -> Option<ConnControl> {
+        let mut wanted = self.control;
+        for (direction, s) in [
+            (
+                Direction::Ingress,
+                stream_of(self.meta.role, Direction::Ingress),
+            ),
+            (
+                Direction::Egress,
+                stream_of(self.meta.role, Direction::Egress),
+            ),
+        ] {
+            if let Some(until) = self.parser.skip_until(s) {
+                let slot = &mut wanted.skip_until[direction.index()];
+                *slot = (*slot).max(until);
+            }
+        }
+        if self.parser.is_upgraded() {
+            wanted.stop = 1;
+        }
+        if wanted.skip_until != self.control.skip_until || wanted.stop != self.control.stop {
+            self.control = wanted;
+            return Some(wanted);
+        }
+        None
+    }
+
     fn take(&mut self, out: &mut Vec<Completed>) {
         for exchange in self.parser.take_exchanges() {
             out.push(Completed {
@@ -136,6 +165,8 @@ pub struct Tracker {
     http: Arc<HttpSettings>,
     settings: TrackerSettings,
     stats: TrackerStats,
+    /// Overload: bodies are not kept (see [`HttpConnection::set_shed_bodies`]).
+    shed_bodies: bool,
 }
 
 impl Tracker {
@@ -148,6 +179,7 @@ impl Tracker {
             http,
             settings,
             stats: TrackerStats::default(),
+            shed_bodies: false,
         }
     }
 
@@ -209,9 +241,14 @@ impl Tracker {
     fn insert(&mut self, meta: ConnMeta, now_ns: u64) -> &mut Conn {
         self.note_client(&meta, now_ns);
         let conn_id = meta.conn_id;
+        let shed_bodies = self.shed_bodies;
         self.conns.entry(conn_id).or_insert_with(|| Conn {
             meta: Arc::new(meta),
-            parser: HttpConnection::new(self.http.clone()),
+            parser: {
+                let mut parser = HttpConnection::new(self.http.clone());
+                parser.set_shed_bodies(shed_bodies);
+                parser
+            },
             next: [0, 0],
             started: [false, false],
             last_seen_ns: now_ns,
@@ -310,30 +347,25 @@ impl Tracker {
             conn.next[dir] = conn.next[dir].max(offset);
         }
         conn.take(out);
-        let mut wanted = conn.control;
-        for (direction, s) in [
-            (
-                Direction::Ingress,
-                stream_of(conn.meta.role, Direction::Ingress),
-            ),
-            (
-                Direction::Egress,
-                stream_of(conn.meta.role, Direction::Egress),
-            ),
-        ] {
-            if let Some(until) = conn.parser.skip_until(s) {
-                let slot = &mut wanted.skip_until[direction.index()];
-                *slot = (*slot).max(until);
+        conn.instruction().map(|control| (chunk.conn_id, control))
+    }
+
+    /// Overload: turns body shedding on or off for every connection, tracked now or later.
+    /// Turning it on frees the bodies being read; returns the new kernel instructions of the
+    /// connections whose body being read can now be skipped.
+    pub fn set_shed_bodies(&mut self, shed: bool) -> Vec<(u64, ConnControl)> {
+        if self.shed_bodies == shed {
+            return Vec::new();
+        }
+        self.shed_bodies = shed;
+        let mut instructions = Vec::new();
+        for (conn_id, conn) in &mut self.conns {
+            conn.parser.set_shed_bodies(shed);
+            if let Some(control) = conn.instruction() {
+                instructions.push((*conn_id, control));
             }
         }
-        if conn.parser.is_upgraded() {
-            wanted.stop = 1;
-        }
-        if wanted.skip_until != conn.control.skip_until || wanted.stop != conn.control.stop {
-            conn.control = wanted;
-            return Some((chunk.conn_id, wanted));
-        }
-        None
+        instructions
     }
 
     /// A TLS stream's ciphertext travels over socket connection `bind.socket_conn_id`: the

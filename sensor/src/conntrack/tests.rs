@@ -174,3 +174,70 @@ fn a_gap_in_a_stream_is_counted() {
     assert_eq!(t.stats().gaps, 1);
     assert_eq!(t.stats().gap_bytes, 10);
 }
+
+/// Overload: with bodies shed, the kernel is told to skip a body right after its head, the
+/// skipped bytes are no gap, and the exchange is reported with its body flagged.
+#[test]
+fn shed_bodies_are_skipped_by_the_kernel() {
+    let head = b"POST /a HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    assert!(t.set_shed_bodies(true).is_empty(), "no body is being read");
+    let control = t.data(&chunk(SOCKET, Direction::Ingress, 0, head), &mut out);
+    let end = head.len() as u64 + 100;
+    let (conn_id, control) = control.expect("a skip instruction");
+    assert_eq!(conn_id, SOCKET);
+    assert_eq!(control.skip_until[Direction::Ingress.index()], end);
+    // The kernel copies nothing of the body: the response comes next, then the next request
+    // past the skipped body (not a loss).
+    t.data(&chunk(SOCKET, Direction::Egress, 0, RESPONSE), &mut out);
+    t.data(&chunk(SOCKET, Direction::Ingress, end, REQUEST), &mut out);
+    assert_eq!(t.stats().gaps, 0);
+    assert_eq!(out.len(), 1);
+    let body = &out[0].exchange.request.as_ref().unwrap().body;
+    assert!(
+        body.shed && body.bytes.is_empty() && body.wire_len == 100,
+        "{body:?}"
+    );
+    assert!(!out[0].exchange.incomplete);
+
+    // A connection opened while shedding is on sheds too; turning it off keeps bodies again.
+    const OTHER: u64 = 8 << 10;
+    t.open(&open(OTHER, Role::Server), &mut out);
+    assert!(
+        t.data(&chunk(OTHER, Direction::Ingress, 0, head), &mut out)
+            .is_some()
+    );
+    t.set_shed_bodies(false);
+    const THIRD: u64 = 10 << 10;
+    t.open(&open(THIRD, Role::Server), &mut out);
+    assert!(
+        t.data(&chunk(THIRD, Direction::Ingress, 0, head), &mut out)
+            .is_none(),
+        "the body is needed"
+    );
+}
+
+/// Overload: shedding turned on while a body is being read asks the kernel at once to skip
+/// the rest of it.
+#[test]
+fn shedding_mid_body_instructs_the_kernel_at_once() {
+    let head = b"POST /a HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    assert!(
+        t.data(&chunk(SOCKET, Direction::Ingress, 0, head), &mut out)
+            .is_none()
+    );
+    let instructions = t.set_shed_bodies(true);
+    assert_eq!(instructions.len(), 1);
+    let (conn_id, control) = instructions[0];
+    assert_eq!(conn_id, SOCKET);
+    assert_eq!(
+        control.skip_until[Direction::Ingress.index()],
+        head.len() as u64 + 100
+    );
+    assert!(t.set_shed_bodies(true).is_empty(), "nothing new");
+}

@@ -150,6 +150,9 @@ fn put(attrs: &mut Attributes, key: &str, value: impl Into<AttributeValue>) {
 }
 
 fn put_body(attrs: &mut Attributes, prefix: &str, body: &Body) {
+    if body.shed {
+        put(attrs, &format!("{prefix}.body.shed"), true);
+    }
     if !body.captured {
         return;
     }
@@ -417,6 +420,77 @@ mod tests {
                 ("x-id".to_owned(), "1".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn shed_bodies_are_flagged_without_a_body() {
+        use crate::http::{HttpRequest, HttpResponse};
+        let shed = Body {
+            wire_len: 10,
+            shed: true,
+            ..Body::default()
+        };
+        let kept = Body {
+            captured: true,
+            bytes: b"{}".to_vec(),
+            wire_len: 2,
+            ..Body::default()
+        };
+        let exchange = HttpExchange {
+            request: Some(HttpRequest {
+                method: "POST".into(),
+                target: "/a".into(),
+                version: HttpVersion::Http11,
+                headers: Vec::new(),
+                body: shed,
+                start_ns: 1,
+                end_ns: 2,
+            }),
+            response: Some(HttpResponse {
+                status: 200,
+                reason: "OK".into(),
+                version: HttpVersion::Http11,
+                headers: Vec::new(),
+                body: kept,
+                start_ns: 3,
+                end_ns: 4,
+            }),
+            incomplete: false,
+        };
+        let meta = ConnMeta {
+            conn_id: 1,
+            pid: 7,
+            fd: 3,
+            role: Role::Server,
+            family: sensor_common::event::Family::Inet,
+            local: None,
+            remote: None,
+            unix_path: None,
+            midstream: false,
+            tls: false,
+        };
+        let process =
+            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
+        let to_unix = |ns: u64| ns;
+        let ctx = RecordContext {
+            host_name: "h",
+            scheme: "http",
+            to_unix_nanos: &to_unix,
+            seq: 0,
+            client_watched: false,
+            link: None,
+            salt: 1,
+            pod: None,
+            configured_service_name: None,
+        };
+        let record = build_record(&exchange, &meta, &process, &ctx).unwrap();
+        assert_eq!(
+            record.attributes.get("http.request.body.shed"),
+            Some(&AttributeValue::Bool(true))
+        );
+        assert!(!record.attributes.contains_key("http.request.body"));
+        assert_eq!(record.attr_str("http.response.body"), Some("{}"));
+        assert!(!record.attributes.contains_key("http.response.body.shed"));
     }
 
     #[test]

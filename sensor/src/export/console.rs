@@ -45,6 +45,8 @@ pub fn line(record: &ExchangeRecord) -> String {
     for (key, label) in [
         ("http.request.body.truncated", " req-truncated"),
         ("http.response.body.truncated", " resp-truncated"),
+        ("http.request.body.shed", " req-shed"),
+        ("http.response.body.shed", " resp-shed"),
         ("sensor.incomplete", " incomplete"),
     ] {
         if record.attributes.contains_key(key) {

@@ -141,6 +141,8 @@ pub(super) struct BodyAcc {
     stopped: bool,
     /// Compressed bytes handed to the decoder.
     coded_in: u64,
+    /// The body would be kept but the overload policy sheds it.
+    shed: bool,
 }
 
 fn brotli_state(cap: usize) -> BrState {
@@ -235,7 +237,29 @@ impl BodyAcc {
             decoder,
             stopped: limit == 0,
             coded_in: 0,
+            shed: false,
         }
+    }
+
+    /// A body the overload policy sheds: nothing is kept, whatever the content type says.
+    pub(super) fn shed(limits: Limits) -> Self {
+        let mut acc = BodyAcc::new(false, Coding::Identity, limits);
+        acc.shed = true;
+        acc
+    }
+
+    /// Stops keeping a body being read (overload): what was kept is freed, the rest is not
+    /// needed, and the body is flagged shed.
+    pub(super) fn shed_now(&mut self) {
+        if !self.captured {
+            return;
+        }
+        self.captured = false;
+        self.shed = true;
+        self.bytes = Vec::new();
+        self.truncated = false;
+        self.decode_error = None;
+        self.decoder = Decoder::Plain;
     }
 
     /// Whether the bytes still matter: when this is false a gap over the rest of the body
@@ -344,6 +368,7 @@ impl BodyAcc {
             wire_len: self.wire_len,
             incomplete: self.incomplete,
             decode_error: self.decode_error,
+            shed: self.shed && self.wire_len > 0,
         }
     }
 

@@ -77,6 +77,8 @@ pub(super) struct Core {
     pub force: bool,
     /// No request head can start earlier than this on the request stream.
     pub req_horizon: u64,
+    /// Overload: bodies that start now are not kept (flagged shed).
+    pub shed_bodies: bool,
 }
 
 impl Core {
@@ -95,6 +97,23 @@ impl Core {
             upgrade_entry: None,
             force: false,
             req_horizon: 0,
+            shed_bodies: false,
+        }
+    }
+
+    /// Sheds the bodies of requests and responses held here (waiting for their other half,
+    /// or finished and not taken yet).
+    pub(super) fn shed_held_bodies(&mut self) {
+        for entry in &mut self.entries {
+            if let Some(request) = entry.request.as_mut() {
+                request.body.shed();
+            }
+            if let Some(response) = entry.response.as_mut() {
+                response.body.shed();
+            }
+        }
+        for exchange in &mut self.done {
+            exchange.shed_bodies();
         }
     }
 

@@ -152,6 +152,47 @@ pub struct Body {
     pub incomplete: bool,
     /// Why decoding failed or was not possible (unknown coding: `bytes` are then raw).
     pub decode_error: Option<String>,
+    /// The body would have been kept but the overload policy shed it: `bytes` are empty and
+    /// `captured` is false, so users can tell a shed body from one never captured.
+    pub shed: bool,
+}
+
+impl Body {
+    /// Drops a kept body under overload: the bytes are freed and the body is flagged
+    /// [`Body::shed`]. Returns whether there was a body to shed (kept, with bytes on the wire).
+    pub fn shed(&mut self) -> bool {
+        if !self.captured || self.wire_len == 0 {
+            return false;
+        }
+        self.captured = false;
+        self.bytes = Vec::new();
+        self.truncated = false;
+        self.decode_error = None;
+        self.shed = true;
+        true
+    }
+}
+
+impl HttpExchange {
+    /// Sheds both bodies (see [`Body::shed`]); returns how many were shed.
+    pub fn shed_bodies(&mut self) -> u64 {
+        let request = self.request.as_mut().is_some_and(|r| r.body.shed());
+        let response = self.response.as_mut().is_some_and(|r| r.body.shed());
+        u64::from(request) + u64::from(response)
+    }
+
+    /// Bodies of this exchange the overload policy shed (flagged [`Body::shed`]).
+    pub fn shed_body_count(&self) -> u64 {
+        let request = self.request.as_ref().is_some_and(|r| r.body.shed);
+        let response = self.response.as_ref().is_some_and(|r| r.body.shed);
+        u64::from(request) + u64::from(response)
+    }
+
+    /// Whether the exchange is an API call that would be reported: it has a request whose
+    /// method is known (placeholders for unreadable heads are never reported).
+    pub fn is_reportable(&self) -> bool {
+        self.request.as_ref().is_some_and(|r| !r.method.is_empty())
+    }
 }
 
 /// A request.
@@ -371,6 +412,22 @@ impl HttpConnection {
         match stream {
             Stream::Request => self.req.skip_until(),
             Stream::Response => self.resp.skip_until(),
+        }
+    }
+
+    /// Turns body shedding (overload) on or off. While on, bodies that start are not kept and
+    /// are flagged [`Body::shed`], so [`HttpConnection::skip_until`] lets the kernel skip their
+    /// bytes; turning it on also sheds the bodies being read or held in waiting exchanges,
+    /// freeing their memory. Framing is kept: heads are still parsed and exchanges emitted.
+    pub fn set_shed_bodies(&mut self, shed: bool) {
+        if self.core.shed_bodies == shed {
+            return;
+        }
+        self.core.shed_bodies = shed;
+        if shed {
+            self.req.shed_body();
+            self.resp.shed_body();
+            self.core.shed_held_bodies();
         }
     }
 

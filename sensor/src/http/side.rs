@@ -286,7 +286,17 @@ fn unknown_body() -> Body {
         wire_len: 0,
         incomplete: true,
         decode_error: None,
+        shed: false,
     }
+}
+
+/// The accumulator of a body that starts now: shed under overload when it would be kept.
+fn body_acc(core: &Core, captured: bool, headers: &[(String, Vec<u8>)]) -> BodyAcc {
+    let settings = &core.settings;
+    if captured && core.shed_bodies {
+        return BodyAcc::shed(limits(settings));
+    }
+    BodyAcc::new(captured, body_coding(headers), limits(settings))
 }
 
 impl Side {
@@ -368,6 +378,13 @@ impl Side {
             })
             .sum();
         queue + self.queue.len() * SEG_COST + self.head.held_bytes() + msg + phase
+    }
+
+    /// Sheds the body being read, if any (overload).
+    pub(super) fn shed_body(&mut self) {
+        if let Some(msg) = self.msg.as_mut() {
+            msg.body.shed_now();
+        }
     }
 
     /// Where the parser needs no bytes before, if it is in such a stretch: see
@@ -731,7 +748,7 @@ impl Side {
         let captured =
             settings.capture_request_body && content_type_allowed(settings, &head.headers);
         let pause_after = flags.is_connect || has_header(&head.headers, "upgrade");
-        let body = BodyAcc::new(captured, body_coding(&head.headers), limits(settings));
+        let body = body_acc(core, captured, &head.headers);
         let msg = Msg {
             head,
             start_ns,
@@ -916,7 +933,7 @@ impl Side {
         let captured = entry.is_some()
             && settings.capture_response_body
             && content_type_allowed(settings, &head.headers);
-        let body = BodyAcc::new(captured, body_coding(&head.headers), limits(settings));
+        let body = body_acc(core, captured, &head.headers);
         let msg = Msg {
             head,
             start_ns,

@@ -283,6 +283,7 @@ fn kept(bytes: &[u8], wire_len: u64) -> Body {
         wire_len,
         incomplete: false,
         decode_error: None,
+        shed: false,
     }
 }
 
@@ -1599,4 +1600,144 @@ fn unfinished_request_headers_follow_the_oldest_request() {
     }));
     quiet.on_data(Stream::Request, 0, head, 1);
     assert_eq!(names(&quiet), Some(Vec::new()), "headers not captured");
+}
+
+/// Overload: bodies shed from the start are not kept, flagged, and skippable by the kernel
+/// (the skipped bytes are no loss); framing and pairing are kept.
+#[test]
+fn shed_bodies_are_flagged_and_skippable() {
+    let mut c = HttpConnection::new(Arc::new(HttpSettings::default()));
+    c.set_shed_bodies(true);
+    let head = b"POST /a HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n";
+    c.on_data(Stream::Request, 0, head, 10);
+    assert_eq!(c.skip_until(Stream::Request), Some(head.len() as u64 + 10));
+    // The kernel skipped the body: a gap, not a loss.
+    c.on_gap(Stream::Request, head.len() as u64, 10, 11);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    c.on_data(Stream::Response, 0, resp, 20);
+    let x = c.take_exchanges();
+    assert_eq!(x.len(), 1);
+    assert!(!x[0].incomplete);
+    let req = x[0].request.as_ref().unwrap();
+    assert_eq!(
+        req.body,
+        Body {
+            wire_len: 10,
+            shed: true,
+            ..Body::default()
+        }
+    );
+    let resp = x[0].response.as_ref().unwrap();
+    assert_eq!(
+        resp.body,
+        Body {
+            wire_len: 2,
+            shed: true,
+            ..Body::default()
+        }
+    );
+    assert_eq!(x[0].shed_body_count(), 2);
+    assert_eq!(c.stats().lost_bytes, 0);
+    assert_eq!(c.stats().skipped_bytes, 10);
+
+    // Messages without a body, or with one that would not be kept, are not flagged.
+    c.on_data(
+        Stream::Request,
+        head.len() as u64 + 10,
+        b"GET /b HTTP/1.1\r\n\r\n",
+        30,
+    );
+    let png = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 3\r\n\r\nabc";
+    c.on_data(Stream::Response, resp_len(), png, 40);
+    let x = c.take_exchanges();
+    assert_eq!(x.len(), 1);
+    assert_eq!(x[0].shed_body_count(), 0);
+    assert!(!x[0].request.as_ref().unwrap().body.shed);
+    assert!(!x[0].response.as_ref().unwrap().body.shed);
+
+    // Shedding off: bodies are kept again.
+    c.set_shed_bodies(false);
+    let post = b"POST /c HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]";
+    c.on_data(Stream::Request, head.len() as u64 + 10 + 19, post, 50);
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    c.on_data(Stream::Response, resp_len() + png.len() as u64, ok, 60);
+    let x = c.take_exchanges();
+    assert_eq!(x.len(), 1);
+    assert_eq!(x[0].request.as_ref().unwrap().body.bytes, b"[]");
+    assert_eq!(x[0].shed_body_count(), 0);
+
+    fn resp_len() -> u64 {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".len()
+            as u64
+    }
+}
+
+/// Overload: turning shedding on frees the body being read and the bodies of requests waiting
+/// for their response; the rest of the body being read is not needed.
+#[test]
+fn shedding_mid_body_frees_kept_bytes() {
+    let mut c = HttpConnection::new(Arc::new(HttpSettings::default()));
+    let first =
+        b"POST /a HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\n[1,2";
+    let second_head =
+        b"POST /b HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    c.on_data(Stream::Request, 0, first, 10);
+    c.on_data(Stream::Request, first.len() as u64, second_head, 20);
+    c.on_data(
+        Stream::Request,
+        (first.len() + second_head.len()) as u64,
+        &[b'x'; 600],
+        21,
+    );
+    assert_eq!(c.skip_until(Stream::Request), None);
+    let before = c.buffered_bytes();
+    c.set_shed_bodies(true);
+    assert!(
+        c.buffered_bytes() + 600 <= before,
+        "{} then {}",
+        before,
+        c.buffered_bytes()
+    );
+    let end = (first.len() + second_head.len() + 1000) as u64;
+    assert_eq!(c.skip_until(Stream::Request), Some(end));
+    c.on_gap(Stream::Request, end - 400, 400, 22);
+    let resp = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+    c.on_data(Stream::Response, 0, resp, 30);
+    let x = c.take_exchanges();
+    assert_eq!(x.len(), 2);
+    for (exchange, wire_len) in x.iter().zip([4, 1000]) {
+        let body = &exchange.request.as_ref().unwrap().body;
+        assert!(
+            body.shed && !body.captured && body.bytes.is_empty(),
+            "{body:?}"
+        );
+        assert_eq!(body.wire_len, wire_len);
+        assert!(!exchange.incomplete);
+    }
+    assert_eq!(c.stats().lost_bytes, 0);
+}
+
+/// Shedding a finished exchange's bodies (the daemon does it to exchanges finished before the
+/// level rose) frees them and flags only bodies that were kept.
+#[test]
+fn exchange_bodies_shed_after_the_fact() {
+    let mut x = exchange(
+        request(
+            "POST",
+            "/a",
+            &[("Content-Type", "application/json")],
+            kept(b"{}", 2),
+            1,
+            2,
+        ),
+        Some(response(200, "OK", &[], not_kept(5), 3, 4)),
+        false,
+    );
+    assert!(x.is_reportable());
+    assert_eq!(x.shed_bodies(), 1);
+    assert_eq!(x.shed_body_count(), 1);
+    let body = &x.request.as_ref().unwrap().body;
+    assert!(body.shed && body.bytes.is_empty() && !body.captured);
+    assert!(!x.response.as_ref().unwrap().body.shed);
+    assert_eq!(x.shed_bodies(), 0, "shedding twice sheds nothing more");
 }

@@ -209,18 +209,24 @@ impl Policy {
             ("http.response", policy.body.response),
         ] {
             let body_key = format!("{prefix}.body");
-            if !record.attributes.contains_key(&body_key) {
+            // A body the overload policy shed is flagged only where it would have been kept.
+            let shed_key = format!("{prefix}.body.shed");
+            let has_body = record.attributes.contains_key(&body_key);
+            if !has_body && !record.attributes.contains_key(&shed_key) {
                 continue;
             }
             let allowed = record
                 .attr_str(&format!("{prefix}.header.content-type"))
                 .is_none_or(|ct| policy.settings.content_type_allowed(ct));
             if !on || !allowed {
-                record.attributes.remove(&body_key);
-                record
-                    .attributes
-                    .remove(&format!("{prefix}.body.truncated"));
-                stats.bodies_not_captured += 1;
+                record.attributes.remove(&shed_key);
+                if has_body {
+                    record.attributes.remove(&body_key);
+                    record
+                        .attributes
+                        .remove(&format!("{prefix}.body.truncated"));
+                    stats.bodies_not_captured += 1;
+                }
             }
         }
         let Outcome {

@@ -617,6 +617,32 @@ fn capture_switches_remove_headers_and_bodies() {
     assert_eq!(p.stats.bodies_not_captured, 1);
 }
 
+/// A body the overload policy shed is flagged only where the service would have recorded it.
+#[test]
+fn shed_flags_follow_the_services_capture_settings() {
+    let mut p =
+        policy("data_capture:\n  service_overrides:\n    quiet: {http_body: {response: false}}\n");
+    let flags = [
+        (
+            "http.request.header.content-type",
+            "application/json".into(),
+        ),
+        ("http.request.body.shed", true.into()),
+        ("http.response.body.shed", true.into()),
+    ];
+    let mut r = record("quiet", "/", &flags);
+    p.process(&mut r);
+    assert_eq!(
+        r.attributes.get("http.request.body.shed"),
+        Some(&AttributeValue::Bool(true))
+    );
+    assert_eq!(r.attributes.get("http.response.body.shed"), None);
+    assert_eq!(p.stats.bodies_not_captured, 0, "no body was removed");
+    let mut r = record("other", "/", &flags);
+    p.process(&mut r);
+    assert!(r.attributes.contains_key("http.response.body.shed"));
+}
+
 #[test]
 fn per_service_overrides_apply_over_global_settings() {
     let yaml = "\
