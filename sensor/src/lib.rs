@@ -16,6 +16,7 @@ pub mod enrich;
 pub mod export;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod record;
 pub mod redact;
 pub mod trace;

@@ -1600,3 +1600,23 @@ fn unfinished_request_headers_follow_the_oldest_request() {
     quiet.on_data(Stream::Request, 0, head, 1);
     assert_eq!(names(&quiet), Some(Vec::new()), "headers not captured");
 }
+
+#[test]
+fn stats_names_and_totals_cover_every_counter_in_order() {
+    let mut one = HttpStats::default();
+    for (i, field) in one.fields_mut().into_iter().enumerate() {
+        *field = i as u64 + 1;
+    }
+    let values: Vec<u64> = one.named().iter().map(|(_, _, v)| *v).collect();
+    assert_eq!(
+        values,
+        (1..=17).collect::<Vec<u64>>(),
+        "same order in both lists"
+    );
+    let mut total = one.clone();
+    total.add(&one);
+    let doubled: Vec<u64> = total.named().iter().map(|(_, _, v)| *v).collect();
+    assert_eq!(doubled, (1..=17).map(|v| 2 * v).collect::<Vec<u64>>());
+    let names: std::collections::BTreeSet<&str> = one.named().iter().map(|(n, _, _)| *n).collect();
+    assert_eq!(names.len(), 17, "distinct names");
+}
