@@ -536,19 +536,32 @@ fn sigkill_leaves_nothing_loaded_and_a_restarted_sensor_resumes_capture() {
 /// stops start-up naming the key.
 #[test]
 fn ring_buffer_overload_is_counted_and_never_blocks_the_application() {
-    let output = std::process::Command::new(sensor_bin())
-        .args(["run", "--pid", "1"])
+    let (server, port) = fault_server("fault server");
+    let stderr_file = sensor_e2e::scratch_dir("bad-ring-size").join("stderr");
+    let mut refused = std::process::Command::new(sensor_bin())
+        .args(["run", "--pid", &server.pid().to_string()])
         .env("HT_SENSOR_RING_BUFFER_BYTES", "100000")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).expect("stderr file"))
+        .spawn()
         .expect("run the sensor");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a bad ring size is refused");
+    let exited = wait_until(Duration::from_secs(10), || {
+        matches!(refused.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = refused.kill();
+    }
+    let status = refused.wait().expect("sensor status");
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    assert!(
+        exited && !status.success(),
+        "a ring size that is not a power of two stops start-up ({status}): {stderr}"
+    );
     assert!(
         stderr.contains("sensor.ring_buffer_bytes: expected a power of two"),
         "the error names the key: {stderr}"
     );
 
-    let (server, port) = fault_server("fault server");
     let mut client = fault_client("fault client");
     let (sensor, metrics) = sensor(
         "ring-overload",
