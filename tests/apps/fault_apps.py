@@ -18,7 +18,8 @@ fault_apps.py client
         Closed loop over `threads` keep-alive connections, for `seconds` or `count` requests per
         thread, sleeping P ms between requests: GET /load?tag=T&t=<t>&i=<i>, or with body N > 0
         POST /echo?tag=T&t=<t>&i=<i> with a JSON body of N bytes (the echo is checked). RESULT:
-        requests, errors (first messages too), latency p50/p99/max in ms.
+        requests, errors (first messages too), latency p50/p99/max in ms. With "stop_file": F,
+        the loop also ends as soon as file F exists.
     {"op": "until_eof", "port", "path"}
         GET <path> on a new connection, reads until the server closes. RESULT: the status line
         and the number of bytes received.
@@ -123,12 +124,15 @@ def load_worker(cmd, t, deadline, out):
     count = cmd.get("count")
     pause = cmd.get("pause_ms", 0) / 1000
     tag = cmd.get("tag", "load").encode()
+    stop_file = cmd.get("stop_file")
     body = b""
     if cmd.get("body"):
         body = b'{"pad": "' + b"x" * max(0, cmd["body"] - 11) + b'"}'
     latencies, errors, messages = [], 0, []
     sock, buf, i = None, b"", 0
     while (i < count) if count is not None else (time.monotonic() < deadline):
+        if stop_file and os.path.exists(stop_file):
+            break
         if pause and i:
             time.sleep(pause)
         started = time.perf_counter()
