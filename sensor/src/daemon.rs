@@ -26,8 +26,12 @@ use crate::{
     http::HttpSettings,
     metrics::Metrics,
     overload::{self, Budgets, Overload},
+    ratelimit::RateLimit,
     redact::{Decision, Policy, parser_settings},
 };
+
+/// Shortest time between two warnings about a full ring buffer.
+const RINGBUF_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the daemon watches and how it reports.
 #[derive(Clone, Debug)]
@@ -49,6 +53,9 @@ pub struct DaemonOptions {
     pub export_queue: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Size of the kernel ring buffer in bytes (`sensor.ring_buffer_bytes`); 0 keeps the
+    /// compiled-in size.
+    pub ring_buffer_bytes: u32,
 }
 
 /// Where the daemon sends records.
@@ -192,6 +199,8 @@ pub struct Pipeline {
     tls_symbols: tls::SymbolCache,
     /// The CPU and memory budget, and what is shed beyond it.
     overload: Overload,
+    /// The kernel's ring-buffer-full count when last looked at, and its rate-limited warning.
+    ringbuf_full: (u64, RateLimit),
     /// Counters.
     pub stats: DaemonStats,
 }
@@ -750,7 +759,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let discover = options.pids.is_empty();
     let mut capture = Capture::load(&CaptureOptions {
         discover,
-        ring_bytes: 0,
+        ring_bytes: options.ring_buffer_bytes,
     })?;
     let exporter = match &options.output {
         Output::Stdout(format) => Exporter::stdout(*format, options.export_queue),
@@ -794,6 +803,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         ignored_conns: HashSet::new(),
         tls_symbols: tls::SymbolCache::default(),
         overload: Overload::new(Budgets::from_settings(&options.policy.sensor)),
+        ringbuf_full: (0, RateLimit::new(RINGBUF_FULL_LOG_INTERVAL)),
         stats: DaemonStats::default(),
     };
     let proc_root = Path::new("/proc");
@@ -845,7 +855,10 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.threads.expire(now);
                 pipeline.decide_deferred(&mut capture);
             }
-            _ = publish.tick() => publish_metrics(&metrics, &capture, &pipeline),
+            _ = publish.tick() => {
+                publish_metrics(&metrics, &capture, &pipeline);
+                warn_ring_buffer_full(&capture, &mut pipeline);
+            }
             _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
             _ = overload_tick.tick() => pipeline.overload_tick(&mut capture),
             _ = report.tick() => {
@@ -871,6 +884,27 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     log_counters(&capture, &pipeline);
     pipeline.exporter.shutdown().await;
     Ok(())
+}
+
+/// Warns (at most every [`RINGBUF_FULL_LOG_INTERVAL`]) when the kernel dropped records because
+/// the ring buffer was full since the last look: the loss is in `kernel_ringbuf_full`, the
+/// application never waits for the sensor.
+fn warn_ring_buffer_full(capture: &Capture, pipeline: &mut Pipeline) {
+    let Ok(kernel) = capture.counters() else {
+        return;
+    };
+    let total = kernel.get(sensor_common::maps::Counter::RingbufFull);
+    let (seen, log) = &mut pipeline.ringbuf_full;
+    let new = total.saturating_sub(*seen);
+    *seen = total;
+    if let Some(lost) = log.hit(Clock::monotonic_now(), new) {
+        warn!(
+            lost,
+            total,
+            ring_buffer_bytes = capture.ring_bytes(),
+            "ring buffer full: capture records dropped by the kernel (counted in kernel_ringbuf_full; the application was not slowed); the affected exchanges are reported incomplete or not at all — raise sensor.ring_buffer_bytes if this recurs"
+        );
+    }
 }
 
 fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
@@ -1057,6 +1091,19 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
     ] {
         metrics.publish(name, help, value);
     }
+    for (name, help, value) in pipeline.tracker.http_stats().named() {
+        metrics.publish(&format!("http_{name}"), help, value);
+    }
+    metrics.set_gauge(
+        "connections_tracked",
+        "connections tracked now",
+        i64::try_from(pipeline.tracker.len()).unwrap_or(i64::MAX),
+    );
+    metrics.set_gauge(
+        "http_buffered_bytes",
+        "bytes held by HTTP reassembly now (buffers, waiting requests, finished exchanges)",
+        i64::try_from(pipeline.tracker.buffered_bytes()).unwrap_or(i64::MAX),
+    );
     if let Some(stats) = pipeline.pods.stats() {
         for (name, help, value) in stats.named() {
             metrics.publish(name, help, value);

@@ -17,6 +17,7 @@ pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod overload;
+pub mod ratelimit;
 pub mod record;
 pub mod redact;
 pub mod trace;

@@ -123,6 +123,7 @@ async fn run(args: RunArgs) -> Result<()> {
         config_overrides: overrides,
         export_queue: sensor.export_queue_size.max(1024),
         metrics_addr: sensor.metrics_addr,
+        ring_buffer_bytes: u32::try_from(sensor.ring_buffer_bytes).unwrap_or(u32::MAX),
     })
     .await
 }

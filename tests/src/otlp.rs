@@ -39,6 +39,7 @@ use serde_json::Value;
 const ACCEPT: u8 = 0;
 const UNAVAILABLE: u8 = 1;
 const REJECT: u8 = 2;
+const INTERNAL_ERROR: u8 = 3;
 
 /// How an export request arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +109,8 @@ impl ReceivedSpan {
 
 struct State {
     mode: AtomicU8,
+    /// Milliseconds every request waits before it is answered (a slow collector).
+    delay_ms: AtomicU64,
     requests: Mutex<Vec<ReceivedRequest>>,
     refused: AtomicU64,
 }
@@ -115,6 +118,14 @@ struct State {
 impl State {
     fn mode(&self) -> u8 {
         self.mode.load(Ordering::SeqCst)
+    }
+
+    /// Waits as long as [`Receiver::set_delay`] says, before a request is answered.
+    async fn delay(&self) {
+        let ms = self.delay_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
 
     fn push(&self, request: ReceivedRequest) {
@@ -174,6 +185,7 @@ impl Receiver {
         let http_addr = http.local_addr().expect("HTTP receiver address");
         let state = Arc::new(State {
             mode: AtomicU8::new(ACCEPT),
+            delay_ms: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
             refused: AtomicU64::new(0),
         });
@@ -290,7 +302,26 @@ impl Receiver {
             .store(if rejecting { REJECT } else { ACCEPT }, Ordering::SeqCst);
     }
 
-    /// Number of requests answered with an error (unavailable, rejecting or undecodable).
+    /// While true, every request is answered INTERNAL (gRPC) or 500 (HTTP) and not kept: a
+    /// collector failing on its side.
+    pub fn set_internal_error(&self, failing: bool) {
+        self.state.mode.store(
+            if failing { INTERNAL_ERROR } else { ACCEPT },
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Every request (gRPC or HTTP) is answered only after `delay` (zero: at once): a slow
+    /// collector. A request already waiting keeps the delay it started with.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Number of requests answered with an error (unavailable, rejecting, internal error or
+    /// undecodable).
     pub fn refused(&self) -> u64 {
         self.state.refused.load(Ordering::SeqCst)
     }
@@ -443,6 +474,7 @@ impl TraceService for GrpcService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.state.delay().await;
         match self.state.mode() {
             UNAVAILABLE => {
                 self.state.refused.fetch_add(1, Ordering::SeqCst);
@@ -452,6 +484,12 @@ impl TraceService for GrpcService {
                 self.state.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(tonic::Status::invalid_argument(
                     "test receiver set rejecting",
+                ));
+            }
+            INTERNAL_ERROR => {
+                self.state.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(tonic::Status::internal(
+                    "test receiver set to fail internally",
                 ));
             }
             _ => {}
@@ -577,6 +615,7 @@ async fn handle_http(
             ));
         }
     };
+    state.delay().await;
     match state.mode() {
         UNAVAILABLE => {
             state.refused.fetch_add(1, Ordering::SeqCst);
@@ -592,6 +631,14 @@ async fn handle_http(
                 StatusCode::BAD_REQUEST,
                 "text/plain",
                 b"test receiver set rejecting".to_vec(),
+            ));
+        }
+        INTERNAL_ERROR => {
+            state.refused.fetch_add(1, Ordering::SeqCst);
+            return Ok(answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                b"test receiver set to fail internally".to_vec(),
             ));
         }
         _ => {}

@@ -121,6 +121,8 @@ pub struct Capture {
     conns: HashMap<MapData, u64, ConnState>,
     control: HashMap<MapData, u64, ConnControl>,
     counters: PerCpuArray<MapData, u64>,
+    /// Size of the ring buffer in bytes.
+    ring_bytes: u32,
     /// Whether the OpenSSL probes loaded (uprobes work here).
     tls_loaded: bool,
     /// OpenSSL probes attached, by process.
@@ -167,9 +169,12 @@ impl Capture {
         })?;
         let layout = layout::read_layout(&root)?;
         let mut loader = EbpfLoader::new();
-        if options.ring_bytes != 0 {
+        let ring_bytes = if options.ring_bytes != 0 {
             loader.map_max_entries(names::EVENTS, options.ring_bytes);
-        }
+            options.ring_bytes
+        } else {
+            names::EVENTS_BYTES
+        };
         let mut ebpf = loader
             .load(PROGRAMS)
             .context("loading the eBPF programs (are you root?)")?;
@@ -206,6 +211,7 @@ impl Capture {
             programs = TRACEPOINTS.len(),
             openssl_probes = tls_loaded,
             discover = options.discover,
+            ring_buffer_bytes = ring_bytes,
             "capture attached"
         );
         Ok(Capture {
@@ -218,6 +224,7 @@ impl Capture {
             conns,
             control,
             counters,
+            ring_bytes,
             tls_loaded,
             tls_probes: StdHashMap::new(),
             detacher: spawn_detacher(),
@@ -393,6 +400,11 @@ impl Capture {
         for pid in gone {
             let _ = self.watched.remove(&pid);
         }
+    }
+
+    /// Size of the ring buffer in bytes.
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_bytes
     }
 
     /// Reads the kernel counters.

@@ -49,6 +49,9 @@ enum Setter {
     Amount(fn(&mut Config) -> &mut f64),
     /// Milliseconds, at least the given number.
     Interval(fn(&mut Config) -> &mut u64, u64),
+    /// A size in bytes for the kernel's ring buffer: a power of two, a multiple of the page
+    /// size, from 64 KiB to 1 GiB.
+    RingBytes(fn(&mut Config) -> &mut u64),
     /// A list kept as written (case and all), each entry checked by the function; text is
     /// split at commas when the flag says so (else it is one entry), or is a JSON list.
     ExactList(
@@ -450,6 +453,15 @@ pub const KEYS: &[KeyDoc] = &[
         setter: Setter::Interval(|c| &mut c.sensor.overload_interval_ms, 10),
     },
     KeyDoc {
+        key: "sensor.ring_buffer_bytes",
+        default: "16777216",
+        env: "HT_SENSOR_RING_BUFFER_BYTES",
+        otel: &[],
+        flag: None,
+        description: "Size of the kernel ring buffer that carries captured bytes to the sensor (16 MiB): a power of two and a multiple of the page size, from 65536 (64 KiB) to 1073741824 (1 GiB). When it is full, new records are dropped (counted in `kernel_ringbuf_full`, warned in the log); the application is never slowed.",
+        setter: Setter::RingBytes(|c| &mut c.sensor.ring_buffer_bytes),
+    },
+    KeyDoc {
         key: "sensor.include.executables",
         default: "",
         env: "HT_SENSOR_INCLUDE_EXECUTABLES",
@@ -681,6 +693,7 @@ impl KeyDoc {
                 }
                 *field(config) = n;
             }
+            Setter::RingBytes(field) => *field(config) = parse_scalar(raw, parse_ring_bytes)?,
             Setter::ExactList(field, check, split) => {
                 let items = parse_exact_list(raw, split)?;
                 for (i, item) in items.iter().enumerate() {
@@ -804,6 +817,17 @@ fn parse_amount(s: &str) -> Result<f64, &'static str> {
         Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
         _ => Err("a number of at least 0 (0 is unlimited)"),
     }
+}
+
+/// Parses a ring buffer size: a power of two, a multiple of the page size, 64 KiB to 1 GiB.
+fn parse_ring_bytes(s: &str) -> Result<u64, &'static str> {
+    const EXPECTED: &str =
+        "a power of two from 65536 (64 KiB) to 1073741824 (1 GiB), a multiple of the page size";
+    let n = parse_int(s, 1).map_err(|_| EXPECTED)?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let fits = n.is_power_of_two() && (64 << 10..=1 << 30).contains(&n) && n % page.max(1) == 0;
+    if fits { Ok(n) } else { Err(EXPECTED) }
 }
 
 /// Parses a list whose entries keep their case: a YAML sequence of scalars, text starting with

@@ -147,6 +147,8 @@ pub struct SensorSettings {
     pub batch_max_bytes: usize,
     /// Longest time a span waits before its batch is sent.
     pub batch_timeout_ms: u64,
+    /// Size of the kernel ring buffer in bytes (a power of two, page multiple, 64 KiB..1 GiB).
+    pub ring_buffer_bytes: u64,
     /// Which discovered processes are watched (`sensor.include` / `sensor.exclude`).
     pub selectors: Selectors,
     /// CPU the sensor may use, in cores (0: unlimited); beyond it the overload policy sheds.
@@ -357,6 +359,7 @@ impl Default for SensorSettings {
             export_queue_size: 2048,
             batch_max_bytes: 3 * 1024 * 1024,
             batch_timeout_ms: 1000,
+            ring_buffer_bytes: u64::from(sensor_common::maps::EVENTS_BYTES),
             selectors: Selectors::default(),
             cpu_budget_cores: 1.0,
             memory_budget_bytes: 512 * 1024 * 1024,

@@ -939,6 +939,40 @@ fn redacted_headers_ignore_case() {
 }
 
 #[test]
+fn ring_buffer_size_is_a_power_of_two_page_multiple_from_64_kib_to_1_gib() {
+    let size = |pairs: &[(&str, &str)]| {
+        load_with(None, pairs, Overrides::default())
+            .unwrap()
+            .config
+            .sensor
+            .ring_buffer_bytes
+    };
+    assert_eq!(size(&[]), 16 << 20);
+    for ok in ["65536", "1048576", "1073741824"] {
+        assert_eq!(size(&[("HT_SENSOR_RING_BUFFER_BYTES", ok)]).to_string(), ok);
+    }
+    let (config, _) = Config::from_yaml_str("sensor:\n  ringBufferBytes: 262144\n").unwrap();
+    assert_eq!(config.sensor.ring_buffer_bytes, 262_144);
+    for bad in [
+        "0",
+        "4096",
+        "32768",
+        "100000",
+        "2147483648",
+        "16M",
+        "-65536",
+    ] {
+        let err = load_err(None, &[("HT_SENSOR_RING_BUFFER_BYTES", bad)]);
+        assert_eq!(
+            err,
+            format!(
+                "sensor.ring_buffer_bytes: expected a power of two from 65536 (64 KiB) to 1073741824 (1 GiB), a multiple of the page size, got \"{bad}\" (from HT_SENSOR_RING_BUFFER_BYTES)"
+            )
+        );
+    }
+}
+
+#[test]
 fn key_table_matches_the_schema() {
     for doc in KEYS {
         let expected_env = format!("HT_{}", doc.key.replace('.', "_").to_ascii_uppercase());

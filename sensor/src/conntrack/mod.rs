@@ -13,12 +13,16 @@ use sensor_common::{
     event::{Direction, Family, Role, TLS_STREAM_ID_BIT},
     maps::ConnControl,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     capture::events::{ConnClose, ConnOpen, DataChunk, TlsBind},
-    http::{HttpConnection, HttpExchange, HttpSettings, Stream},
+    http::{HttpConnection, HttpExchange, HttpSettings, HttpStats, Stream},
+    ratelimit::RateLimit,
 };
+
+/// Shortest time between two warnings about oversized HTTP heads.
+const OVERSIZED_HEAD_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What is known of a connection's identity.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,6 +171,10 @@ pub struct Tracker {
     stats: TrackerStats,
     /// Overload: bodies are not kept (see [`HttpConnection::set_shed_bodies`]).
     shed_bodies: bool,
+    /// HTTP counters of the connections already finished (live ones are added on demand).
+    finished_http: HttpStats,
+    /// Warnings about heads over `max_header_bytes`.
+    oversized_log: RateLimit,
 }
 
 impl Tracker {
@@ -180,7 +188,18 @@ impl Tracker {
             settings,
             stats: TrackerStats::default(),
             shed_bodies: false,
+            finished_http: HttpStats::default(),
+            oversized_log: RateLimit::new(OVERSIZED_HEAD_LOG_INTERVAL),
         }
+    }
+
+    /// HTTP reassembly counters totalled over every connection, finished and live.
+    pub fn http_stats(&self) -> HttpStats {
+        let mut total = self.finished_http.clone();
+        for conn in self.conns.values() {
+            total.add(conn.parser.stats());
+        }
+        total
     }
 
     /// Counters so far.
@@ -341,8 +360,27 @@ impl Tracker {
             offset += overlap;
         }
         if !payload.is_empty() {
+            let oversized = conn.parser.stats().oversized_heads;
             conn.parser.on_data(stream, offset, payload, chunk.time_ns);
             conn.next[dir] = offset + payload.len() as u64;
+            let new = conn
+                .parser
+                .stats()
+                .oversized_heads
+                .saturating_sub(oversized);
+            if new > 0
+                && let Some(count) = self.oversized_log.hit(chunk.time_ns, new)
+            {
+                warn!(
+                    pid = conn.meta.pid,
+                    conn_id = chunk.conn_id,
+                    remote = ?conn.meta.remote,
+                    ?stream,
+                    limit = self.http.max_header_bytes,
+                    count,
+                    "HTTP head larger than the header size limit dropped (counted in http_oversized_heads); the stream resynchronises"
+                );
+            }
         } else {
             conn.next[dir] = conn.next[dir].max(offset);
         }
@@ -504,6 +542,13 @@ impl Tracker {
     /// Periodic work: response timeouts and idle connections.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
         const CLIENT_MEMORY_NS: u64 = 60_000_000_000;
+        if let Some(count) = self.oversized_log.hit(now_ns, 0) {
+            warn!(
+                limit = self.http.max_header_bytes,
+                count,
+                "HTTP heads larger than the header size limit dropped (counted in http_oversized_heads)"
+            );
+        }
         let live: std::collections::HashSet<(SocketAddr, SocketAddr)> = self
             .conns
             .values()
@@ -551,6 +596,7 @@ impl Tracker {
         self.tls_streams.remove(&conn.meta.conn_id);
         conn.parser.on_close(time_ns);
         conn.take(out);
+        self.finished_http.add(conn.parser.stats());
     }
 }
 

@@ -241,3 +241,40 @@ fn shedding_mid_body_instructs_the_kernel_at_once() {
     );
     assert!(t.set_shed_bodies(true).is_empty(), "nothing new");
 }
+
+#[test]
+fn http_counters_are_totalled_over_live_and_finished_connections() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    exchange_on(&mut t, SOCKET);
+    let other = SOCKET + 1;
+    t.open(&open(other, Role::Server), &mut out);
+    // A head over the limit (64 KiB): dropped, counted, the stream resynchronises.
+    let mut oversized = b"GET /big HTTP/1.1\r\nX-Big: ".to_vec();
+    oversized.extend(std::iter::repeat_n(b'x', 70_000));
+    t.data(&chunk(other, Direction::Ingress, 0, &oversized), &mut out);
+    assert_eq!(t.http_stats().exchanges, 1);
+    assert_eq!(t.http_stats().oversized_heads, 1);
+    assert!(t.buffered_bytes() > 0 || t.len() == 2);
+    for conn_id in [SOCKET, other] {
+        t.close(
+            &ConnClose {
+                pid: PID,
+                time_ns: 100_000,
+                conn_id,
+                bytes: [0, 0],
+            },
+            &mut out,
+        );
+    }
+    assert!(t.is_empty());
+    assert_eq!(t.buffered_bytes(), 0, "every connection's memory released");
+    let totals = t.http_stats();
+    assert_eq!(totals.oversized_heads, 1, "kept after the close");
+    assert_eq!(
+        totals.exchanges, 2,
+        "the exchange on the first connection and the cut request on the second"
+    );
+    assert_eq!(totals.unanswered_requests, 1);
+}

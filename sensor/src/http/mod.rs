@@ -285,6 +285,150 @@ pub struct HttpStats {
     pub truncated_bodies: u64,
 }
 
+impl HttpStats {
+    /// Adds another connection's counters (the tracker totals every connection's for metrics).
+    pub fn add(&mut self, other: &HttpStats) {
+        let values = other.named().map(|(_, _, value)| value);
+        for (total, value) in self.fields_mut().into_iter().zip(values) {
+            *total = total.saturating_add(value);
+        }
+    }
+
+    /// `(name, help, value)` of every counter, for metrics (`pysensor_http_<name>_total`).
+    pub fn named(&self) -> [(&'static str, &'static str, u64); 17] {
+        // Destructured without `..`: a new counter cannot be left out of the metrics.
+        let HttpStats {
+            exchanges,
+            incomplete_exchanges,
+            parse_errors,
+            oversized_heads,
+            resyncs,
+            junk_bytes,
+            lost_bytes,
+            skipped_bytes,
+            duplicate_bytes,
+            orphan_responses,
+            unanswered_requests,
+            pipeline_overflows,
+            dropped_after_upgrade,
+            upgraded_bytes,
+            pause_overflows,
+            decode_errors,
+            truncated_bodies,
+        } = self;
+        [
+            (
+                "exchanges",
+                "exchanges emitted by HTTP reassembly",
+                *exchanges,
+            ),
+            (
+                "incomplete_exchanges",
+                "exchanges emitted with bytes missing",
+                *incomplete_exchanges,
+            ),
+            (
+                "parse_errors",
+                "heads rejected, invalid framing headers, bad chunk syntax",
+                *parse_errors,
+            ),
+            (
+                "oversized_heads",
+                "heads larger than the header size limit, dropped",
+                *oversized_heads,
+            ),
+            (
+                "resyncs",
+                "times a stream lost sync and looked for a message start",
+                *resyncs,
+            ),
+            (
+                "junk_bytes",
+                "bytes skipped while looking for a message start",
+                *junk_bytes,
+            ),
+            (
+                "lost_bytes",
+                "bytes of gaps that were needed (a loss)",
+                *lost_bytes,
+            ),
+            (
+                "skipped_bytes",
+                "bytes of gaps over body bytes that were not needed",
+                *skipped_bytes,
+            ),
+            (
+                "duplicate_bytes",
+                "bytes received twice, ignored",
+                *duplicate_bytes,
+            ),
+            (
+                "orphan_responses",
+                "responses dropped because their request was never seen",
+                *orphan_responses,
+            ),
+            (
+                "unanswered_requests",
+                "requests emitted without a response",
+                *unanswered_requests,
+            ),
+            (
+                "pipeline_overflows",
+                "requests past the pipelining limit",
+                *pipeline_overflows,
+            ),
+            (
+                "dropped_after_upgrade",
+                "requests queued after a protocol switch, dropped",
+                *dropped_after_upgrade,
+            ),
+            (
+                "upgraded_bytes",
+                "bytes ignored after a protocol switch",
+                *upgraded_bytes,
+            ),
+            (
+                "pause_overflows",
+                "upgrade requests that stopped waiting for their verdict",
+                *pause_overflows,
+            ),
+            (
+                "decode_errors",
+                "bodies whose content decoding failed",
+                *decode_errors,
+            ),
+            (
+                "truncated_bodies",
+                "bodies truncated at the body size limit",
+                *truncated_bodies,
+            ),
+        ]
+    }
+
+    /// Every counter, in the order of [`HttpStats::named`].
+    fn fields_mut(&mut self) -> [&mut u64; 17] {
+        [
+            &mut self.exchanges,
+            &mut self.incomplete_exchanges,
+            &mut self.parse_errors,
+            &mut self.oversized_heads,
+            &mut self.resyncs,
+            &mut self.junk_bytes,
+            &mut self.lost_bytes,
+            &mut self.skipped_bytes,
+            &mut self.duplicate_bytes,
+            &mut self.orphan_responses,
+            &mut self.unanswered_requests,
+            &mut self.pipeline_overflows,
+            &mut self.dropped_after_upgrade,
+            &mut self.upgraded_bytes,
+            &mut self.pause_overflows,
+            &mut self.decode_errors,
+            &mut self.truncated_bodies,
+        ]
+    }
+}
+
 fn headers_bytes(headers: &[(String, Vec<u8>)]) -> usize {
     headers
         .iter()

@@ -1741,3 +1741,23 @@ fn exchange_bodies_shed_after_the_fact() {
     assert!(!x.response.as_ref().unwrap().body.shed);
     assert_eq!(x.shed_bodies(), 0, "shedding twice sheds nothing more");
 }
+
+#[test]
+fn stats_names_and_totals_cover_every_counter_in_order() {
+    let mut one = HttpStats::default();
+    for (i, field) in one.fields_mut().into_iter().enumerate() {
+        *field = i as u64 + 1;
+    }
+    let values: Vec<u64> = one.named().iter().map(|(_, _, v)| *v).collect();
+    assert_eq!(
+        values,
+        (1..=17).collect::<Vec<u64>>(),
+        "same order in both lists"
+    );
+    let mut total = one.clone();
+    total.add(&one);
+    let doubled: Vec<u64> = total.named().iter().map(|(_, _, v)| *v).collect();
+    assert_eq!(doubled, (1..=17).map(|v| 2 * v).collect::<Vec<u64>>());
+    let names: std::collections::BTreeSet<&str> = one.named().iter().map(|(n, _, _)| *n).collect();
+    assert_eq!(names.len(), 17, "distinct names");
+}

@@ -639,9 +639,9 @@ fn http_outage_loses_nothing_up_to_the_queue_size() {
     outage_loses_nothing_up_to_the_queue_size(Protocol::HttpProtobuf);
 }
 
-fn non_retryable_answer_drops_the_batch(protocol: Protocol) {
+fn non_retryable_answer_drops_the_batch(protocol: Protocol, failing: fn(&Receiver, bool)) {
     let receiver = Receiver::start();
-    receiver.set_rejecting(true);
+    failing(&receiver, true);
     let rt = runtime();
     let (exporter, stats, otlp) = start(&rt, settings(&receiver, protocol));
     for i in 0..3 {
@@ -656,7 +656,7 @@ fn non_retryable_answer_drops_the_batch(protocol: Protocol) {
         wait_until(WAIT, || counter(&stats.failed) == 3),
         "the batch is dropped"
     );
-    receiver.set_rejecting(false);
+    failing(&receiver, false);
     exporter.send(record(
         process(1, "svc"),
         SpanKind::Server,
@@ -672,12 +672,22 @@ fn non_retryable_answer_drops_the_batch(protocol: Protocol) {
 
 #[test]
 fn grpc_invalid_argument_drops_the_batch() {
-    non_retryable_answer_drops_the_batch(Protocol::Grpc);
+    non_retryable_answer_drops_the_batch(Protocol::Grpc, Receiver::set_rejecting);
 }
 
 #[test]
 fn http_400_drops_the_batch() {
-    non_retryable_answer_drops_the_batch(Protocol::HttpJson);
+    non_retryable_answer_drops_the_batch(Protocol::HttpJson, Receiver::set_rejecting);
+}
+
+#[test]
+fn grpc_internal_error_drops_the_batch() {
+    non_retryable_answer_drops_the_batch(Protocol::Grpc, Receiver::set_internal_error);
+}
+
+#[test]
+fn http_500_drops_the_batch() {
+    non_retryable_answer_drops_the_batch(Protocol::HttpProtobuf, Receiver::set_internal_error);
 }
 
 #[test]
