@@ -20,4 +20,5 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    print(f"WORKER {os.getpid()}", flush=True)
+    # One write, so that two workers' lines never interleave (print writes the end separately).
+    os.write(1, f"WORKER {os.getpid()}\n".encode())

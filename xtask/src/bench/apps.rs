@@ -282,30 +282,26 @@ impl App {
             lines,
             port: 0,
         };
-        app.port = app
-            .expect("READY")?
-            .parse()
-            .context("the app's READY line has no port")?;
-        if framework == Framework::Flask {
-            for _ in 0..2 {
-                app.expect("WORKER")?;
-            }
-        }
-        Ok(app)
-    }
-
-    fn expect(&self, prefix: &str) -> Result<String> {
+        // gunicorn's workers may print before its master's READY.
+        let workers = if framework == Framework::Flask { 2 } else { 0 };
+        let (mut port, mut ready_workers) = (None, 0);
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        while port.is_none() || ready_workers < workers {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("the app printed no {prefix} line within 60 s"))?;
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return Ok(rest.trim().to_owned());
+            let line = app.lines.recv_timeout(left).map_err(|_| {
+                anyhow!("the app printed no READY line or too few WORKER lines within 60 s")
+            })?;
+            if let Some(rest) = line.strip_prefix("READY") {
+                port = Some(
+                    rest.trim()
+                        .parse()
+                        .context("the app's READY line has no port")?,
+                );
             }
+            ready_workers += line.matches("WORKER ").count();
         }
+        app.port = port.unwrap_or_default();
+        Ok(app)
     }
 
     /// The app's pid (gunicorn's master: the sensor follows its workers).

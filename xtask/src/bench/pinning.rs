@@ -13,11 +13,17 @@ pub const LOAD_CORE: usize = 1;
 
 /// Whether the machine has the two cores pinning needs.
 pub fn available() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() > LOAD_CORE)
-        && Command::new("taskset")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        // Online CPUs, not this thread's affinity (which pinning narrows).
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        cpus > LOAD_CORE as libc::c_long
+            && Command::new("taskset")
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// `program` run on `core` (`taskset -c <core> <program>`), or unpinned when pinning is not
