@@ -111,8 +111,12 @@ struct State {
     mode: AtomicU8,
     /// Milliseconds every request waits before it is answered (a slow collector).
     delay_ms: AtomicU64,
+    /// Whether accepted requests are kept (else only counted).
+    keep: bool,
     requests: Mutex<Vec<ReceivedRequest>>,
     refused: AtomicU64,
+    spans: AtomicU64,
+    server_spans: AtomicU64,
 }
 
 impl State {
@@ -129,6 +133,21 @@ impl State {
     }
 
     fn push(&self, request: ReceivedRequest) {
+        self.spans
+            .fetch_add(span_count(&request.request) as u64, Ordering::SeqCst);
+        let servers = request
+            .request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .filter(|span| span.kind == span::SpanKind::Server as i32)
+            .count();
+        self.server_spans
+            .fetch_add(servers as u64, Ordering::SeqCst);
+        if !self.keep {
+            return;
+        }
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -152,6 +171,12 @@ impl Receiver {
         Self::start_with(None, None)
     }
 
+    /// As [`Receiver::start`], keeping no request: only [`Receiver::span_total`] counts them
+    /// (for loads whose spans would not fit in memory, e.g. the benchmarks).
+    pub fn start_counting() -> Receiver {
+        Self::start_with_keep(None, None, false)
+    }
+
     /// As [`Receiver::start`], on the given addresses (e.g. those of a receiver stopped
     /// earlier, to bring "the same" collector back).
     pub fn start_at(grpc: SocketAddr, http: SocketAddr) -> Receiver {
@@ -173,6 +198,14 @@ impl Receiver {
         tls: Option<(Vec<u8>, Vec<u8>)>,
         at: Option<(SocketAddr, SocketAddr)>,
     ) -> Receiver {
+        Self::start_with_keep(tls, at, true)
+    }
+
+    fn start_with_keep(
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+        at: Option<(SocketAddr, SocketAddr)>,
+        keep: bool,
+    ) -> Receiver {
         let (grpc, http) = at.unwrap_or_else(|| {
             let any = SocketAddr::from(([127, 0, 0, 1], 0));
             (any, any)
@@ -186,8 +219,11 @@ impl Receiver {
         let state = Arc::new(State {
             mode: AtomicU8::new(ACCEPT),
             delay_ms: AtomicU64::new(0),
+            keep,
             requests: Mutex::new(Vec::new()),
             refused: AtomicU64::new(0),
+            spans: AtomicU64::new(0),
+            server_spans: AtomicU64::new(0),
         });
         let mut grpc_builder = tonic::transport::Server::builder();
         let mut acceptor = None;
@@ -324,6 +360,17 @@ impl Receiver {
     /// undecodable).
     pub fn refused(&self) -> u64 {
         self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Number of spans accepted so far (kept or, with [`Receiver::start_counting`], only
+    /// counted).
+    pub fn span_total(&self) -> u64 {
+        self.state.spans.load(Ordering::SeqCst)
+    }
+
+    /// Number of spans of kind server accepted so far (kept or only counted).
+    pub fn server_span_total(&self) -> u64 {
+        self.state.server_spans.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` spans were accepted; false if `timeout` passes first.

@@ -5,7 +5,6 @@
 //! few seconds. A failed step names itself and its fix.
 
 mod bench;
-mod bench_tls;
 mod setup;
 
 use std::{
@@ -45,9 +44,16 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u64,
     },
-    /// Set up, build, then measure: parser throughput, redaction cost per exchange, and the
-    /// capture path under a loopback load with and without the sensor, side by side (as root).
-    Bench,
+    /// Set up, build, then measure (as root): parser throughput, redaction cost per exchange,
+    /// the capture path and the OpenSSL probes with and without the sensor, and gunicorn+Flask
+    /// and uvicorn+FastAPI under `hey` bare, with the sensor, with the in-process agent and
+    /// with OpenTelemetry, side by side. PYSENSOR_BENCH_SECONDS (default 5) and
+    /// PYSENSOR_BENCH_ROUNDS (default 3) set the length and repetition of each measurement.
+    Bench {
+        /// Which part to run.
+        #[arg(value_enum, default_value_t = bench::Which::All)]
+        which: bench::Which,
+    },
 }
 
 /// The workspace root (the parent of this crate).
@@ -189,11 +195,10 @@ fn main() -> Result<()> {
             run(Command::new(binary).args(args))
         }
         Task::Test { fuzz_seconds } => test(fuzz_seconds),
-        Task::Bench => {
+        Task::Bench { which } => {
             let env = setup::setup()?;
             let binary = build(&[])?;
-            bench::bench(&binary, &env.python)?;
-            bench_tls::bench(&binary, &env.python)
+            bench::bench(which, &binary, &env)
         }
     }
 }

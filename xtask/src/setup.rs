@@ -26,6 +26,12 @@ use crate::{run, workspace_root};
 pub struct Env {
     /// Python interpreter of the test venv.
     pub python: PathBuf,
+    /// The venv of the in-process agent (`tests/requirements-agent.txt`): Flask 2.x, gunicorn,
+    /// uvicorn, FastAPI and the Hypertrace agent.
+    pub agent_venv: PathBuf,
+    /// The venv of OpenTelemetry's instrumentation (`tests/requirements-otel.txt`), same
+    /// framework versions.
+    pub otel_venv: PathBuf,
 }
 
 /// Where set-up keeps what it builds: outside the clone, so it survives between CI runs.
@@ -113,43 +119,72 @@ pub fn setup() -> Result<Env> {
         "python3 with the venv module and access to PyPI (apt-get install python3-venv)",
         || python_venv("venv", "tests/requirements.txt"),
     )?;
-    step(
+    let agent_python = step(
         "python agent venv",
         "python3 with the venv module and access to PyPI (apt-get install python3-venv)",
         || python_venv("venv-agent", "tests/requirements-agent.txt"),
+    )?;
+    let otel_python = step(
+        "python OpenTelemetry venv (benchmark)",
+        "python3 with the venv module and access to PyPI (apt-get install python3-venv)",
+        || python_venv("venv-otel", "tests/requirements-otel.txt"),
     )?;
     step("cargo-fuzz", "cargo install cargo-fuzz", cargo_fuzz)?;
     step(
         "openssl command (test certificates for the HTTPS tests)",
         "apt-get install openssl",
-        openssl_command,
+        || debian_command("openssl", &["version"], "openssl"),
+    )?;
+    step(
+        "hey command (the benchmark's load generator)",
+        "apt-get install hey",
+        || debian_command("hey", &["-n", "1", "http://127.0.0.1:1/"], "hey"),
     )?;
     eprintln!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(Env { python })
+    let venv_of = |python: &Path| {
+        python
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow!("{} is not in a venv", python.display()))
+    };
+    Ok(Env {
+        agent_venv: venv_of(&agent_python)?,
+        otel_venv: venv_of(&otel_python)?,
+        python,
+    })
 }
 
-/// The `openssl` command the HTTPS end-to-end tests make their certificate with.
-fn openssl_command() -> Result<()> {
+/// Makes sure `command` runs (`command args` starts; its exit status does not matter: `hey`
+/// exits 0 even when its request fails), installing Debian's `package` when it does not.
+fn debian_command(command: &str, args: &[&str], package: &str) -> Result<()> {
     let present = || {
-        Command::new("openssl")
-            .arg("version")
-            .stdout(std::process::Stdio::null())
+        Command::new(command)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .is_ok()
     };
     if present() {
         return Ok(());
     }
     if !is_root() {
-        bail!("the openssl command is missing and we are not root to install it");
+        bail!("the {command} command is missing and we are not root to install it");
     }
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "openssl"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install().is_err() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        install()?;
+    }
     if present() {
         Ok(())
     } else {
-        bail!("apt-get install openssl left no working openssl command")
+        bail!("apt-get install {package} left no working {command} command")
     }
 }
 

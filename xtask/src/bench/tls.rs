@@ -12,10 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::{Settings, median, signal, tls_files};
 use crate::workspace_root;
-
-const ROUNDS: usize = 3;
-const SECONDS: &str = "3";
 
 /// The loop process, started and ready; runs when told.
 struct TlsLoop {
@@ -24,11 +22,11 @@ struct TlsLoop {
 }
 
 impl TlsLoop {
-    fn start(python: &Path, cert: &Path, key: &Path) -> Result<TlsLoop> {
+    fn start(python: &Path, cert: &Path, key: &Path, seconds: u64) -> Result<TlsLoop> {
         let mut child = Command::new(python)
             .arg(workspace_root().join("tests/apps/tls_loop.py"))
             .args([cert.as_os_str(), key.as_os_str()])
-            .arg(SECONDS)
+            .arg(seconds.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -98,57 +96,32 @@ impl Watching {
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our child.
-        unsafe { kill(self.0.id() as i32, 15) };
+        signal(self.0.id(), libc::SIGTERM);
         let _ = self.0.wait();
     }
 }
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Runs the three configurations, interleaved, and prints rounds/s and ratios.
-pub fn bench(binary: &Path, python: &Path) -> Result<()> {
+pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
+    let Settings { seconds, rounds } = settings;
     let dir = std::env::temp_dir().join("pysensor-bench-tls");
     std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args(["-subj", "/CN=localhost"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("openssl req")?;
-    if !made.success() {
-        bail!("openssl req failed");
-    }
+    let (cert, key) = tls_files(&dir)?;
     println!();
     println!(
-        "== OpenSSL probe cost: in-memory TLS loop (4 SSL calls per round, 1 KB each way), {SECONDS} s per run, {ROUNDS} interleaved rounds, medians"
+        "== OpenSSL probe cost: in-memory TLS loop (4 SSL calls per round, 1 KB each way), {seconds} s per run, {rounds} interleaved rounds, medians"
     );
     let (mut bare, mut other, mut watched) = (vec![], vec![], vec![]);
-    for _ in 0..ROUNDS {
-        bare.push(TlsLoop::start(python, &cert, &key)?.run()?);
-        let bystander = TlsLoop::start(python, &cert, &key)?;
-        let measured = TlsLoop::start(python, &cert, &key)?;
+    for _ in 0..rounds {
+        bare.push(TlsLoop::start(python, &cert, &key, seconds)?.run()?);
+        let bystander = TlsLoop::start(python, &cert, &key, seconds)?;
+        let measured = TlsLoop::start(python, &cert, &key, seconds)?;
         {
             let _sensor = Watching::start(binary, bystander.child.id())?;
             other.push(measured.run()?);
         }
         drop(bystander);
-        let measured = TlsLoop::start(python, &cert, &key)?;
+        let measured = TlsLoop::start(python, &cert, &key, seconds)?;
         let _sensor = Watching::start(binary, measured.child.id())?;
         watched.push(measured.run()?);
     }

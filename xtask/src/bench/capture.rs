@@ -1,12 +1,7 @@
-//! `cargo xtask bench`: numbers measured side by side in one run.
-//!
-//! 1. Parser throughput on byte fixtures (the `parser_bench` example).
-//! 2. Redaction cost per exchange on 1 KB and 100 KB JSON bodies, beside the no-redaction
-//!    baseline (the `redaction_bench` example).
-//! 3. Capture path under a loopback load: the same closed-loop load against an asyncio server,
-//!    without the sensor and with it, interleaved and repeated (medians reported): requests/s of
-//!    each, their ratio, exchanges exported vs requests sent, ring-buffer events/s and MB/s, and
-//!    the BPF run time per program run (kernel.bpf_stats_enabled).
+//! The capture path under a loopback load: the same closed-loop load against an asyncio server,
+//! without the sensor and with it, interleaved and repeated (medians reported): requests/s of
+//! each, their ratio, exchanges exported vs requests sent, ring-buffer events/s and MB/s, and the
+//! BPF run time per program run (kernel.bpf_stats_enabled).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -17,10 +12,9 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{run, workspace_root};
+use super::{Settings, median, metric, scrape, signal};
+use crate::workspace_root;
 
-const ROUNDS: usize = 3;
-const SECONDS: f64 = 5.0;
 const CONNECTIONS: usize = 4;
 
 struct Load {
@@ -57,8 +51,8 @@ fn line_with(reader: &mut BufReader<std::process::ChildStdout>, prefix: &str) ->
     }
 }
 
-fn load(python: &Path, port: &str, body_bytes: usize) -> Result<(Load, u32)> {
-    let secs = SECONDS.to_string();
+fn load(python: &Path, port: &str, body_bytes: usize, seconds: u64) -> Result<(Load, u32)> {
+    let secs = seconds.to_string();
     let conns = CONNECTIONS.to_string();
     let body = body_bytes.to_string();
     let mut args = vec!["load_client.py", port, &secs, &conns];
@@ -73,27 +67,6 @@ fn load(python: &Path, port: &str, body_bytes: usize) -> Result<(Load, u32)> {
     let requests = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     let errors = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     Ok((Load { requests, errors }, pid))
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("pysensor_{name}_total ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-fn scrape(addr: &str) -> Result<String> {
-    use std::io::Write as _;
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }
 
 struct WithSensor {
@@ -112,6 +85,7 @@ fn with_sensor(
     server_pid: u32,
     port: &str,
     body: usize,
+    seconds: u64,
 ) -> Result<WithSensor> {
     let metrics_addr = "127.0.0.1:19464";
     let mut sensor = Command::new(binary)
@@ -149,12 +123,11 @@ fn with_sensor(
     }
     let before = scrape(metrics_addr)?;
     let started = Instant::now();
-    let (result, _) = load(python, port, body)?;
+    let (result, _) = load(python, port, body, seconds)?;
     let elapsed = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(1500));
     let after = scrape(metrics_addr)?;
-    // SAFETY: plain kill(2) of our child.
-    unsafe { libc_kill(sensor.id() as i32, 15) };
+    signal(sensor.id(), libc::SIGTERM);
     let _ = sensor.wait();
     let exported = counter.join().unwrap_or(0);
     let delta = |name: &str| metric(&after, name).saturating_sub(metric(&before, name));
@@ -174,41 +147,12 @@ fn with_sensor(
     })
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-/// Runs one of the sensor's benchmark examples.
-fn example(name: &str) -> Result<()> {
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "sensor",
-                "--example",
-                name,
-            ]),
-    )
-}
-
-/// Runs every benchmark and prints the tables.
-pub fn bench(binary: &Path, python: &Path) -> Result<()> {
-    println!("== HTTP parser (fixtures fed in 16 KiB chunks)");
-    example("parser_bench")?;
+/// Runs the capture-path benchmark and prints its table.
+pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
+    let Settings { seconds, rounds } = settings;
     println!();
     println!(
-        "== redaction per exchange (request and response JSON bodies of the size shown; CPU µs): no rule, default header rules, headers + JSONPaths + card/e-mail patterns; cost = full - baseline"
-    );
-    example("redaction_bench")?;
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    println!();
-    println!(
-        "== capture path: asyncio keep-alive server, {CONNECTIONS} client connections, {SECONDS} s per run, {ROUNDS} interleaved rounds, medians"
+        "== capture path: asyncio keep-alive server, {CONNECTIONS} client connections, {seconds} s per run, {rounds} interleaved rounds, medians"
     );
     println!(
         "{:<16} {:>10} {:>10} {:>7} {:>9} {:>9} {:>10} {:>11} {:>8} {:>11}",
@@ -229,16 +173,16 @@ pub fn bench(binary: &Path, python: &Path) -> Result<()> {
         let (mut bare, mut sensed, mut events, mut mbs, mut ns) =
             (vec![], vec![], vec![], vec![], vec![]);
         let (mut sent, mut exported, mut ring_full) = (0u64, 0u64, 0u64);
-        for _ in 0..ROUNDS {
-            let (plain, _) = load(python, &port, body)?;
+        for _ in 0..rounds {
+            let (plain, _) = load(python, &port, body, seconds)?;
             if plain.errors > 0 {
                 bail!(
                     "{name}: the load generator saw {} errors without the sensor",
                     plain.errors
                 );
             }
-            bare.push(plain.requests as f64 / SECONDS);
-            let measured = with_sensor(binary, python, server.id(), &port, body)?;
+            bare.push(plain.requests as f64 / seconds as f64);
+            let measured = with_sensor(binary, python, server.id(), &port, body, seconds)?;
             sensed.push(measured.rps);
             events.push(measured.events_per_sec);
             mbs.push(measured.mb_per_sec);

@@ -1,0 +1,768 @@
+//! The framework matrix: gunicorn+Flask and uvicorn+FastAPI, a small JSON GET and a 16 KB JSON
+//! POST, over HTTP and HTTPS, each loaded by `hey` in four configurations interleaved round by
+//! round — (a) no instrumentation, (b) the sensor, (c) the in-process Hypertrace agent with body
+//! capture, (d) OpenTelemetry Python's instrumentation — with requests/s, latency, errors and
+//! exchanges exported vs requests sent; then the sensor's CPU and BPF time per request, its
+//! memory ([`super::memory`]) and the highest open-loop rate it exports completely
+//! ([`super::open_loop`]).
+//!
+//! Every instrumented configuration exports OTLP to a counting receiver in this process (the
+//! end-to-end tests' `Receiver`), a fresh one per run, so each run's exports are its own. Each
+//! run starts its own app: the configurations differ in how the app is started.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use sensor_e2e::otlp::Receiver;
+
+use super::{Settings, hey, median, memory, metric, open_loop, pinning, scrape, signal, tls_files};
+use crate::{setup::Env, workspace_root};
+
+/// Concurrent connections of the closed-loop load.
+const CONNECTIONS: usize = 8;
+/// Size of the POSTed JSON document.
+const POST_BYTES: usize = 16 * 1024;
+
+/// The application server and framework.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framework {
+    /// gunicorn (2 gthread workers of 4 threads) serving `tests/apps/bench_flask.py`.
+    Flask,
+    /// uvicorn serving `tests/apps/bench_fastapi.py`.
+    FastApi,
+}
+
+impl Framework {
+    fn label(self) -> &'static str {
+        match self {
+            Framework::Flask => "gunicorn+Flask",
+            Framework::FastApi => "uvicorn+FastAPI",
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Framework::Flask => "flask",
+            Framework::FastApi => "fastapi",
+        }
+    }
+}
+
+/// The request loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /small`: a small JSON answer.
+    SmallGet,
+    /// `POST /echo` with a 16 KB JSON document, echoed back.
+    JsonPost,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::SmallGet => "small JSON GET",
+            Endpoint::JsonPost => "16 KB JSON POST",
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Endpoint::SmallGet => "get",
+            Endpoint::JsonPost => "post",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::SmallGet => "/small",
+            Endpoint::JsonPost => "/echo",
+        }
+    }
+}
+
+/// One (framework, endpoint, scheme) of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    /// Server and framework.
+    pub framework: Framework,
+    /// Request.
+    pub endpoint: Endpoint,
+    /// HTTPS (the app's self-signed certificate) rather than HTTP.
+    pub https: bool,
+}
+
+impl Case {
+    fn scheme(self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+
+    /// `gunicorn+Flask, small JSON GET, http`.
+    pub fn label(self) -> String {
+        format!(
+            "{}, {}, {}",
+            self.framework.label(),
+            self.endpoint.label(),
+            self.scheme()
+        )
+    }
+
+    /// Whether the case passes the `PYSENSOR_BENCH_ONLY` filter: every word of it (`flask`,
+    /// `fastapi`, `get`, `post`, `http`, `https`) names the case.
+    pub fn selected(self) -> bool {
+        let Ok(only) = std::env::var("PYSENSOR_BENCH_ONLY") else {
+            return true;
+        };
+        let words = [self.framework.word(), self.endpoint.word(), self.scheme()];
+        only.split([',', ' '])
+            .filter(|w| !w.is_empty())
+            .all(|w| words.contains(&w.to_ascii_lowercase().as_str()))
+    }
+}
+
+/// How the app is instrumented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// (a) No instrumentation.
+    Bare,
+    /// (b) The sensor watching the app's pid, exporting OTLP/gRPC.
+    Sensor,
+    /// (c) The Hypertrace agent in the app, body capture on, exporting OTLP/gRPC.
+    Agent,
+    /// (d) `opentelemetry-instrument`, exporting OTLP/HTTP.
+    Otel,
+}
+
+impl Config {
+    const ALL: [Config; 4] = [Config::Bare, Config::Sensor, Config::Agent, Config::Otel];
+
+    fn label(self) -> &'static str {
+        match self {
+            Config::Bare => "(a) bare",
+            Config::Sensor => "(b) sensor",
+            Config::Agent => "(c) hypertrace agent",
+            Config::Otel => "(d) opentelemetry",
+        }
+    }
+}
+
+/// What the benchmark needs to start apps and sensors.
+pub struct Bench<'a> {
+    /// The sensor binary.
+    pub binary: &'a Path,
+    /// Python environments.
+    pub env: &'a Env,
+    /// Run length and rounds.
+    pub settings: Settings,
+    /// The app's certificate and key (PEM), for HTTPS.
+    pub cert: PathBuf,
+    /// See `cert`.
+    pub key: PathBuf,
+    /// The 16 KB JSON document POSTed.
+    pub post_body: PathBuf,
+}
+
+/// A running application, stopped (SIGTERM, so in-process exporters flush) when dropped.
+pub struct App {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Its listening port.
+    pub port: u16,
+}
+
+impl App {
+    /// Starts the app of `framework` in configuration `config` on the app core, exporting to
+    /// `receiver` when instrumented in process; returns once it answers a request (one
+    /// `GET /ready`, which instrumented configurations export too).
+    pub fn start(
+        bench: &Bench,
+        framework: Framework,
+        https: bool,
+        config: Config,
+        receiver: Option<&Receiver>,
+        extra_env: &[(&str, &str)],
+    ) -> Result<App> {
+        let venv = match config {
+            Config::Otel => &bench.env.otel_venv,
+            _ => &bench.env.agent_venv,
+        };
+        let bin = venv.join("bin");
+        let mut command = match config {
+            Config::Otel => {
+                let mut command =
+                    pinning::pinned(pinning::APP_CORE, bin.join("opentelemetry-instrument"));
+                command.arg(match framework {
+                    Framework::Flask => bin.join("gunicorn"),
+                    Framework::FastApi => bin.join("python"),
+                });
+                command
+            }
+            _ => pinning::pinned(
+                pinning::APP_CORE,
+                match framework {
+                    Framework::Flask => bin.join("gunicorn"),
+                    Framework::FastApi => bin.join("python"),
+                },
+            ),
+        };
+        let (cert, key) = (bench.cert.as_os_str(), bench.key.as_os_str());
+        match framework {
+            Framework::Flask => {
+                command
+                    .args(["-c", "gunicorn_conf.py", "bench_flask:app"])
+                    .env("GUNICORN_WORKERS", "2")
+                    .env("GUNICORN_WORKER_CLASS", "gthread")
+                    .env("GUNICORN_THREADS", "4");
+                if https {
+                    command
+                        .env("GUNICORN_CERTFILE", cert)
+                        .env("GUNICORN_KEYFILE", key);
+                }
+            }
+            Framework::FastApi => {
+                command.args(["serve_uvicorn.py", "bench_fastapi:app"]);
+                if https {
+                    command
+                        .env("UVICORN_SSL_CERTFILE", cert)
+                        .env("UVICORN_SSL_KEYFILE", key);
+                }
+            }
+        }
+        match (config, receiver) {
+            (Config::Agent, Some(receiver)) => {
+                command
+                    .env("BENCH_AGENT", "hypertrace")
+                    .env("HT_REPORTING_ENDPOINT", receiver.grpc_endpoint())
+                    .env("HT_REPORTING_TRACE_REPORTER_TYPE", "OTLP")
+                    .env("HT_SERVICE_NAME", "bench")
+                    .env("HT_DATA_CAPTURE_HTTP_BODY_REQUEST", "true")
+                    .env("HT_DATA_CAPTURE_HTTP_BODY_RESPONSE", "true");
+            }
+            (Config::Otel, Some(receiver)) => {
+                command
+                    .env("OTEL_SERVICE_NAME", "bench")
+                    .env("OTEL_TRACES_EXPORTER", "otlp_proto_http")
+                    .env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+                    .env(
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                        receiver.http_traces_url(),
+                    )
+                    .env("OTEL_METRICS_EXPORTER", "none")
+                    .env("OTEL_LOGS_EXPORTER", "none");
+            }
+            (Config::Agent | Config::Otel, None) => bail!("{config:?} needs a receiver"),
+            _ => {}
+        }
+        let mut child = command
+            .envs(extra_env.iter().copied())
+            .env("PYTHONUNBUFFERED", "1")
+            .current_dir(workspace_root().join("tests/apps"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut app = App {
+            child,
+            lines,
+            port: 0,
+        };
+        // gunicorn's workers may print before its master's READY.
+        let workers = if framework == Framework::Flask { 2 } else { 0 };
+        let (mut port, mut ready_workers) = (None, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while port.is_none() || ready_workers < workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = app.lines.recv_timeout(left).map_err(|_| {
+                anyhow!("the app printed no READY line or too few WORKER lines within 60 s")
+            })?;
+            if let Some(rest) = line.strip_prefix("READY") {
+                port = Some(
+                    rest.trim()
+                        .parse()
+                        .context("the app's READY line has no port")?,
+                );
+            }
+            ready_workers += line.matches("WORKER ").count();
+        }
+        app.port = port.unwrap_or_default();
+        Ok(app)
+    }
+
+    /// The app's pid (gunicorn's master: the sensor follows its workers).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http(s)://127.0.0.1:<port><path>`.
+    pub fn url(&self, https: bool, path: &str) -> String {
+        let scheme = if https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends `GET /ready` until one is answered (at most 60 s); it is the one request every
+    /// instrumented configuration exports besides the load.
+    pub fn probe(&self, https: bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let load = hey::Load {
+            url: self.url(https, "/ready"),
+            seconds: 0,
+            connections: 1,
+            rate_per_connection: None,
+            post_body: None,
+        };
+        loop {
+            if load.single().is_ok_and(|ok| ok) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the app did not answer GET /ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the app with SIGTERM (in-process exporters flush on exit), SIGKILL after 30 s.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A running sensor watching one pid and exporting to a receiver, stopped (SIGTERM: it flushes)
+/// when dropped.
+pub struct Sensor {
+    child: Child,
+    /// Its `--metrics-addr`.
+    pub metrics_addr: String,
+}
+
+impl Sensor {
+    /// Starts the sensor on the load core watching `pid`, exporting to `receiver`; returns once
+    /// capture is running.
+    pub fn start(binary: &Path, pid: u32, receiver: &Receiver) -> Result<Sensor> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("pysensor-bench-sensor-{pid}.log"));
+        let mut child = pinning::pinned(pinning::LOAD_CORE, binary)
+            .args(["run", "--pid", &pid.to_string(), "--metrics-addr"])
+            .arg(&metrics_addr)
+            .env("HT_REPORTING_ENDPOINT", receiver.grpc_endpoint())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting the sensor")?;
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("sensor running")
+        {
+            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the sensor did not start; see {}", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Sensor {
+            child,
+            metrics_addr,
+        })
+    }
+
+    /// The sensor's pid (the `taskset` wrapper execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the sensor with SIGTERM (it exports what it holds), SIGKILL after 20 s.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// CPU time (user + system) of process `pid` and all its threads so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command name: state is field 3, utime 14 and stime 15 (proc(5)).
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat has no field {i}"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(14)? + ticks(15)?) as f64 / per_second)
+}
+
+/// What the sensor used during one load window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SensorUsage {
+    /// CPU seconds (user + system) of the sensor process.
+    pub cpu_seconds: f64,
+    /// Length of the window, seconds.
+    pub window: f64,
+    /// Run time of the sensor's BPF programs in the window, ns (kernel.bpf_stats_enabled).
+    pub bpf_ns: u64,
+    /// The sensor's resident set after the load, KiB.
+    pub rss_kib: u64,
+    /// Ring-buffer records lost because the buffer was full.
+    pub ring_full: u64,
+}
+
+/// One measured run of one configuration.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// What `hey` saw.
+    pub load: hey::Outcome,
+    /// Spans exported for the load (the readiness probe's excluded); none when bare.
+    pub exported: Option<u64>,
+    /// The sensor's usage, with the sensor.
+    pub sensor: Option<SensorUsage>,
+}
+
+/// Waits until the receiver's span count has not moved for a second (at most 20 s); returns the
+/// number of server spans (one per exchange; in-process instrumentations may add internal
+/// spans, e.g. ASGI's per-message ones).
+pub fn settled_server_spans(receiver: &Receiver) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = receiver.span_total();
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = receiver.span_total();
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+    }
+    receiver.server_span_total()
+}
+
+/// Runs one configuration of one case under `load` (its URL filled in here): starts the app
+/// (and the sensor), probes it, loads it, stops everything, counts what was exported.
+pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> Result<Run> {
+    let receiver = (config != Config::Bare).then(Receiver::start_counting);
+    let app = App::start(
+        bench,
+        case.framework,
+        case.https,
+        config,
+        receiver.as_ref(),
+        &[],
+    )?;
+    let sensor = match (config, &receiver) {
+        (Config::Sensor, Some(receiver)) => Some(Sensor::start(bench.binary, app.pid(), receiver)?),
+        _ => None,
+    };
+    app.probe(case.https)?;
+    let load = hey::Load {
+        url: app.url(case.https, case.endpoint.path()),
+        ..load.clone()
+    };
+    let before = match &sensor {
+        Some(sensor) => Some((
+            cpu_seconds(sensor.pid())?,
+            scrape(&sensor.metrics_addr)?,
+            Instant::now(),
+        )),
+        None => None,
+    };
+    let outcome = load.run()?;
+    let usage = match (&sensor, before) {
+        (Some(sensor), Some((cpu, page, started))) => {
+            let window = started.elapsed().as_secs_f64();
+            let cpu_after = cpu_seconds(sensor.pid())?;
+            let page_after = scrape(&sensor.metrics_addr)?;
+            let delta = |name: &str| metric(&page_after, name).saturating_sub(metric(&page, name));
+            Some(SensorUsage {
+                cpu_seconds: cpu_after - cpu,
+                window,
+                bpf_ns: delta("kernel_bpf_run_time_ns"),
+                rss_kib: memory::rss_kib(sensor.pid()).unwrap_or(0),
+                ring_full: delta("kernel_ringbuf_full"),
+            })
+        }
+        _ => None,
+    };
+    app.stop();
+    if let Some(sensor) = sensor {
+        sensor.stop();
+    }
+    let exported = receiver
+        .as_ref()
+        .map(|receiver| settled_server_spans(receiver).saturating_sub(1));
+    Ok(Run {
+        load: outcome,
+        exported,
+        sensor: usage,
+    })
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.2}", seconds * 1e3)
+}
+
+/// The 16 KB JSON document POSTed: `{"items": [{"id": …, "name": …, "tags": …}, …], …}`
+/// padded to exactly [`POST_BYTES`].
+fn json_document(bytes: usize) -> String {
+    let mut items = Vec::new();
+    let mut i = 0;
+    loop {
+        let item = format!(
+            "{{\"id\":{i},\"name\":\"item-{i}\",\"price\":{}.{:02},\"tags\":[\"a\",\"b\"]}}",
+            i * 3,
+            i % 100
+        );
+        let so_far: usize = items.iter().map(|s: &String| s.len() + 1).sum();
+        if so_far + item.len() + 40 > bytes {
+            break;
+        }
+        items.push(item);
+        i += 1;
+    }
+    let head = format!("{{\"items\":[{}],\"pad\":\"", items.join(","));
+    let tail = "\"}";
+    let pad = bytes.saturating_sub(head.len() + tail.len());
+    format!("{head}{}{tail}", "x".repeat(pad))
+}
+
+/// Runs the matrix, the sensor's cost and memory, and the open-loop search; prints the tables.
+/// Fails when an instrumented configuration that ran exported nothing.
+pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
+    pinning::pin_this_thread(pinning::LOAD_CORE)?;
+    memory::raise_nofile_limit()?;
+    let dir = std::env::temp_dir().join("pysensor-bench-apps");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = tls_files(&dir)?;
+    let post_body = dir.join("post.json");
+    std::fs::write(&post_body, json_document(POST_BYTES))?;
+    let bench = Bench {
+        binary,
+        env,
+        settings,
+        cert,
+        key,
+        post_body,
+    };
+    let mut cases = Vec::new();
+    for framework in [Framework::Flask, Framework::FastApi] {
+        for endpoint in [Endpoint::SmallGet, Endpoint::JsonPost] {
+            for https in [false, true] {
+                let case = Case {
+                    framework,
+                    endpoint,
+                    https,
+                };
+                if case.selected() {
+                    cases.push(case);
+                }
+            }
+        }
+    }
+    let Settings { seconds, rounds } = settings;
+    println!();
+    println!(
+        "== frameworks under hey: {CONNECTIONS} connections, closed loop, {seconds} s per run, {rounds} interleaved rounds (medians; errors and exported/sent summed); {}",
+        pinning::describe()
+    );
+    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); Config::ALL.len()]; cases.len()];
+    for round in 0..rounds {
+        for (c, case) in cases.iter().enumerate() {
+            for (k, config) in Config::ALL.iter().enumerate() {
+                let load = hey::Load {
+                    url: String::new(),
+                    seconds,
+                    connections: CONNECTIONS,
+                    rate_per_connection: None,
+                    post_body: (case.endpoint == Endpoint::JsonPost)
+                        .then(|| bench.post_body.clone()),
+                };
+                let run = run_once(&bench, *case, *config, &load).with_context(|| {
+                    format!("round {}: {}, {}", round + 1, case.label(), config.label())
+                })?;
+                eprintln!(
+                    "bench: round {} {} {}: {:.0} req/s, {} errors, exported {}/{}",
+                    round + 1,
+                    case.label(),
+                    config.label(),
+                    run.load.rps,
+                    run.load.errors,
+                    run.exported.map_or("n/a".into(), |e| e.to_string()),
+                    run.load.sent()
+                );
+                runs[c][k].push(run);
+            }
+        }
+    }
+    let mut empty = Vec::new();
+    for (c, case) in cases.iter().enumerate() {
+        println!();
+        println!("-- {}", case.label());
+        println!(
+            "{:<22} {:>9} {:>7} {:>9} {:>9} {:>7} {:>17}",
+            "config", "req/s", "ratio", "p50 ms", "p99 ms", "errors", "exported/sent"
+        );
+        let bare = median(runs[c][0].iter().map(|r| r.load.rps).collect());
+        for (k, config) in Config::ALL.iter().enumerate() {
+            let these = &runs[c][k];
+            let rps = median(these.iter().map(|r| r.load.rps).collect());
+            let sent: u64 = these.iter().map(|r| r.load.sent()).sum();
+            let exported = these
+                .iter()
+                .map(|r| r.exported)
+                .sum::<Option<u64>>()
+                .map_or("n/a".to_owned(), |e| format!("{e}/{sent}"));
+            if these.iter().any(|r| r.exported.is_some())
+                && these.iter().all(|r| r.exported == Some(0))
+            {
+                empty.push(format!("{}: {}", case.label(), config.label()));
+            }
+            println!(
+                "{:<22} {:>9.0} {:>7.3} {:>9} {:>9} {:>7} {:>17}",
+                config.label(),
+                rps,
+                if bare > 0.0 { rps / bare } else { 0.0 },
+                ms(median(these.iter().map(|r| r.load.p50).collect())),
+                ms(median(these.iter().map(|r| r.load.p99).collect())),
+                these.iter().map(|r| r.load.errors).sum::<u64>(),
+                exported
+            );
+        }
+    }
+    println!();
+    println!(
+        "== the sensor's own cost during the load windows above (medians over rounds): CPU (user+system, /proc/PID/stat) in cores and per 1,000 exchanges/s; BPF run time of all its programs (kernel.bpf_stats_enabled) per request; RSS after the load"
+    );
+    println!(
+        "{:<44} {:>8} {:>14} {:>12} {:>9} {:>10}",
+        "case", "cores", "cores/1k rps", "BPF us/req", "RSS MB", "ring full"
+    );
+    let sensor = Config::ALL
+        .iter()
+        .position(|c| *c == Config::Sensor)
+        .expect("listed");
+    for (c, case) in cases.iter().enumerate() {
+        let these: Vec<(&Run, SensorUsage)> = runs[c][sensor]
+            .iter()
+            .filter_map(|r| r.sensor.map(|u| (r, u)))
+            .collect();
+        let cores = median(
+            these
+                .iter()
+                .map(|(_, u)| u.cpu_seconds / u.window)
+                .collect(),
+        );
+        let per_k = median(
+            these
+                .iter()
+                .map(|(r, u)| {
+                    let rate = r.load.sent() as f64 / u.window;
+                    if rate > 0.0 {
+                        u.cpu_seconds / u.window / (rate / 1000.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+        let bpf = median(
+            these
+                .iter()
+                .map(|(r, u)| u.bpf_ns as f64 / r.load.sent().max(1) as f64 / 1e3)
+                .collect(),
+        );
+        let rss = median(
+            these
+                .iter()
+                .map(|(_, u)| u.rss_kib as f64 / 1024.0)
+                .collect(),
+        );
+        let ring_full: u64 = these.iter().map(|(_, u)| u.ring_full).sum();
+        println!(
+            "{:<44} {:>8.3} {:>14.3} {:>12.1} {:>9.1} {:>10}",
+            case.label(),
+            cores,
+            per_k,
+            bpf,
+            rss,
+            ring_full
+        );
+    }
+    println!(
+        "targets (shown, not asserted): throughput with the sensor >= 98% of bare; sensor CPU <= 0.05 core per 1,000 exchanges/s"
+    );
+    memory::bench(&bench)?;
+    open_loop::bench(&bench, &cases)?;
+    if !empty.is_empty() {
+        bail!("configurations exported nothing: {}", empty.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `cargo xtask bench [all|micro|capture|tls|apps]`: numbers measured side by side in one run.
+//!
+//! - `micro`: parser throughput on byte fixtures (the `parser_bench` example) and redaction cost
+//!   per exchange (the `redaction_bench` example).
+//! - `capture`: the capture path under a loopback load against an asyncio server, with and
+//!   without the sensor ([`capture`]).
+//! - `tls`: what the OpenSSL probes cost a process ([`tls`]).
+//! - `apps`: gunicorn+Flask and uvicorn+FastAPI under `hey`, bare, with the sensor, with the
+//!   in-process Hypertrace agent and with OpenTelemetry's instrumentation, plus the sensor's
+//!   CPU, BPF time, memory and highest open-loop rate ([`apps`]).
+//!
+//! `PYSENSOR_BENCH_SECONDS` (default 5) is the length of each measured load and
+//! `PYSENSOR_BENCH_ROUNDS` (default 3) the number of interleaved rounds whose medians are
+//! reported.
+
+mod apps;
+mod capture;
+mod hey;
+mod memory;
+mod open_loop;
+mod pinning;
+mod tls;
+
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+
+use crate::{run, setup::Env, workspace_root};
+
+/// Which part of the benchmark to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// Every part below, in this order.
+    All,
+    /// Parser throughput and redaction cost (no root needed).
+    Micro,
+    /// The capture path under a loopback load, with and without the sensor.
+    Capture,
+    /// The OpenSSL probes' cost to a process.
+    Tls,
+    /// The framework matrix: Flask and FastAPI, bare / sensor / agent / OpenTelemetry.
+    Apps,
+}
+
+/// Length and repetition of the measured runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Seconds of each measured load (`PYSENSOR_BENCH_SECONDS`, default 5).
+    pub seconds: u64,
+    /// Interleaved rounds whose medians are reported (`PYSENSOR_BENCH_ROUNDS`, default 3).
+    pub rounds: usize,
+}
+
+impl Settings {
+    /// Reads the settings from the environment.
+    pub fn from_env() -> Result<Settings> {
+        let read = |name: &str, default: u64| -> Result<u64> {
+            match std::env::var(name) {
+                Ok(value) => value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("{name}={value:?} is not a positive integer")),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Settings {
+            seconds: read("PYSENSOR_BENCH_SECONDS", 5)?,
+            rounds: read("PYSENSOR_BENCH_ROUNDS", 3)? as usize,
+        })
+    }
+}
+
+/// The median of `values` (the upper one of an even count); 0 when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The `/metrics` page of a sensor started with `--metrics-addr addr`.
+pub fn scrape(addr: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of counter `pysensor_<name>_total` on a metrics page (0 when absent).
+pub fn metric(text: &str, name: &str) -> u64 {
+    let prefix = format!("pysensor_{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Sends `signal` to process `pid` (one we started).
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2) of a process we started.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// A self-signed certificate for `localhost` / `127.0.0.1` and its key (PEM) in `dir`, made
+/// with the `openssl` command (Debian package `openssl`, installed by set-up).
+pub fn tls_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl req (apt-get install openssl)")?;
+    if !made.success() {
+        bail!("openssl req failed with {made}");
+    }
+    Ok((cert, key))
+}
+
+/// Runs one of the sensor's benchmark examples.
+fn example(name: &str) -> Result<()> {
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "sensor",
+                "--example",
+                name,
+            ]),
+    )
+}
+
+fn micro() -> Result<()> {
+    println!("== HTTP parser (fixtures fed in 16 KiB chunks)");
+    example("parser_bench")?;
+    println!();
+    println!(
+        "== redaction per exchange (request and response JSON bodies of the size shown; CPU µs): no rule, default header rules, headers + JSONPaths + card/e-mail patterns; cost = full - baseline"
+    );
+    example("redaction_bench")
+}
+
+/// Runs the chosen parts of the benchmark with the sensor binary `binary` and the venvs of
+/// `env`, printing their tables.
+pub fn bench(which: Which, binary: &Path, env: &Env) -> Result<()> {
+    let settings = Settings::from_env()?;
+    let needs_root = which != Which::Micro;
+    if needs_root && !crate::setup::is_root() {
+        bail!("the benchmark loads eBPF programs: run `cargo xtask bench` as root");
+    }
+    if needs_root {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+            .context("setting kernel.bpf_stats_enabled=1")?;
+    }
+    if matches!(which, Which::All | Which::Micro) {
+        micro()?;
+    }
+    if matches!(which, Which::All | Which::Capture) {
+        capture::bench(binary, &env.python, settings)?;
+    }
+    if matches!(which, Which::All | Which::Tls) {
+        tls::bench(binary, &env.python, settings)?;
+    }
+    if matches!(which, Which::All | Which::Apps) {
+        apps::bench(binary, env, settings)?;
+    }
+    Ok(())
+}
