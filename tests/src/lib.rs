@@ -133,27 +133,51 @@ pub fn tls_files() -> &'static TlsFiles {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
         };
-        let status = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .arg("-keyout")
-            .arg(&files.key)
-            .arg("-out")
-            .arg(&files.cert)
-            .args([
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run openssl (Debian package openssl) to make a test certificate");
-        assert!(status.success(), "openssl req failed: {status}");
+        make_self_signed(&files.cert, &files.key)
+            .unwrap_or_else(|e| panic!("making a test certificate: {e}"));
         files
     })
+}
+
+/// Writes a self-signed certificate for `localhost` / `127.0.0.1` (`cert`) and its key (`key`),
+/// PEM, with the `openssl` command (Debian package `openssl`, installed by set-up).
+pub fn make_self_signed(cert: &Path, key: &Path) -> Result<(), String> {
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("running openssl (apt-get install openssl): {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("openssl req failed with {status}"))
+    }
+}
+
+/// The log without its ANSI colour sequences.
+pub fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(at) = rest.find('\x1b') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Polls `cond` until it holds or `timeout` passes.

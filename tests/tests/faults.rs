@@ -17,6 +17,7 @@ use std::{
 
 use sensor_e2e::{
     Py, Sensor, attr, free_port, gauge, metric, otlp::Receiver, records_of, sensor_bin, wait_until,
+    without_colours,
 };
 use serde_json::{Value, json};
 
@@ -87,19 +88,6 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
     };
     (field("VmRSS:"), field("RssAnon:"))
-}
-
-/// The log without its ANSI colour sequences.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut rest = log;
-    while let Some(at) = rest.find('\x1b') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Panics if the sensor's log shows a panic.
@@ -251,7 +239,7 @@ fn slow_collector_bounds_memory_counts_drops_and_recovers() {
     );
     assert_eq!(after["errors"], 0, "{after}");
     let delivered = spans_with(&receiver, "tag=after", 20, LONG);
-    let log = plain(&sensor.stop().stderr);
+    let log = without_colours(&sensor.stop().stderr);
     assert_eq!(
         delivered, 20,
         "the 20 requests after recovery are exported exactly; log:\n{log}"
@@ -315,7 +303,7 @@ fn collector_answering_internal_errors_counts_drops_and_recovers() {
         assert_eq!(after["errors"], 0, "{protocol}: {after}");
         let delivered = spans_with(&receiver, "tag=after", 20, LONG);
         let exported = wait_counter(&metrics, "export_exported", 20, Duration::from_secs(5));
-        let log = plain(&sensor.stop().stderr);
+        let log = without_colours(&sensor.stop().stderr);
         assert_eq!(
             delivered, 20,
             "{protocol}: the 20 requests after recovery are exported exactly; log:\n{log}"
@@ -533,9 +521,9 @@ fn sigkill_leaves_nothing_loaded_and_a_restarted_sensor_resumes_capture() {
         !server_records_with(&records, server.pid(), "tag=through").is_empty(),
         "the restarted sensor (running {restarted_at:?} into the load) resumes capture on \
          connections open before it started; its log:\n{}",
-        plain(&output.stderr)
+        without_colours(&output.stderr)
     );
-    assert_no_panic(&plain(&output.stderr));
+    assert_no_panic(&without_colours(&output.stderr));
 }
 
 /// A 64 KiB ring buffer and a burst of 60 KB JSON bodies over 4 connections: the kernel drops
@@ -578,7 +566,7 @@ fn ring_buffer_overload_is_counted_and_never_blocks_the_application() {
         &[("HT_SENSOR_RING_BUFFER_BYTES", "65536")],
     );
     assert!(
-        plain(&sensor.stderr_so_far()).contains("ring_buffer_bytes=65536"),
+        without_colours(&sensor.stderr_so_far()).contains("ring_buffer_bytes=65536"),
         "the configured ring size is used: {}",
         sensor.stderr_so_far()
     );
@@ -609,8 +597,10 @@ fn ring_buffer_overload_is_counted_and_never_blocks_the_application() {
         "the overload is counted: {burst}"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || plain(&sensor.stderr_so_far())
-            .contains("ring buffer full")),
+        wait_until(Duration::from_secs(5), || without_colours(
+            &sensor.stderr_so_far()
+        )
+        .contains("ring buffer full")),
         "the loss is warned about in the log"
     );
     eprintln!(
@@ -635,7 +625,7 @@ fn ring_buffer_overload_is_counted_and_never_blocks_the_application() {
     std::thread::sleep(Duration::from_millis(500));
     let lived = started.elapsed();
     let output = sensor.stop();
-    let log = plain(&output.stderr);
+    let log = without_colours(&output.stderr);
     let warnings = log
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("ring buffer full"))
@@ -727,7 +717,7 @@ fn a_process_exiting_mid_exchange_is_reported_incomplete_and_released() {
         records_of(&records, "server", dying_pid).is_empty(),
         "the dying server was not watched"
     );
-    assert_no_panic(&plain(&output.stderr));
+    assert_no_panic(&without_colours(&output.stderr));
 }
 
 /// A request with a 1 MB header line (the server reads it whole and answers): the head is over
@@ -761,7 +751,7 @@ fn a_one_megabyte_header_line_is_counted_and_capture_goes_on() {
     );
     assert_eq!(counter(&metrics, "http_oversized_heads"), 1);
     let output = sensor.stop();
-    let log = plain(&output.stderr);
+    let log = without_colours(&output.stderr);
     assert!(
         log.lines().any(|l| l.contains("WARN")
             && l.contains("HTTP head larger than the header size limit")
@@ -879,7 +869,7 @@ fn binary_protocols_on_a_watched_socket_are_counted_and_not_exported() {
     assert_eq!(attr(served[0], "http.response.body"), first.as_str());
     assert_eq!(attr(served[1], "http.response.body"), second.as_str());
     assert_eq!(records.len(), 2, "nothing else exported");
-    assert_no_panic(&plain(&output.stderr));
+    assert_no_panic(&without_colours(&output.stderr));
 }
 
 /// 10,000 connections, each one request, opened and closed against a watched server by 4
@@ -947,5 +937,5 @@ fn ten_thousand_connections_are_all_captured_and_released() {
         .collect();
     assert_eq!(served.len(), CONNECTIONS, "each exchange once");
     assert_eq!(records.len(), CONNECTIONS);
-    assert_no_panic(&plain(&output.stderr));
+    assert_no_panic(&without_colours(&output.stderr));
 }

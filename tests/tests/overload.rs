@@ -13,6 +13,7 @@ use std::{
 
 use sensor_e2e::{
     Py, Sensor, SensorOutput, attr, free_port, gauge, metric, records_of, scratch_dir, wait_until,
+    without_colours,
 };
 use serde_json::Value;
 
@@ -164,24 +165,6 @@ fn write_config(path: &Path, cpu: &str, interval_ms: u32) {
     .unwrap();
 }
 
-/// Log text without terminal colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn is_shed(record: &Value, prefix: &str) -> bool {
     attr(record, &format!("{prefix}.body.shed")) == &Value::Bool(true)
 }
@@ -253,7 +236,7 @@ fn over_the_cpu_budget_bodies_are_shed_and_exchanges_still_exported() {
     );
     assert!(c.level_changes >= 1, "{c:?}");
     assert!(gauge_now >= 1, "the budget is still exceeded: {gauge_now}");
-    let log = plain(&output.stderr);
+    let log = without_colours(&output.stderr);
     assert!(
         log.lines()
             .any(|l| l.contains("overload level changed") && l.contains("level=shed_bodies")),
@@ -326,7 +309,7 @@ fn held_over_budget_exchanges_are_shed_then_capture_recovers() {
         assert_eq!(attr(record, "http.response.body"), &response_body());
         assert!(!is_shed(record, "http.request") && !is_shed(record, "http.response"));
     }
-    let log = plain(&output.stderr);
+    let log = without_colours(&output.stderr);
     for level in ["shed_bodies", "shed_exchanges", "normal"] {
         assert!(
             log.lines()
@@ -395,7 +378,7 @@ fn over_the_memory_budget_bodies_are_shed() {
     );
     // Nothing to flush: only the log is checked.
     let output = setup.sensor.kill();
-    let log = plain(&output.stderr);
+    let log = without_colours(&output.stderr);
     assert!(
         log.lines().any(|l| l.contains("overload level changed")
             && l.contains("level=shed_bodies")

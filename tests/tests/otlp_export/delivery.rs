@@ -4,26 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use sensor_e2e::{Py, Sensor, free_port, metric, otlp::Receiver, wait_until};
+use sensor_e2e::{Py, Sensor, free_port, metric, otlp::Receiver, wait_until, without_colours};
 use serde_json::{Value, json};
 
 use super::{LONG, result};
 
 fn get(url: &str) -> String {
     json!({"op": "request", "method": "GET", "url": url, "headers": {}, "body": null}).to_string()
-}
-
-/// The log without its ANSI colour sequences.
-fn without_colours(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut rest = log;
-    while let Some(at) = rest.find('\x1b') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
-    }
-    out.push_str(rest);
-    out
 }
 
 fn targets(receiver: &Receiver) -> Vec<String> {

@@ -21,7 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use sensor_e2e::otlp::Receiver;
 
-use super::{Settings, hey, median, memory, metric, open_loop, pinning, scrape, signal, tls_files};
+use super::{
+    Settings, hey, median, memory, metric, open_loop, pinning, scrape, terminate, tls_files,
+    wait_until_running,
+};
 use crate::{setup::Env, workspace_root};
 
 /// Concurrent connections of the closed-loop load.
@@ -343,18 +346,7 @@ impl App {
     }
 
     fn shutdown(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        terminate(&mut self.child, Duration::from_secs(30));
     }
 }
 
@@ -391,18 +383,7 @@ impl Sensor {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting the sensor")?;
-        let started = Instant::now();
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("sensor running")
-        {
-            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the sensor did not start; see {}", log.display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_running(&mut child, &log)?;
         Ok(Sensor {
             child,
             metrics_addr,
@@ -420,18 +401,7 @@ impl Sensor {
     }
 
     fn shutdown(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        terminate(&mut self.child, Duration::from_secs(20));
     }
 }
 

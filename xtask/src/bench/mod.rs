@@ -24,11 +24,11 @@ mod tls;
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::{Child, Command},
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::ValueEnum;
 
 use crate::{run, setup::Env, workspace_root};
@@ -115,31 +115,46 @@ pub fn signal(pid: u32, signal: i32) {
     }
 }
 
+/// Stops `child` with SIGTERM (so that it flushes what it holds), then SIGKILL once `grace` has
+/// passed without it exiting.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits up to 30 s for the sensor `child`, logging to `log`, to report that capture is
+/// running; kills it and fails otherwise.
+pub fn wait_until_running(child: &mut Child, log: &Path) -> Result<()> {
+    let started = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("sensor running")
+    {
+        if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the sensor did not start; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// A self-signed certificate for `localhost` / `127.0.0.1` and its key (PEM) in `dir`, made
 /// with the `openssl` command (Debian package `openssl`, installed by set-up).
 pub fn tls_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("openssl req (apt-get install openssl)")?;
-    if !made.success() {
-        bail!("openssl req failed with {made}");
-    }
+    sensor_e2e::make_self_signed(&cert, &key).map_err(|e| anyhow!(e))?;
     Ok((cert, key))
 }
 

@@ -7,12 +7,12 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::{Settings, median, signal, tls_files};
+use super::{Settings, median, terminate, tls_files, wait_until_running};
 use crate::workspace_root;
 
 /// The loop process, started and ready; runs when told.
@@ -79,25 +79,14 @@ impl Watching {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting the sensor")?;
-        let started = Instant::now();
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("sensor running")
-        {
-            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
-                let _ = child.kill();
-                bail!("the sensor did not start; see {}", log.display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_running(&mut child, &log)?;
         Ok(Watching(child))
     }
 }
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        signal(self.0.id(), libc::SIGTERM);
-        let _ = self.0.wait();
+        terminate(&mut self.0, Duration::from_secs(20));
     }
 }
 
