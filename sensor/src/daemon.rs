@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
 use crate::{
-    capture::{Capture, CaptureEvent, CaptureOptions, Clock, seed, tls},
+    capture::{Capture, CaptureEvent, CaptureOptions, Clock, KernelCounters, seed, tls},
     conntrack::{Completed, Tracker, TrackerSettings},
     enrich::{
         self, ProcessInfo, ProcessTable, RecordContext, build_record,
@@ -839,7 +839,12 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     if let Some(addr) = options.metrics_addr {
         metrics.clone().serve(addr).await?;
     }
-    publish_metrics(&metrics, &capture, &pipeline);
+    publish_metrics(
+        &metrics,
+        &capture,
+        capture.counters().ok().as_ref(),
+        &pipeline,
+    );
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
@@ -856,8 +861,12 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.decide_deferred(&mut capture);
             }
             _ = publish.tick() => {
-                publish_metrics(&metrics, &capture, &pipeline);
-                warn_ring_buffer_full(&capture, &mut pipeline);
+                // One read of the kernel's counters serves the metrics and the warning.
+                let kernel = capture.counters().ok();
+                publish_metrics(&metrics, &capture, kernel.as_ref(), &pipeline);
+                if let Some(kernel) = &kernel {
+                    warn_ring_buffer_full(kernel, capture.ring_bytes(), &mut pipeline);
+                }
             }
             _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
             _ = overload_tick.tick() => pipeline.overload_tick(&mut capture),
@@ -889,10 +898,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 /// Warns (at most every [`RINGBUF_FULL_LOG_INTERVAL`]) when the kernel dropped records because
 /// the ring buffer was full since the last look: the loss is in `kernel_ringbuf_full`, the
 /// application never waits for the sensor.
-fn warn_ring_buffer_full(capture: &Capture, pipeline: &mut Pipeline) {
-    let Ok(kernel) = capture.counters() else {
-        return;
-    };
+fn warn_ring_buffer_full(kernel: &KernelCounters, ring_buffer_bytes: u32, pipeline: &mut Pipeline) {
     let total = kernel.get(sensor_common::maps::Counter::RingbufFull);
     let (seen, log) = &mut pipeline.ringbuf_full;
     let new = total.saturating_sub(*seen);
@@ -901,13 +907,18 @@ fn warn_ring_buffer_full(capture: &Capture, pipeline: &mut Pipeline) {
         warn!(
             lost,
             total,
-            ring_buffer_bytes = capture.ring_bytes(),
+            ring_buffer_bytes,
             "ring buffer full: capture records dropped by the kernel (counted in kernel_ringbuf_full; the application was not slowed); the affected exchanges are reported incomplete or not at all — raise sensor.ring_buffer_bytes if this recurs"
         );
     }
 }
 
-fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
+fn publish_metrics(
+    metrics: &Metrics,
+    capture: &Capture,
+    kernel: Option<&KernelCounters>,
+    pipeline: &Pipeline,
+) {
     let policy = &pipeline.policy.stats;
     for (name, help, value) in [
         (
@@ -953,7 +964,7 @@ fn publish_metrics(metrics: &Metrics, capture: &Capture, pipeline: &Pipeline) {
     ] {
         metrics.publish(name, help, value);
     }
-    if let Ok(kernel) = capture.counters() {
+    if let Some(kernel) = kernel {
         for (name, value) in kernel.named() {
             metrics.publish(
                 &format!("kernel_{name}"),
