@@ -2,6 +2,16 @@
 
 /// Ring buffer carrying every record of [`crate::event`] to userspace.
 pub const EVENTS: &str = "EVENTS";
+
+/// Unread bytes in [`EVENTS`] from which a payload record wakes the reader at once. Below it,
+/// payload records are written without a wakeup (`BPF_RB_NO_WAKEUP`) and the reader collects
+/// them on its next wakeup or poll (every [`RING_POLL_MS`]): one wakeup then carries many
+/// records instead of one each, which is most of the reader's cost at moderate rates.
+pub const RING_WAKEUP_BYTES: u64 = 32 * 1024;
+
+/// How often, in milliseconds, the reader drains [`EVENTS`] without a wakeup: the longest a
+/// payload record waits.
+pub const RING_POLL_MS: u64 = 10;
 /// `HashMap<u32 tgid, u32 WatchState>`: the processes whose sockets are captured.
 pub const WATCHED_PROCESSES: &str = "WATCHED_PROCESSES";
 /// `HashMap<SocketKey, FdEntry>`: the socket file descriptors of watched processes.

@@ -12,10 +12,13 @@
 //! parser to keep a body up to the capture limit. 256 KiB covers the largest head the parser
 //! accepts (64 KiB) plus the default body limit (128 KiB), and asyncio's 256 KiB reads.
 
-use aya_ebpf::helpers::bpf_probe_read_user_buf;
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_probe_read_user_buf,
+};
 use sensor_common::{
     event::{DATA_CHUNK_MAX, DATA_EVENT_HEADER_LEN, DataEvent, EventKind},
-    maps::Counter,
+    maps::{Counter, RING_WAKEUP_BYTES},
 };
 
 use crate::state::{DATA_SCRATCH, EVENTS, count, header};
@@ -40,6 +43,8 @@ pub struct Copy {
     pub copy_from: u64,
     /// Chunks still allowed for this syscall.
     pub chunks_left: u32,
+    /// Ring-buffer flags of this syscall's records (see [`wakeup_flags`]), decided once.
+    pub wakeup: u64,
     /// Record kind: `Data`, or `Uncopied` for counted-only transfers.
     pub kind: EventKind,
 }
@@ -160,7 +165,7 @@ impl Copy {
         // SAFETY: `size` is at most the record's size, checked above.
         let bytes =
             unsafe { core::slice::from_raw_parts(event as *const DataEvent as *const u8, size) };
-        match EVENTS.output::<[u8]>(bytes, 0) {
+        match EVENTS.output::<[u8]>(bytes, self.wakeup) {
             Ok(()) => {
                 count(Counter::DataEvents, 1);
                 true
@@ -170,5 +175,16 @@ impl Copy {
                 false
             }
         }
+    }
+}
+
+/// Payload records wake the reader only once [`RING_WAKEUP_BYTES`] are waiting; the reader
+/// polls for the rest (see `RING_POLL_MS`).
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RING_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }

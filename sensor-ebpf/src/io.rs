@@ -379,6 +379,7 @@ pub fn deliver<const SHAPE: u8>(
         syscall_len: total,
         copy_from,
         chunks_left: CHUNKS_PER_SYSCALL as u32,
+        wakeup: crate::emit::wakeup_flags(),
         kind: if SHAPE == COUNTED {
             EventKind::Uncopied
         } else {

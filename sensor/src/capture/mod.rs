@@ -32,6 +32,10 @@ pub use events::{CaptureEvent, DecodeError};
 /// The compiled kernel programs, built by build.rs from `sensor-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
 
+/// The longest a payload record written without a wakeup waits before it is read.
+const RING_POLL: std::time::Duration =
+    std::time::Duration::from_millis(sensor_common::maps::RING_POLL_MS);
+
 /// Every program with the tracepoint it attaches to.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_socket", "syscalls", "sys_enter_socket"),
@@ -233,12 +237,13 @@ impl Capture {
         })
     }
 
-    /// Waits until records are available, then hands each decoded one to `handle`. Returns after
-    /// draining what was there, so the caller can interleave timers.
+    /// Waits until records are available (a wakeup), or at most [`RING_POLL`] (payload records
+    /// are written without one while few bytes wait), then hands each decoded record to
+    /// `handle`. Returns after draining what was there, so the caller can interleave timers.
     pub async fn next_batch(&mut self, handle: impl FnMut(&mut Self, CaptureEvent)) -> Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
-        drop(guard);
+        if let Ok(guard) = tokio::time::timeout(RING_POLL, self.ring.readable_mut()).await {
+            guard?.clear_ready();
+        }
         self.read_available(handle);
         Ok(())
     }
