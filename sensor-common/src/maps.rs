@@ -133,6 +133,12 @@ pub struct ConnState {
 /// The socket was adopted from `/proc` with traffic already under way: classification retries
 /// on every syscall until one starts with an HTTP message, instead of judging the first bytes.
 pub const SOCKET_FLAG_MIDSTREAM: u8 = 1;
+/// The connection's local address is not known yet (an `accept` whose tuple was not seen): the
+/// next `getsockname` on it reports it with a `ConnAddress` record.
+pub const SOCKET_FLAG_NEED_LOCAL: u8 = 2;
+/// The connection's peer address is not known yet (`accept(fd, NULL, NULL)`, as libuv and so
+/// uvloop do): the next `getpeername` on it reports it with a `ConnAddress` record.
+pub const SOCKET_FLAG_NEED_REMOTE: u8 = 4;
 /// Connection ids chosen by userspace (adopted sockets) have this bit set; kernel ones never do.
 pub const USER_CONN_ID_BIT: u64 = 1 << 63;
 

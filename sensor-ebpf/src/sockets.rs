@@ -3,7 +3,8 @@
 //! `socket` records the kind of a new descriptor; `accept`/`accept4` and `connect` turn one into
 //! a connection with an id and send a `ConnOpen` record; `dup*`/`fcntl(F_DUPFD*)` add another
 //! descriptor for the same connection; `close` and `close_range` release descriptors and send
-//! `ConnClose` when the last one goes.
+//! `ConnClose` when the last one goes; `getsockname`/`getpeername` on a connection whose
+//! `accept` did not show its addresses send them as `ConnAddress` records.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
@@ -12,10 +13,13 @@ use aya_ebpf::{
 };
 use sensor_common::{
     event::{
-        CLOSE_RANGE_SCAN, CloseRangeEvent, ConnCloseEvent, ConnEvent, Endpoint, EventKind, Family,
-        Role, UNIX_PATH_MAX,
+        CLOSE_RANGE_SCAN, CloseRangeEvent, ConnAddrEvent, ConnCloseEvent, ConnEvent, Endpoint,
+        EventKind, Family, Role, UNIX_PATH_MAX,
     },
-    maps::{ConnState, Counter, FdEntry, SocketKey, SocketKind},
+    maps::{
+        ConnState, Counter, FdEntry, SOCKET_FLAG_NEED_LOCAL, SOCKET_FLAG_NEED_REMOTE, SocketKey,
+        SocketKind,
+    },
 };
 
 use crate::{
@@ -45,7 +49,7 @@ fn empty_pending() -> PendingSocket {
         arg: 0,
         remote: Endpoint::default(),
         unix_path: [0; UNIX_PATH_MAX],
-        _pad: [0; 4],
+        wanted: 0,
     }
 }
 
@@ -305,6 +309,96 @@ fn try_exit_accept(ctx: &TracePointContext) -> Outcome {
     open_conn(tgid, fd as i32, Role::Server, family, &local, &remote, None).map(|_| ())
 }
 
+#[tracepoint]
+pub fn sys_enter_getsockname(ctx: TracePointContext) -> u32 {
+    finish(enter_get_name(&ctx, SOCKET_FLAG_NEED_LOCAL))
+}
+
+#[tracepoint]
+pub fn sys_enter_getpeername(ctx: TracePointContext) -> u32 {
+    finish(enter_get_name(&ctx, SOCKET_FLAG_NEED_REMOTE))
+}
+
+/// Remembers a getsockname/getpeername on a connection still missing that address.
+#[inline(always)]
+fn enter_get_name(ctx: &TracePointContext, wanted: u8) -> Outcome {
+    let tgid = current_tgid();
+    if !is_watched(tgid) {
+        return Err(Skip::NotTracked);
+    }
+    let fd = syscall_arg(ctx, 0) as i32;
+    let entry = FDS
+        .get_ptr(SocketKey { tgid, fd })
+        .ok_or(Skip::NotTracked)?;
+    let conn = CONNS
+        .get_ptr(unsafe { (*entry).conn_id })
+        .ok_or(Skip::NotTracked)?;
+    if unsafe { (*conn).flags } & wanted == 0 {
+        return Err(Skip::NotTracked);
+    }
+    let mut pending = empty_pending();
+    pending.fd_or_domain = i64::from(fd);
+    pending.arg = syscall_arg(ctx, 1);
+    pending.wanted = u32::from(wanted);
+    remember(&pending)
+}
+
+#[tracepoint]
+pub fn sys_exit_getsockname(ctx: TracePointContext) -> u32 {
+    finish(try_exit_get_name(&ctx))
+}
+
+#[tracepoint]
+pub fn sys_exit_getpeername(ctx: TracePointContext) -> u32 {
+    finish(try_exit_get_name(&ctx))
+}
+
+/// The address a getsockname/getpeername returned, sent as a `ConnAddress` record once.
+fn try_exit_get_name(ctx: &TracePointContext) -> Outcome {
+    let pending = take_pending().ok_or(Skip::NotTracked)?;
+    if syscall_ret(ctx) != 0 {
+        return Err(Skip::NotTracked);
+    }
+    let tgid = current_tgid();
+    let entry = FDS
+        .get_ptr(SocketKey {
+            tgid,
+            fd: pending.fd_or_domain as i32,
+        })
+        .ok_or(Skip::NotTracked)?;
+    let conn_id = unsafe { (*entry).conn_id };
+    let conn = CONNS.get_ptr_mut(conn_id).ok_or(Skip::NotTracked)?;
+    let mut address = Endpoint::default();
+    let mut unix_path = [0u8; UNIX_PATH_MAX];
+    read_sockaddr(pending.arg, 0, &mut address, &mut unix_path);
+    let family = Family::from_u8(address.family);
+    if family != Family::Inet && family != Family::Inet6 {
+        return Err(Skip::NotTracked);
+    }
+    let wanted = pending.wanted as u8;
+    // SAFETY: map value pointer from a successful lookup.
+    unsafe { (*conn).flags &= !wanted };
+    let event = ConnAddrEvent {
+        header: header(EventKind::ConnAddress),
+        conn_id,
+        local: if wanted == SOCKET_FLAG_NEED_LOCAL {
+            address
+        } else {
+            Endpoint::default()
+        },
+        remote: if wanted == SOCKET_FLAG_NEED_REMOTE {
+            address
+        } else {
+            Endpoint::default()
+        },
+    };
+    if EVENTS.output(event, 0).is_err() {
+        count(Counter::RingbufFull, 1);
+        return Err(Skip::Failed);
+    }
+    Ok(())
+}
+
 /// Tracks `fd` of `tgid` as a new connection and tells userspace about it; returns its id.
 #[inline(always)]
 fn open_conn(
@@ -317,6 +411,18 @@ fn open_conn(
     unix_path: Option<&[u8; UNIX_PATH_MAX]>,
 ) -> Result<u64, Skip> {
     release_fd(tgid, fd);
+    // Addresses an accept did not show are reported by the process's own getsockname and
+    // getpeername (libuv accepts with a NULL address and asks for both right after). A
+    // connect's local address comes from `inet_sock_set_state`.
+    let mut flags = 0;
+    if role == Role::Server && family != Family::Unix {
+        if local.family == Family::Unknown as u8 {
+            flags |= SOCKET_FLAG_NEED_LOCAL;
+        }
+        if remote.family == Family::Unknown as u8 {
+            flags |= SOCKET_FLAG_NEED_REMOTE;
+        }
+    }
     let conn_id = next_conn_id();
     let state = ConnState {
         conn_id,
@@ -324,7 +430,7 @@ fn open_conn(
         family: family as u8,
         role: role as u8,
         protocol: 0,
-        flags: 0,
+        flags,
         refs: 1,
     };
     if CONNS.insert(conn_id, state, 0).is_err() {

@@ -171,15 +171,17 @@ pub struct PendingIo {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingSocket {
-    /// socket: domain; connect: the fd; accept: the listening fd; dup*: the old fd.
+    /// socket: domain; connect, get*name: the fd; accept: the listening fd; dup*: the old fd.
     pub fd_or_domain: i64,
-    /// socket: type; accept: the sockaddr out-pointer; dup2/3: the new fd (-1 for dup/fcntl).
+    /// socket: type; accept, get*name: the sockaddr out-pointer; dup2/3: the new fd (-1 for
+    /// dup/fcntl).
     pub arg: u64,
     /// connect: the peer address read at entry.
     pub remote: Endpoint,
     /// connect on a unix socket: the path.
     pub unix_path: [u8; UNIX_PATH_MAX],
-    pub _pad: [u8; 4],
+    /// getsockname/getpeername: the flag (`SOCKET_FLAG_NEED_*`) of the address asked for.
+    pub wanted: u32,
 }
 
 /// Both ends of a TCP connection, as `inet_sock_set_state` reports them.

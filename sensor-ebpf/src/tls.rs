@@ -23,16 +23,16 @@ use sensor_common::{
         ConnCloseEvent, DataSource, Direction, EventKind, TLS_STREAM_ID_BIT, TlsBindEvent,
         TlsBinding,
     },
-    maps::{ConnState, Counter, SOCKET_FLAG_MIDSTREAM},
+    maps::{ConnState, Counter, SOCKET_FLAG_MIDSTREAM, SocketKey},
 };
 
 use crate::{
     Outcome, Skip, finish,
     io::{CONTIGUOUS, deliver},
     state::{
-        BIO_SOCKETS, CIPHER_SEEN, CONN_CONTROL, CipherKey, EVENTS, PendingIo, SSL_CALLS, SslCall,
-        TLS_STREAMS, TlsKey, TlsStream, count, current_tgid, header, is_watched, next_conn_id,
-        pid_tgid,
+        BIO_SOCKETS, CIPHER_SEEN, CONN_CONTROL, CipherKey, EVENTS, FDS, PendingIo, SSL_CALLS,
+        SslCall, TLS_STREAMS, TlsKey, TlsStream, count, current_tgid, header, is_watched,
+        next_conn_id, pid_tgid,
     },
 };
 
@@ -180,6 +180,18 @@ pub fn bio_read(ctx: ProbeContext) -> u32 {
         ptr: bio,
     };
     if let Some(socket) = BIO_SOCKETS.get_ptr(key).map(|s| unsafe { *s }) {
+        // A BIO freed with its connection and allocated again at the same address for the
+        // next one still maps to the old socket until the application feeds it: not bound.
+        let live = FDS
+            .get_ptr(SocketKey {
+                tgid,
+                fd: socket.fd,
+            })
+            .is_some_and(|entry| unsafe { (*entry).conn_id } == socket.conn_id);
+        if !live {
+            let _ = BIO_SOCKETS.remove(key);
+            return 0;
+        }
         bind(
             tgid,
             call.ssl,

@@ -84,6 +84,9 @@ pub struct DaemonStats {
     pub deferred_timed_out: u64,
     /// Connections ignored because their peer is the sensor itself.
     pub own_traffic: u64,
+    /// Connections whose TCP addresses neither the accept nor the process's getsockname/
+    /// getpeername showed, looked up in /proc on first use.
+    pub addresses_from_proc: u64,
 }
 
 /// The sensor's own socket addresses (its export connections), so that a watched process
@@ -195,6 +198,9 @@ pub struct Pipeline {
     /// Connections deliberately not tracked (the sensor's own export traffic): records already
     /// in flight for them are dropped instead of starting an unknown connection.
     ignored_conns: HashSet<u64>,
+    /// Connections opened without their TCP addresses, settled on first use (see
+    /// `settle_addresses`).
+    unresolved: HashSet<u64>,
     /// OpenSSL symbol tables already read.
     tls_symbols: tls::SymbolCache,
     /// The CPU and memory budget, and what is shed beyond it.
@@ -333,6 +339,9 @@ impl Pipeline {
     fn handle(&mut self, capture: &mut Capture, event: CaptureEvent) {
         match event {
             CaptureEvent::Data(chunk) => {
+                if !self.unresolved.is_empty() && self.unresolved.remove(&chunk.conn_id) {
+                    self.settle_addresses(capture, chunk.conn_id, chunk.time_ns);
+                }
                 if self.ignored_conns.contains(&chunk.conn_id) {
                     return;
                 }
@@ -364,27 +373,35 @@ impl Pipeline {
                         self.ignored_conns.insert(open.conn_id);
                         return;
                     }
-                    if open.unix_path.is_none() && (open.local.is_none() || open.remote.is_none()) {
-                        // Addresses the kernel could not see (an accept in flight at start):
-                        // the process's socket tables have them.
+                    let lacking =
+                        open.unix_path.is_none() && (open.local.is_none() || open.remote.is_none());
+                    if lacking && open.family == sensor_common::event::Family::Unix {
+                        // A unix accept: the listener's path is in the process's socket table.
                         if let Some(row) = seed::resolve(self.procs.proc_root(), open.pid, open.fd)
                         {
-                            open.local = open.local.or(row.local);
-                            open.remote = open.remote.or(row.remote);
-                            open.unix_path = open.unix_path.or(row.path);
-                            if open.family == sensor_common::event::Family::Unknown {
-                                open.family = row.family;
-                            }
+                            open.unix_path = row.path;
                         }
+                    } else if lacking {
+                        // TCP addresses the accept did not show usually follow in `Address`
+                        // records (the process's getsockname/getpeername); whatever is still
+                        // missing when the connection is first used is read from /proc.
+                        if self.unresolved.len() >= 65_536 {
+                            self.unresolved.clear();
+                        }
+                        self.unresolved.insert(open.conn_id);
                     }
                     self.tracker.open(&open, &mut self.completed);
                 }
             }
             CaptureEvent::Close(close) => {
+                self.unresolved.remove(&close.conn_id);
                 self.ignored_conns.remove(&close.conn_id);
                 self.tracker.close(&close, &mut self.completed);
             }
             CaptureEvent::TlsBind(bind) => {
+                if !self.unresolved.is_empty() && self.unresolved.remove(&bind.socket_conn_id) {
+                    self.settle_addresses(capture, bind.socket_conn_id, bind.time_ns);
+                }
                 if self.ignored_conns.contains(&bind.socket_conn_id) {
                     // TLS inside the sensor's own export connection: not captured either.
                     capture.set_control(
@@ -634,6 +651,41 @@ impl Pipeline {
         }
     }
 
+    /// First use of a connection whose accept did not show its addresses: what the process's
+    /// own getsockname/getpeername did not report is read from its socket tables, and a
+    /// connection that turns out to come from this sensor's export is dropped.
+    fn settle_addresses(&mut self, capture: &mut Capture, conn_id: u64, time_ns: u64) {
+        let Some((pid, fd)) = self
+            .tracker
+            .progress(conn_id)
+            .map(|(meta, _)| (meta.pid, meta.fd))
+        else {
+            return;
+        };
+        if self.tracker.lacks_address(conn_id) {
+            self.stats.addresses_from_proc += 1;
+            if let Some(row) = seed::resolve(self.procs.proc_root(), pid, fd) {
+                self.tracker.address(conn_id, row.local, row.remote);
+            }
+        }
+        let own = self
+            .tracker
+            .progress(conn_id)
+            .is_some_and(|(meta, _)| meta.remote.is_some_and(|remote| self.own.contains(remote)));
+        if own {
+            capture.set_control(
+                conn_id,
+                sensor_common::maps::ConnControl {
+                    stop: 1,
+                    ..Default::default()
+                },
+            );
+            self.stats.own_traffic += 1;
+            self.ignored_conns.insert(conn_id);
+            self.tracker.forget(conn_id, time_ns, &mut Vec::new());
+        }
+    }
+
     fn flush_completed(&mut self) {
         let completed = std::mem::take(&mut self.completed);
         let level = self.overload.level();
@@ -801,6 +853,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         ),
         own: OwnSockets::default(),
         ignored_conns: HashSet::new(),
+        unresolved: HashSet::new(),
         tls_symbols: tls::SymbolCache::default(),
         overload: Overload::new(Budgets::from_settings(&options.policy.sensor)),
         ringbuf_full: (0, RateLimit::new(RINGBUF_FULL_LOG_INTERVAL)),
@@ -1088,6 +1141,11 @@ fn publish_metrics(
             "own_traffic_connections",
             "connections ignored because their peer is the sensor itself",
             pipeline.stats.own_traffic,
+        ),
+        (
+            "addresses_from_proc",
+            "accepted connections whose addresses were looked up in /proc on first use",
+            pipeline.stats.addresses_from_proc,
         ),
         (
             "processes_deferred",

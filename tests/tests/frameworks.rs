@@ -9,7 +9,7 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use common::{Exchange, LONG, ask, check, children, find, request, result};
-use sensor_e2e::{Py, Sensor, attr, records_of};
+use sensor_e2e::{Py, Sensor, attr, metric, records_of};
 use serde_json::{Value, json};
 
 /// Flask under gunicorn with two forked sync workers, both started before the sensor, and a
@@ -680,6 +680,7 @@ fn uvicorn_20_threads_50_requests_each_paired_right() {
     let (server, port) = uvicorn(&[]);
     let mut client = Py::spawn("requests client", &["requests_client.py"], &[]);
     client.expect_line("READY", LONG);
+    let metrics = format!("127.0.0.1:{}", sensor_e2e::free_port());
     let sensor = Sensor::start(
         "fw-threads",
         &[
@@ -690,6 +691,8 @@ fn uvicorn_20_threads_50_requests_each_paired_right() {
             &client.pid().to_string(),
             "--output",
             "jsonl",
+            "--metrics-addr",
+            &metrics,
         ],
     );
     client.send_line(
@@ -710,8 +713,29 @@ fn uvicorn_20_threads_50_requests_each_paired_right() {
         assert!(bodies.insert(id, r["body"].clone()).is_none());
     }
     std::thread::sleep(Duration::from_millis(500));
+    // uvloop accepts with no address buffer; uvicorn's own getpeername/getsockname right after
+    // give the sensor both ends, without reading /proc.
+    assert_eq!(
+        metric(&metrics, "addresses_from_proc"),
+        Some(0),
+        "uvicorn's connections needed /proc for their addresses"
+    );
     let output = sensor.stop();
     let records = output.records();
+    let client_ports: std::collections::BTreeMap<String, Value> =
+        records_of(&records, "client", client.pid())
+            .iter()
+            .map(|r| (common::id_of(r, "client"), attr(r, "net.host.port").clone()))
+            .collect();
+    for record in records_of(&records, "server", server.pid()) {
+        let id = common::id_of(record, "server");
+        assert_eq!(
+            Some(attr(record, "net.peer.port")),
+            client_ports.get(&id),
+            "server {id}: the client's port"
+        );
+        assert_eq!(attr(record, "net.host.port"), port, "server {id}");
+    }
     for (kind, pid) in [("server", server.pid()), ("client", client.pid())] {
         let got = records_of(&records, kind, pid);
         assert_eq!(

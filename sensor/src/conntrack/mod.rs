@@ -481,15 +481,37 @@ impl Tracker {
         self.finish(conn, close.time_ns, out);
     }
 
-    /// Late addresses of a connection (a non-blocking connect completed).
+    /// Late addresses of a connection (a non-blocking connect completed, or the process asked
+    /// getsockname/getpeername after an accept that did not show them); the TLS streams over
+    /// the connection take them too.
     pub fn address(&mut self, conn_id: u64, local: Option<SocketAddr>, remote: Option<SocketAddr>) {
-        if let Some(conn) = self.conns.get_mut(&conn_id) {
-            let meta = Arc::make_mut(&mut conn.meta);
-            meta.local = local.or(meta.local);
-            meta.remote = remote.or(meta.remote);
-            let (meta, seen) = (meta.clone(), conn.last_seen_ns);
-            self.note_client(&meta, seen);
+        let streams = self.tls_streams.get(&conn_id).cloned().unwrap_or_default();
+        for id in std::iter::once(conn_id).chain(streams) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                let meta = Arc::make_mut(&mut conn.meta);
+                meta.local = local.or(meta.local);
+                meta.remote = remote.or(meta.remote);
+                if meta.family == Family::Unknown
+                    && let Some(addr) = meta.local.or(meta.remote)
+                {
+                    meta.family = if addr.is_ipv4() {
+                        Family::Inet
+                    } else {
+                        Family::Inet6
+                    };
+                }
+                let (meta, seen) = (meta.clone(), conn.last_seen_ns);
+                self.note_client(&meta, seen);
+            }
         }
+    }
+
+    /// Whether connection `conn_id` is tracked with an address still unknown.
+    pub fn lacks_address(&self, conn_id: u64) -> bool {
+        self.conns.get(&conn_id).is_some_and(|conn| {
+            conn.meta.unix_path.is_none()
+                && (conn.meta.local.is_none() || conn.meta.remote.is_none())
+        })
     }
 
     /// Finishes one connection whose close record may never come (its descriptor was closed by

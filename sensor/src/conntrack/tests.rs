@@ -131,6 +131,37 @@ fn plaintext_before_the_binding_gets_the_addresses_when_it_comes() {
 }
 
 #[test]
+fn addresses_reported_after_the_accept_reach_the_socket_and_its_tls_stream() {
+    // uvloop accepts with no address buffer, then asks getsockname and getpeername.
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.open(
+        &ConnOpen {
+            family: Family::Unknown,
+            local: None,
+            remote: None,
+            ..open(SOCKET, Role::Server)
+        },
+        &mut out,
+    );
+    assert!(t.lacks_address(SOCKET));
+    t.bind_tls(&bind(STREAM, SOCKET), &mut out);
+    t.address(SOCKET, Some(addr("127.0.0.1:8443")), None);
+    assert!(t.lacks_address(SOCKET), "the peer is still unknown");
+    t.address(SOCKET, None, Some(addr("127.0.0.1:50000")));
+    assert!(!t.lacks_address(SOCKET));
+    let out = exchange_on(&mut t, STREAM);
+    assert_eq!(out.len(), 1);
+    let meta = &out[0].meta;
+    assert_eq!(meta.family, Family::Inet);
+    assert_eq!(meta.local, Some(addr("127.0.0.1:8443")));
+    assert_eq!(meta.remote, Some(addr("127.0.0.1:50000")));
+    let socket = t.progress(SOCKET).expect("the socket is tracked").0;
+    assert_eq!(socket.family, Family::Inet);
+    assert_eq!(socket.remote, Some(addr("127.0.0.1:50000")));
+}
+
+#[test]
 fn closing_the_socket_finishes_its_tls_stream() {
     let mut t = tracker();
     let mut out = Vec::new();
