@@ -12,6 +12,7 @@
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
@@ -77,7 +78,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         value: child,
         _pad: 0,
     };
-    if EVENTS.output(event, 0).is_err() {
+    // Userspace probes the child's OpenSSL on this record: wake it now, whatever waits.
+    if EVENTS.output(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
         count(Counter::RingbufFull, 1);
     }
     0
@@ -203,7 +205,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         let src = (ctx.as_ptr() as *const u8).add(start);
         let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*event).filename);
     }
-    record.submit(0);
+    // Userspace decides on watching the new program (and probes it) on this record.
+    record.submit(BPF_RB_FORCE_WAKEUP as u64);
     0
 }
 

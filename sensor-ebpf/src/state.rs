@@ -91,9 +91,23 @@ pub static TLS_STREAMS: LruHashMap<TlsKey, TlsStream> = LruHashMap::with_max_ent
 #[map]
 pub static CIPHER_SEEN: LruHashMap<CipherKey, SocketRef> = LruHashMap::with_max_entries(16_384, 0);
 
-/// The socket each memory BIO of a watched process was seen to carry, by BIO.
+/// The `SSL *` reading from each BIO of a watched process (`SSL_set_bio`), by BIO: ciphertext
+/// the application feeds into that BIO ties the stream to the socket it came from.
 #[map]
-pub static BIO_SOCKETS: LruHashMap<TlsKey, SocketRef> = LruHashMap::with_max_entries(65_536, 0);
+pub static READ_BIOS: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Ciphertext a thread just fed into a BIO whose `SSL_set_bio` came before the probes (a
+/// connection older than the sensor), by thread: the thread's next `SSL_*` call is that BIO's.
+#[map]
+pub static FED_BIOS: LruHashMap<u64, FedBio> = LruHashMap::with_max_entries(16_384, 0);
+
+/// A BIO fed a socket's ciphertext (see [`FED_BIOS`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FedBio {
+    pub bio: u64,
+    pub socket: SocketRef,
+}
 
 /// An OpenSSL call in progress on a thread.
 #[repr(C)]

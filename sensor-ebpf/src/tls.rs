@@ -8,7 +8,12 @@
 //!   an `SSL_*` call of the stream ([`bind_nested_syscall`], called from the syscall entry);
 //! - memory BIO (asyncio): the application feeds the read BIO exactly the bytes a `recv` on the
 //!   socket returned (`BIO_write` matched by length and first 16 bytes against `CIPHER_SEEN`),
-//!   and OpenSSL reads that BIO inside an `SSL_*` call of the stream (`BIO_read`).
+//!   and `SSL_set_bio` said which stream reads that BIO. For a connection set up before the
+//!   probes, the thread's next `SSL_*` call after the feed is the BIO's stream (asyncio feeds
+//!   and reads in one callback).
+//!
+//! Nothing is probed inside OpenSSL's record layer (`BIO_read` runs for every record): each
+//! uprobe hit costs the application a trap.
 //!
 //! The probes are attached per watched process by userspace, so other processes using the same
 //! library never trap.
@@ -23,16 +28,16 @@ use sensor_common::{
         ConnCloseEvent, DataSource, Direction, EventKind, TLS_STREAM_ID_BIT, TlsBindEvent,
         TlsBinding,
     },
-    maps::{ConnState, Counter, SOCKET_FLAG_MIDSTREAM, SocketKey},
+    maps::{ConnState, Counter, SOCKET_FLAG_MIDSTREAM},
 };
 
 use crate::{
     Outcome, Skip, finish,
     io::{CONTIGUOUS, deliver},
     state::{
-        BIO_SOCKETS, CIPHER_SEEN, CONN_CONTROL, CipherKey, EVENTS, FDS, PendingIo, SSL_CALLS,
-        SslCall, TLS_STREAMS, TlsKey, TlsStream, count, current_tgid, header, is_watched,
-        next_conn_id, pid_tgid,
+        CIPHER_SEEN, CONN_CONTROL, CipherKey, EVENTS, FED_BIOS, FedBio, PendingIo, READ_BIOS,
+        SSL_CALLS, SslCall, TLS_STREAMS, TlsKey, TlsStream, count, current_tgid, header,
+        is_watched, next_conn_id, pid_tgid,
     },
 };
 
@@ -107,6 +112,8 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Outcome {
         .map(|call| unsafe { *call })
         .ok_or(Skip::NotTracked)?;
     let _ = SSL_CALLS.remove(id);
+    let tgid = (id >> 32) as u32;
+    bind_fed_bio(tgid, call.ssl);
     if call.handshake != 0 {
         return Ok(());
     }
@@ -128,7 +135,6 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Outcome {
     if moved == 0 {
         return Ok(());
     }
-    let tgid = (id >> 32) as u32;
     let stream = stream(tgid, call.ssl, true)?;
     count(Counter::TlsCalls, 1);
     let io = PendingIo {
@@ -162,45 +168,60 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `BIO_read`/`BIO_read_ex` inside an `SSL_*` call reads that stream's read BIO: if the
-/// application fed it a socket's bytes, the stream is that socket's.
+/// `SSL_set_bio(ssl, rbio, wbio)`: the stream reads `rbio`. Called as a connection is set up,
+/// so the stream is seen from its start.
 #[uprobe]
-pub fn bio_read(ctx: ProbeContext) -> u32 {
-    let id = pid_tgid();
-    let Some(call) = SSL_CALLS.get_ptr(id).map(|call| unsafe { *call }) else {
-        return 0;
-    };
-    let Some(bio) = ctx.arg::<u64>(0) else {
-        return 1;
-    };
-    let tgid = (id >> 32) as u32;
+pub fn ssl_set_bio(ctx: ProbeContext) -> u32 {
+    finish(try_ssl_set_bio(&ctx))
+}
+
+fn try_ssl_set_bio(ctx: &ProbeContext) -> Outcome {
+    let tgid = current_tgid();
+    if !is_watched(tgid) {
+        return Err(Skip::NotTracked);
+    }
+    let ssl: u64 = ctx.arg(0).ok_or(Skip::Failed)?;
+    let rbio: u64 = ctx.arg(1).ok_or(Skip::Failed)?;
+    if rbio == 0 {
+        return Err(Skip::NotTracked);
+    }
+    stream(tgid, ssl, false)?;
     let key = TlsKey {
         tgid,
         _pad: 0,
-        ptr: bio,
+        ptr: rbio,
     };
-    if let Some(socket) = BIO_SOCKETS.get_ptr(key).map(|s| unsafe { *s }) {
-        // A BIO freed with its connection and allocated again at the same address for the
-        // next one still maps to the old socket until the application feeds it: not bound.
-        let live = FDS
-            .get_ptr(SocketKey {
-                tgid,
-                fd: socket.fd,
-            })
-            .is_some_and(|entry| unsafe { (*entry).conn_id } == socket.conn_id);
-        if !live {
-            let _ = BIO_SOCKETS.remove(key);
-            return 0;
-        }
-        bind(
-            tgid,
-            call.ssl,
-            socket.conn_id,
-            socket.fd,
-            TlsBinding::MemoryBio,
-        );
+    READ_BIOS.insert(key, ssl, 0).map_err(|_| Skip::Failed)
+}
+
+/// A connection older than the probes: the BIO the calling thread just fed is read by this
+/// call's stream, unless the stream is already tied to a socket.
+#[inline(always)]
+fn bind_fed_bio(tgid: u32, ssl: u64) {
+    let id = pid_tgid();
+    let Some(fed) = FED_BIOS.get_ptr(id).map(|f| unsafe { *f }) else {
+        return;
+    };
+    let _ = FED_BIOS.remove(id);
+    let Ok(stream) = stream(tgid, ssl, true) else {
+        return;
+    };
+    if stream.socket_conn_id != 0 {
+        return;
     }
-    0
+    let key = TlsKey {
+        tgid,
+        _pad: 0,
+        ptr: fed.bio,
+    };
+    let _ = READ_BIOS.insert(key, ssl, 0);
+    bind(
+        tgid,
+        ssl,
+        fed.socket.conn_id,
+        fed.socket.fd,
+        TlsBinding::MemoryBio,
+    );
 }
 
 /// `BIO_write` by the application (not inside an `SSL_*` call): feeding ciphertext into a memory
@@ -239,9 +260,15 @@ fn try_bio_write(ctx: &ProbeContext) -> Outcome {
                 _pad: 0,
                 ptr: bio,
             };
-            BIO_SOCKETS
-                .insert(bio_key, socket, 0)
-                .map_err(|_| Skip::Failed)
+            match READ_BIOS.get_ptr(bio_key).map(|ssl| unsafe { *ssl }) {
+                Some(ssl) => {
+                    bind(tgid, ssl, socket.conn_id, socket.fd, TlsBinding::MemoryBio);
+                    Ok(())
+                }
+                None => FED_BIOS
+                    .insert(id, FedBio { bio, socket }, 0)
+                    .map_err(|_| Skip::Failed),
+            }
         }
         None => {
             // Only TLS records count: memory BIOs also carry PEM certificates and the like.

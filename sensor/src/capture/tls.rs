@@ -32,25 +32,22 @@ pub enum TlsFunction {
     SslDoHandshake,
     /// `SSL_free`: the stream ends.
     SslFree,
-    /// `BIO_read`: inside an `SSL_*` call, the stream's read BIO.
-    BioRead,
-    /// `BIO_read_ex`: as `BIO_read`.
-    BioReadEx,
+    /// `SSL_set_bio`: which stream reads a (memory) BIO.
+    SslSetBio,
     /// `BIO_write`: the application feeding ciphertext into a memory BIO.
     BioWrite,
 }
 
 impl TlsFunction {
     /// Every probed function.
-    pub const ALL: [TlsFunction; 9] = [
+    pub const ALL: [TlsFunction; 8] = [
         TlsFunction::SslRead,
         TlsFunction::SslReadEx,
         TlsFunction::SslWrite,
         TlsFunction::SslWriteEx,
         TlsFunction::SslDoHandshake,
         TlsFunction::SslFree,
-        TlsFunction::BioRead,
-        TlsFunction::BioReadEx,
+        TlsFunction::SslSetBio,
         TlsFunction::BioWrite,
     ];
 
@@ -63,8 +60,7 @@ impl TlsFunction {
             TlsFunction::SslWriteEx => "SSL_write_ex",
             TlsFunction::SslDoHandshake => "SSL_do_handshake",
             TlsFunction::SslFree => "SSL_free",
-            TlsFunction::BioRead => "BIO_read",
-            TlsFunction::BioReadEx => "BIO_read_ex",
+            TlsFunction::SslSetBio => "SSL_set_bio",
             TlsFunction::BioWrite => "BIO_write",
         }
     }
@@ -78,7 +74,7 @@ impl TlsFunction {
             TlsFunction::SslWriteEx => "ssl_write_ex",
             TlsFunction::SslDoHandshake => "ssl_do_handshake",
             TlsFunction::SslFree => "ssl_free",
-            TlsFunction::BioRead | TlsFunction::BioReadEx => "bio_read",
+            TlsFunction::SslSetBio => "ssl_set_bio",
             TlsFunction::BioWrite => "bio_write",
         }
     }
@@ -104,7 +100,7 @@ pub const TLS_PROGRAMS: &[(&str, bool)] = &[
     ("ssl_write_ex", false),
     ("ssl_do_handshake", false),
     ("ssl_free", false),
-    ("bio_read", false),
+    ("ssl_set_bio", false),
     ("bio_write", false),
     ("ssl_return", true),
 ];
@@ -340,6 +336,7 @@ mod tests {
             TlsFunction::SslWriteEx,
             TlsFunction::SslDoHandshake,
             TlsFunction::SslFree,
+            TlsFunction::SslSetBio,
         ] {
             assert!(
                 found.iter().any(|(f, off)| *f == function && *off > 0),

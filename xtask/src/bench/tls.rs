@@ -130,7 +130,7 @@ pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
         watched / bare
     );
     println!(
-        "added per round when watched (4 SSL calls with returns, 8 BIO calls): {:.2} us",
+        "added per round when watched (4 SSL calls with returns, 4 BIO_write calls): {:.2} us",
         1e6 / watched - 1e6 / bare
     );
     Ok(())
