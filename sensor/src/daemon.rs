@@ -1066,7 +1066,7 @@ fn publish_metrics(
         ),
         (
             "overload_memory_trims",
-            "times freed memory was handed back to the system near the memory budget",
+            "times freed memory was handed back to the system (near the memory budget, or quiet after a burst)",
             overload.memory_trims,
         ),
     ] {

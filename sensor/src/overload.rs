@@ -283,15 +283,24 @@ pub struct OverloadStats {
     pub exchanges_shed: u64,
     /// Level changes.
     pub level_changes: u64,
-    /// Times memory was handed back to the system near the memory budget.
+    /// Times memory was handed back to the system: near the memory budget while shedding, or
+    /// when the sensor went quiet after a burst.
     pub memory_trims: u64,
 }
+
+/// CPU use (cores) from which the sensor counts as busy.
+const BUSY_CORES: f64 = 0.05;
+/// CPU use (cores) under which a busy sensor counts as quiet again: the buffers a burst of
+/// traffic grew (export batches, parser buffers) are handed back to the system then.
+const QUIET_CORES: f64 = 0.01;
 
 /// The daemon's overload state: the governor, its sampler and its counters.
 #[derive(Debug)]
 pub struct Overload {
     governor: Governor,
     sampler: Sampler,
+    /// Busy since the last trim (see [`QUIET_CORES`]).
+    busy: bool,
     /// Counters.
     pub stats: OverloadStats,
 }
@@ -301,7 +310,8 @@ pub struct Overload {
 pub struct Tick {
     /// The level changed.
     pub change: Option<Change>,
-    /// Memory is near its budget while shedding: freed memory should be handed back.
+    /// Memory is near its budget while shedding, or the sensor went quiet after a burst: freed
+    /// memory should be handed back.
     pub trim: bool,
 }
 
@@ -311,6 +321,7 @@ impl Overload {
         Overload {
             governor: Governor::new(budgets),
             sampler: Sampler::default(),
+            busy: false,
             stats: OverloadStats::default(),
         }
     }
@@ -352,7 +363,14 @@ impl Overload {
                 "overload level changed"
             );
         }
-        let trim = self.level().sheds_bodies() && budgets.near_memory_budget(&reading);
+        let gone_quiet = self.busy && reading.cpu_cores < QUIET_CORES;
+        if reading.cpu_cores >= BUSY_CORES {
+            self.busy = true;
+        } else if gone_quiet {
+            self.busy = false;
+        }
+        let trim =
+            gone_quiet || (self.level().sheds_bodies() && budgets.near_memory_budget(&reading));
         if trim {
             self.stats.memory_trims += 1;
         }
@@ -606,6 +624,29 @@ mod tests {
         assert_eq!(overload.stats.level_changes, 2);
         assert_eq!(overload.stats.memory_trims, 2);
         trim_memory();
+    }
+
+    #[test]
+    fn memory_is_trimmed_once_when_the_sensor_goes_quiet_after_a_burst() {
+        let mut overload = Overload::new(budgets(0.0, 1_000));
+        let trims = |overload: &mut Overload, readings: &[f64]| -> Vec<bool> {
+            readings
+                .iter()
+                .map(|cpu| overload.apply(reading(*cpu, 10)).trim)
+                .collect()
+        };
+        assert_eq!(
+            trims(&mut overload, &[0.0, 0.005, 0.02]),
+            [false; 3],
+            "never busy"
+        );
+        assert_eq!(
+            trims(&mut overload, &[0.3, 0.04, 0.02, 0.005, 0.0, 0.0]),
+            [false, false, false, true, false, false],
+            "once, at the first quiet reading after the burst"
+        );
+        assert_eq!(trims(&mut overload, &[0.1, 0.0]), [false, true]);
+        assert_eq!(overload.stats.memory_trims, 2);
     }
 
     #[test]
