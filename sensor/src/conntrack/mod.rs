@@ -160,7 +160,9 @@ impl Conn {
 
 /// The table of live connections.
 pub struct Tracker {
-    conns: HashMap<u64, Conn>,
+    /// Boxed: a parser's state is over a kilobyte, and a table sized for a burst of
+    /// connections would otherwise keep that much per slot after they close.
+    conns: HashMap<u64, Box<Conn>>,
     /// Client connections of watched processes, by (client end, server end), with the time
     /// they were last seen: lets a server exchange know that its client is watched too.
     clients: HashMap<(SocketAddr, SocketAddr), u64>,
@@ -261,18 +263,20 @@ impl Tracker {
         self.note_client(&meta, now_ns);
         let conn_id = meta.conn_id;
         let shed_bodies = self.shed_bodies;
-        self.conns.entry(conn_id).or_insert_with(|| Conn {
-            meta: Arc::new(meta),
-            parser: {
-                let mut parser = HttpConnection::new(self.http.clone());
-                parser.set_shed_bodies(shed_bodies);
-                parser
-            },
-            next: [0, 0],
-            started: [false, false],
-            last_seen_ns: now_ns,
-            control: ConnControl::default(),
-            exchanges: 0,
+        self.conns.entry(conn_id).or_insert_with(|| {
+            Box::new(Conn {
+                meta: Arc::new(meta),
+                parser: {
+                    let mut parser = HttpConnection::new(self.http.clone());
+                    parser.set_shed_bodies(shed_bodies);
+                    parser
+                },
+                next: [0, 0],
+                started: [false, false],
+                last_seen_ns: now_ns,
+                control: ConnControl::default(),
+                exchanges: 0,
+            })
         })
     }
 
@@ -613,7 +617,7 @@ impl Tracker {
         }
     }
 
-    fn finish(&mut self, mut conn: Conn, time_ns: u64, out: &mut Vec<Completed>) {
+    fn finish(&mut self, mut conn: Box<Conn>, time_ns: u64, out: &mut Vec<Completed>) {
         self.stats.closed += 1;
         self.tls_streams.remove(&conn.meta.conn_id);
         conn.parser.on_close(time_ns);
