@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 
+import line_protocol
+
 
 def read_head(sock, buf):
     """Reads until the end of a head; returns (head, rest) or None at EOF."""
@@ -207,20 +209,7 @@ def until_eof(cmd):
 
 
 def client():
-    print("READY", flush=True)
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        cmd = json.loads(line)
-        op = cmd["op"]
-        if op == "load":
-            result = load(cmd)
-        elif op == "until_eof":
-            result = until_eof(cmd)
-        else:
-            raise SystemExit(f"unknown op {op}")
-        print("RESULT " + json.dumps(result), flush=True)
+    line_protocol.serve({"load": load, "until_eof": until_eof})
 
 
 if __name__ == "__main__":

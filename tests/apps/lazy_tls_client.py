@@ -5,19 +5,15 @@ connection, printing one
 "RESULT <json>" per request (status, headers, body, request_headers, local_port). Trusts
 SSL_CERT_FILE. "DONE" at end of input.
 """
-import json
 import sys
 from urllib.parse import urlsplit
+
+import line_protocol
 
 
 def main():
     assert "ssl" not in sys.modules, "ssl was imported before it was asked for"
-    print("READY", flush=True)
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        cmd = json.loads(line)
+    for cmd in line_protocol.commands():
         import http.client
         import ssl
 
@@ -29,16 +25,15 @@ def main():
             conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
-            print("RESULT " + json.dumps({
+            line_protocol.result({
                 "status": resp.status,
                 "headers": {k.lower(): v for k, v in resp.getheaders()},
                 "body": body.decode("utf-8", "replace"),
                 "request_headers": dict(headers, **{"accept-encoding": "identity"}),
                 "request_body": None,
                 "local_port": conn.sock.getsockname()[1],
-            }), flush=True)
+            })
         conn.close()
-    print("DONE", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ for the whole run. Prints "READY" first and "DONE" at end of input.
     GET <base>/id/<id>?id=<id> with header X-Request-Id: <id>; prints "RESULT" with every id,
     status, body and the connection's local port.
 """
-import json
-import sys
 import threading
 
 import requests
+
+import line_protocol
 
 
 def pad_document(size):
@@ -99,25 +99,15 @@ def threads(cmd):
 
 def main():
     session = requests.Session()
-    print("READY", flush=True)
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        cmd = json.loads(line)
-        op = cmd.get("op", "request")
-        if op == "request":
-            result = one(session, cmd)
-        elif op == "parallel":
-            result = parallel(cmd)
-        elif op == "burst":
-            result = burst(session, cmd)
-        elif op == "threads":
-            result = threads(cmd)
-        else:
-            raise SystemExit(f"unknown op {op}")
-        print("RESULT " + json.dumps(result), flush=True)
-    print("DONE", flush=True)
+    line_protocol.serve(
+        {
+            "request": lambda cmd: one(session, cmd),
+            "parallel": parallel,
+            "burst": lambda cmd: burst(session, cmd),
+            "threads": threads,
+        },
+        default_op="request",
+    )
 
 
 if __name__ == "__main__":

@@ -3,36 +3,29 @@
 For each, prints "RESULT <json>" with status, body, response headers and the connection's
 local port; prints "DONE" at end of input. Prints "READY" first.
 """
-import json
-import sys
 import urllib.request
 
+import line_protocol
 
-def main():
-    print("READY", flush=True)
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        cmd = json.loads(line)
-        data = cmd.get("body")
-        req = urllib.request.Request(
-            cmd["url"],
-            data=data.encode() if data is not None else None,
-            method=cmd.get("method", "GET"),
-            headers=cmd.get("headers", {}),
-        )
-        with urllib.request.urlopen(req) as resp:
-            local_port = resp.fp.raw._sock.getsockname()[1]
-            body = resp.read()
-            print("RESULT " + json.dumps({
-                "status": resp.status,
-                "body": body.decode("utf-8", "replace"),
-                "headers": dict(resp.headers.items()),
-                "local_port": local_port,
-            }), flush=True)
-    print("DONE", flush=True)
+
+def request(cmd):
+    data = cmd.get("body")
+    req = urllib.request.Request(
+        cmd["url"],
+        data=data.encode() if data is not None else None,
+        method=cmd.get("method", "GET"),
+        headers=cmd.get("headers", {}),
+    )
+    with urllib.request.urlopen(req) as resp:
+        local_port = resp.fp.raw._sock.getsockname()[1]
+        body = resp.read()
+        return {
+            "status": resp.status,
+            "body": body.decode("utf-8", "replace"),
+            "headers": dict(resp.headers.items()),
+            "local_port": local_port,
+        }
 
 
 if __name__ == "__main__":
-    main()
+    line_protocol.serve({"request": request}, default_op="request")
