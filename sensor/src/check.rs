@@ -387,12 +387,22 @@ fn process_access_item() -> Item {
     )
 }
 
-fn load_item() -> Item {
-    match Capture::load(&CaptureOptions::default()) {
+fn load_item(ring_bytes: u32) -> Item {
+    match Capture::load(&CaptureOptions {
+        discover: false,
+        ring_bytes,
+    }) {
         Ok(_) => Item::new(
             "load and attach",
             true,
-            "all programs verified and attached (ring buffer, maps, tracepoints)",
+            format!(
+                "all programs verified and attached (a {} KiB ring buffer, maps, tracepoints)",
+                if ring_bytes == 0 {
+                    sensor_common::maps::EVENTS_BYTES
+                } else {
+                    ring_bytes
+                } / 1024
+            ),
         ),
         Err(error) => {
             let names: Vec<String> = needed_capabilities().into_iter().map(|n| n.name).collect();
@@ -453,8 +463,9 @@ pub fn openssl_items(proc_root: &Path, pids: &[u32]) -> Vec<Item> {
         .collect()
 }
 
-/// Runs every check.
-pub fn run_checks() -> Vec<Item> {
+/// Runs every check; the capture is loaded with a ring buffer of `ring_bytes` (0: the
+/// compiled-in size), as `run` would.
+pub fn run_checks(ring_bytes: u32) -> Vec<Item> {
     let tracefs = layout::tracefs_root();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     vec![
@@ -467,7 +478,7 @@ pub fn run_checks() -> Vec<Item> {
         capabilities_item(&status, &needed_capabilities()),
         ring_buffer_item(),
         process_access_item(),
-        load_item(),
+        load_item(ring_bytes),
     ]
 }
 

@@ -100,8 +100,9 @@ pub struct TraceArgs {
     /// How many bytes of each chunk `--payload` prints (escaped).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub payload_bytes: usize,
-    /// Configuration file whose redaction rules apply to `--payload`; also HT_CONFIG_FILE
-    /// and the HT_* variables, as for `run`.
+    /// Configuration file whose redaction rules apply to `--payload` (and whose
+    /// `sensor.ring_buffer_bytes` sizes the capture); also HT_CONFIG_FILE and the HT_*
+    /// variables, as for `run`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -112,4 +113,8 @@ pub struct CheckArgs {
     /// Also check these processes (e.g. whether their OpenSSL was found).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+    /// Configuration file (also HT_CONFIG_FILE and the HT_* variables, as for `run`): the
+    /// capture is loaded with its `sensor.ring_buffer_bytes`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }

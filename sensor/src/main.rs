@@ -31,13 +31,9 @@ fn main() -> Result<()> {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Attach(args) => runtime.block_on(run(args.into())),
         Command::Trace(args) => {
+            let config = load_config(args.config.clone())?;
             // Payloads are shown redacted by the same configuration `run` would use.
             let rules = if args.payload {
-                let overrides = Overrides {
-                    config_file: args.config.clone(),
-                    ..Overrides::default()
-                };
-                let config = config::load_from_process_env(&overrides)?.config;
                 Some(StreamRules::from_config(&config).map_err(anyhow::Error::msg)?)
             } else {
                 None
@@ -46,10 +42,12 @@ fn main() -> Result<()> {
                 &args.pids,
                 args.payload.then_some(args.payload_bytes),
                 rules,
+                ring_bytes(&config),
             ))
         }
         Command::Check(args) => {
-            let mut items = runtime.block_on(async { check::run_checks() });
+            let ring = ring_bytes(&load_config(args.config.clone())?);
+            let mut items = runtime.block_on(async { check::run_checks(ring) });
             items.extend(check::openssl_items(
                 std::path::Path::new("/proc"),
                 &args.pids,
@@ -123,7 +121,21 @@ async fn run(args: RunArgs) -> Result<()> {
         config_overrides: overrides,
         export_queue: sensor.export_queue_size.max(1024),
         metrics_addr: sensor.metrics_addr,
-        ring_buffer_bytes: u32::try_from(sensor.ring_buffer_bytes).unwrap_or(u32::MAX),
+        ring_buffer_bytes: ring_bytes(&config),
     })
     .await
+}
+
+/// The configuration `run` would use (file, HT_CONFIG_FILE, HT_* and OTEL_* variables).
+fn load_config(config_file: Option<std::path::PathBuf>) -> Result<config::Config> {
+    let overrides = Overrides {
+        config_file,
+        ..Overrides::default()
+    };
+    Ok(config::load_from_process_env(&overrides)?.config)
+}
+
+/// The configured ring-buffer size, as the capture takes it.
+fn ring_bytes(config: &config::Config) -> u32 {
+    u32::try_from(config.sensor.ring_buffer_bytes).unwrap_or(u32::MAX)
 }

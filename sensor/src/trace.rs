@@ -210,8 +210,16 @@ impl ConnView {
 
 /// Prints every chunk of the given processes (and their children) until interrupted; with
 /// `payload`, the first bytes of each chunk, redacted by `rules` unless they are empty.
-pub async fn run(pids: &[u32], payload: Option<usize>, rules: Option<StreamRules>) -> Result<()> {
-    let mut capture = Capture::load(&CaptureOptions::default())?;
+pub async fn run(
+    pids: &[u32],
+    payload: Option<usize>,
+    rules: Option<StreamRules>,
+    ring_bytes: u32,
+) -> Result<()> {
+    let mut capture = Capture::load(&CaptureOptions {
+        discover: false,
+        ring_bytes,
+    })?;
     let clock = Clock::now()?;
     let mut conns: HashMap<u64, ConnView> = HashMap::new();
     let mut symbols = tls::SymbolCache::default();

@@ -311,6 +311,40 @@ fn check_passes_with_the_documented_capabilities() {
 }
 
 /// With any one documented capability left out, `sensor check` exits non-zero and names it.
+/// `sensor check` loads the capture as `run` would: with the configured ring buffer, and not at
+/// all with a configuration `run` would refuse.
+#[test]
+fn check_loads_the_configured_ring_buffer() {
+    require_root();
+    let check = |value: &str| {
+        Command::new(sensor_bin())
+            .arg("check")
+            .env("RUST_LOG", "warn")
+            .env("HT_SENSOR_RING_BUFFER_BYTES", value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sensor check")
+    };
+    let output = check("262144");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = check_line(&stdout, "load and attach");
+    assert!(
+        line.contains(" ok ") && line.contains("a 256 KiB ring buffer"),
+        "{line}"
+    );
+    let output = check("1000");
+    assert!(
+        !output.status.success(),
+        "a ring of 1000 bytes was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sensor.ring_buffer_bytes")
+            && stderr.contains("HT_SENSOR_RING_BUFFER_BYTES"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_fails_naming_a_missing_capability() {
     require_root();
