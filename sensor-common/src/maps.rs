@@ -9,9 +9,14 @@ pub const EVENTS: &str = "EVENTS";
 /// records instead of one each, which is most of the reader's cost at moderate rates.
 pub const RING_WAKEUP_BYTES: u64 = 32 * 1024;
 
-/// How often, in milliseconds, the reader drains [`EVENTS`] without a wakeup: the longest a
-/// payload record waits.
+/// How often, in milliseconds, the reader drains [`EVENTS`] without a wakeup while records keep
+/// coming: the longest a payload record waits under traffic.
 pub const RING_POLL_MS: u64 = 10;
+
+/// The reader's longest interval between drains, in milliseconds: while drains find nothing the
+/// interval doubles from [`RING_POLL_MS`] up to this, so an idle sensor wakes ten times a
+/// second, not a hundred; the first payload record after a quiet spell waits at most this long.
+pub const RING_POLL_IDLE_MS: u64 = 100;
 /// `HashMap<u32 tgid, u32 WatchState>`: the processes whose sockets are captured.
 pub const WATCHED_PROCESSES: &str = "WATCHED_PROCESSES";
 /// `HashMap<SocketKey, FdEntry>`: the socket file descriptors of watched processes.

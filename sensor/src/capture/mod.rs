@@ -32,9 +32,23 @@ pub use events::{CaptureEvent, DecodeError};
 /// The compiled kernel programs, built by build.rs from `sensor-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
 
-/// The longest a payload record written without a wakeup waits before it is read.
+/// The longest a payload record written without a wakeup waits before it is read, under traffic.
 const RING_POLL: std::time::Duration =
     std::time::Duration::from_millis(sensor_common::maps::RING_POLL_MS);
+
+/// The longest it waits after a quiet spell (the poll interval backs off to this).
+const RING_POLL_IDLE: std::time::Duration =
+    std::time::Duration::from_millis(sensor_common::maps::RING_POLL_IDLE_MS);
+
+/// The poll interval after a drain that read `read` records: back to [`RING_POLL`] when there
+/// were some, else twice the last, up to [`RING_POLL_IDLE`].
+fn next_poll(last: std::time::Duration, read: usize) -> std::time::Duration {
+    if read > 0 {
+        RING_POLL
+    } else {
+        (last * 2).min(RING_POLL_IDLE)
+    }
+}
 
 /// Every program with the tracepoint it attaches to.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -131,6 +145,9 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     /// Size of the ring buffer in bytes.
     ring_bytes: u32,
+    /// How long the next wait for records lasts at most: [`RING_POLL`] under traffic, backing
+    /// off to [`RING_POLL_IDLE`] while drains find nothing.
+    poll: std::time::Duration,
     /// Whether the OpenSSL probes loaded (uprobes work here).
     tls_loaded: bool,
     /// OpenSSL probes attached, by process.
@@ -237,18 +254,21 @@ impl Capture {
             tls_probes: StdHashMap::new(),
             detacher: spawn_detacher(),
             decode_errors: 0,
+            poll: RING_POLL,
             tls_attach_errors: 0,
         })
     }
 
-    /// Waits until records are available (a wakeup), or at most [`RING_POLL`] (payload records
-    /// are written without one while few bytes wait), then hands each decoded record to
-    /// `handle`. Returns after draining what was there, so the caller can interleave timers.
+    /// Waits until records are available (a wakeup), or at most the poll interval (payload
+    /// records are written without a wakeup while few bytes wait), then hands each decoded
+    /// record to `handle`. Returns after draining what was there, so the caller can interleave
+    /// timers.
     pub async fn next_batch(&mut self, handle: impl FnMut(&mut Self, CaptureEvent)) -> Result<()> {
-        if let Ok(guard) = tokio::time::timeout(RING_POLL, self.ring.readable_mut()).await {
+        if let Ok(guard) = tokio::time::timeout(self.poll, self.ring.readable_mut()).await {
             guard?.clear_ready();
         }
-        self.read_available(handle);
+        let read = self.read_available(handle);
+        self.poll = next_poll(self.poll, read);
         Ok(())
     }
 
@@ -515,4 +535,21 @@ fn clock_ns(clock: libc::clockid_t) -> Result<u64> {
         bail!("clock_gettime failed");
     }
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_backs_off_while_idle_and_snaps_back_under_traffic() {
+        let mut poll = RING_POLL;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            poll = next_poll(poll, 0);
+            seen.push(poll.as_millis());
+        }
+        assert_eq!(seen, [20, 40, 80, 100, 100, 100]);
+        assert_eq!(next_poll(poll, 3), RING_POLL);
+    }
 }
