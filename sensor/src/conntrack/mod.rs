@@ -575,17 +575,21 @@ impl Tracker {
                 "HTTP heads larger than the header size limit dropped (counted in http_oversized_heads)"
             );
         }
-        let live: std::collections::HashSet<(SocketAddr, SocketAddr)> = self
-            .conns
-            .values()
-            .filter_map(|c| Some((c.meta.local?, c.meta.remote?)))
-            .collect();
-        self.clients.retain(|tuple, seen| {
-            live.contains(tuple) || now_ns.saturating_sub(*seen) < CLIENT_MEMORY_NS
-        });
-        for (tuple, seen) in self.clients.iter_mut() {
-            if live.contains(tuple) {
-                *seen = now_ns;
+        if !self.clients.is_empty() {
+            // Only client connections are remembered: a server-only process costs nothing here.
+            let live: std::collections::HashSet<(SocketAddr, SocketAddr)> = self
+                .conns
+                .values()
+                .filter(|c| c.meta.role == Role::Client)
+                .filter_map(|c| Some((c.meta.local?, c.meta.remote?)))
+                .collect();
+            self.clients.retain(|tuple, seen| {
+                live.contains(tuple) || now_ns.saturating_sub(*seen) < CLIENT_MEMORY_NS
+            });
+            for (tuple, seen) in self.clients.iter_mut() {
+                if live.contains(tuple) {
+                    *seen = now_ns;
+                }
             }
         }
         let idle: Vec<u64> = self
