@@ -177,7 +177,16 @@ pub struct Tracker {
     finished_http: HttpStats,
     /// Warnings about heads over `max_header_bytes`.
     oversized_log: RateLimit,
+    /// When [`Tracker::tick`] last swept the table for timeouts.
+    last_sweep_ns: u64,
 }
+
+/// Shortest time between two sweeps of the table for timeouts. Sweeps are a sixteenth of the
+/// shorter timeout apart, within [`SWEEP_MIN_NS`] and [`SWEEP_MAX_NS`]: a sweep visits every
+/// connection, which for 10,000 idle ones is most of an idle sensor's work.
+const SWEEP_MIN_NS: u64 = 500_000_000;
+/// Longest time between two sweeps (see [`SWEEP_MIN_NS`]).
+const SWEEP_MAX_NS: u64 = 5_000_000_000;
 
 impl Tracker {
     /// An empty table.
@@ -192,7 +201,18 @@ impl Tracker {
             shed_bodies: false,
             finished_http: HttpStats::default(),
             oversized_log: RateLimit::new(OVERSIZED_HEAD_LOG_INTERVAL),
+            last_sweep_ns: 0,
         }
+    }
+
+    /// How long apart the timeout sweeps are (see [`SWEEP_MIN_NS`]).
+    fn sweep_interval_ns(&self) -> u64 {
+        (self
+            .settings
+            .idle_timeout_ns
+            .min(self.settings.response_timeout_ns)
+            / 16)
+            .clamp(SWEEP_MIN_NS, SWEEP_MAX_NS)
     }
 
     /// HTTP reassembly counters totalled over every connection, finished and live.
@@ -565,7 +585,8 @@ impl Tracker {
             .unfinished_request_headers()
     }
 
-    /// Periodic work: response timeouts and idle connections.
+    /// Periodic work, called often: response timeouts and idle connections, swept at most
+    /// every sixteenth of the shorter timeout (see [`SWEEP_MIN_NS`]).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
         const CLIENT_MEMORY_NS: u64 = 60_000_000_000;
         if let Some(count) = self.oversized_log.hit(now_ns, 0) {
@@ -575,6 +596,10 @@ impl Tracker {
                 "HTTP heads larger than the header size limit dropped (counted in http_oversized_heads)"
             );
         }
+        if now_ns.saturating_sub(self.last_sweep_ns) < self.sweep_interval_ns() {
+            return;
+        }
+        self.last_sweep_ns = now_ns;
         if !self.clients.is_empty() {
             // Only client connections are remembered: a server-only process costs nothing here.
             let live: std::collections::HashSet<(SocketAddr, SocketAddr)> = self

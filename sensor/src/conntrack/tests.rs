@@ -309,3 +309,31 @@ fn http_counters_are_totalled_over_live_and_finished_connections() {
     );
     assert_eq!(totals.unanswered_requests, 1);
 }
+
+#[test]
+fn timeouts_are_swept_a_sixteenth_of_the_timeout_apart() {
+    let mut t = Tracker::new(
+        Arc::new(HttpSettings::default()),
+        TrackerSettings {
+            response_timeout_ns: 16_000_000_000,
+            ..TrackerSettings::default()
+        },
+    );
+    let mut out = Vec::new();
+    t.open(&open(SOCKET, Role::Server), &mut out);
+    t.data(&chunk(SOCKET, Direction::Ingress, 0, REQUEST), &mut out);
+    t.tick(15_500_000_000, &mut out);
+    assert!(out.is_empty(), "not timed out yet");
+    t.tick(16_200_000_000, &mut out);
+    assert!(
+        out.is_empty(),
+        "timed out, but the last sweep was 0.7 s ago (interval 1 s)"
+    );
+    t.tick(16_600_000_000, &mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "the next sweep emits the request without its response"
+    );
+    assert!(out[0].exchange.response.is_none());
+}
