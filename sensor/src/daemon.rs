@@ -359,18 +359,8 @@ impl Pipeline {
                     if open.remote.is_some_and(|remote| self.own.contains(remote)) {
                         // The peer is this sensor (its OTLP export reaching a watched
                         // receiver): never capture our own traffic.
-                        capture.set_control(
-                            open.conn_id,
-                            sensor_common::maps::ConnControl {
-                                stop: 1,
-                                ..Default::default()
-                            },
-                        );
                         self.stats.own_traffic += 1;
-                        if self.ignored_conns.len() >= 65_536 {
-                            self.ignored_conns.clear();
-                        }
-                        self.ignored_conns.insert(open.conn_id);
+                        self.ignore_conn(capture, open.conn_id);
                         return;
                     }
                     let lacking =
@@ -404,14 +394,7 @@ impl Pipeline {
                 }
                 if self.ignored_conns.contains(&bind.socket_conn_id) {
                     // TLS inside the sensor's own export connection: not captured either.
-                    capture.set_control(
-                        bind.stream_id,
-                        sensor_common::maps::ConnControl {
-                            stop: 1,
-                            ..Default::default()
-                        },
-                    );
-                    self.ignored_conns.insert(bind.stream_id);
+                    self.ignore_conn(capture, bind.stream_id);
                     self.tracker
                         .forget(bind.stream_id, bind.time_ns, &mut Vec::new());
                     return;
@@ -673,17 +656,26 @@ impl Pipeline {
             .progress(conn_id)
             .is_some_and(|(meta, _)| meta.remote.is_some_and(|remote| self.own.contains(remote)));
         if own {
-            capture.set_control(
-                conn_id,
-                sensor_common::maps::ConnControl {
-                    stop: 1,
-                    ..Default::default()
-                },
-            );
             self.stats.own_traffic += 1;
-            self.ignored_conns.insert(conn_id);
+            self.ignore_conn(capture, conn_id);
             self.tracker.forget(conn_id, time_ns, &mut Vec::new());
         }
+    }
+
+    /// Stops capture of a connection (or TLS stream) in the kernel and drops its records
+    /// already in flight; the set of ignored ids stays bounded.
+    fn ignore_conn(&mut self, capture: &mut Capture, conn_id: u64) {
+        capture.set_control(
+            conn_id,
+            sensor_common::maps::ConnControl {
+                stop: 1,
+                ..Default::default()
+            },
+        );
+        if self.ignored_conns.len() >= 65_536 {
+            self.ignored_conns.clear();
+        }
+        self.ignored_conns.insert(conn_id);
     }
 
     fn flush_completed(&mut self) {
