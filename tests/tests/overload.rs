@@ -356,7 +356,9 @@ fn unlimited_budgets_shed_nothing() {
 }
 
 /// The memory budget: a resident size over it (any, for a budget of 1 byte) sheds bodies, and
-/// memory is handed back to the system while shedding near the budget.
+/// memory is handed back to the system while shedding near the budget. A budget of 1 byte
+/// stays exceeded, so the level goes on to shed exchanges four readings later; the metrics,
+/// published once a second, may show either level.
 #[test]
 fn over_the_memory_budget_bodies_are_shed() {
     let dir = scratch_dir("overload-memory");
@@ -369,7 +371,7 @@ fn over_the_memory_budget_bodies_are_shed() {
     let setup = start("overload-memory", &config);
     assert!(
         wait_until(Duration::from_secs(5), || {
-            gauge(&setup.metrics, "overload_level") == Some(1)
+            gauge(&setup.metrics, "overload_level").is_some_and(|level| level >= 1)
                 && metric(&setup.metrics, "overload_memory_trims").is_some_and(|n| n > 0)
         }),
         "level {:?}, trims {:?}",
