@@ -197,7 +197,11 @@ fn main() -> Result<()> {
         Task::Test { fuzz_seconds } => test(fuzz_seconds),
         Task::Bench { which } => {
             let env = setup::setup()?;
-            let binary = build(&[])?;
+            // A binary built elsewhere (an older commit, to compare) instead of this tree's.
+            let binary = match std::env::var_os("PYSENSOR_BENCH_SENSOR") {
+                Some(path) => PathBuf::from(path),
+                None => build(&[])?,
+            };
             bench::bench(which, &binary, &env)
         }
     }

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -49,21 +49,15 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest wait a `Retry-After` answer is honoured with.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// An encoded export request, ready to be sent (again).
-pub(super) enum Payload {
-    /// For gRPC: tonic encodes the message itself.
-    Grpc(ExportTraceServiceRequest),
-    /// For HTTP: the request body.
-    Http(Bytes),
-}
+/// An export request encoded once, ready to be sent (again): the protobuf message for gRPC
+/// and HTTP/protobuf, the JSON document for HTTP/JSON. A retry sends the same bytes, so the
+/// spans (bodies included) are neither copied nor encoded again.
+pub(super) struct Payload(Bytes);
 
 impl Payload {
     /// Encoded size in bytes.
     pub(super) fn len(&self) -> usize {
-        match self {
-            Payload::Grpc(request) => request.encoded_len(),
-            Payload::Http(body) => body.len(),
-        }
+        self.0.len()
     }
 }
 
@@ -136,23 +130,17 @@ impl Transport {
 
     /// Encodes a request for this transport.
     pub(super) fn encode(&self, request: ExportTraceServiceRequest) -> Payload {
-        match self {
-            Transport::Grpc(_) => Payload::Grpc(request),
-            Transport::Http(http) if http.json => {
-                Payload::Http(Bytes::from(json::encode_request(&request)))
-            }
-            Transport::Http(_) => Payload::Http(Bytes::from(request.encode_to_vec())),
-        }
+        Payload(Bytes::from(match self {
+            Transport::Http(http) if http.json => json::encode_request(&request),
+            Transport::Grpc(_) | Transport::Http(_) => request.encode_to_vec(),
+        }))
     }
 
     /// Sends one request and classifies the answer.
     pub(super) async fn send(&mut self, payload: &Payload) -> Outcome {
-        match (self, payload) {
-            (Transport::Grpc(grpc), Payload::Grpc(request)) => grpc.send(request).await,
-            (Transport::Http(http), Payload::Http(body)) => http.send(body).await,
-            _ => Outcome::Fail {
-                reason: "payload encoded for another transport".to_owned(),
-            },
+        match self {
+            Transport::Grpc(grpc) => grpc.send(payload.0.clone()).await,
+            Transport::Http(http) => http.send(&payload.0).await,
         }
     }
 }
@@ -182,9 +170,12 @@ fn user_agent() -> String {
     format!("{}/{SDK_VERSION}", super::convert::SDK_NAME)
 }
 
+/// The OTLP trace export method.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 /// OTLP/gRPC through tonic, on connections made by [`LoggingConnector`].
 pub(super) struct Grpc {
-    client: TraceServiceClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
     metadata: MetadataMap,
 }
 
@@ -219,15 +210,24 @@ impl Grpc {
             metadata.insert(key, value);
         }
         Ok(Grpc {
-            client: TraceServiceClient::new(channel),
+            client: tonic::client::Grpc::new(channel),
             metadata,
         })
     }
 
-    async fn send(&mut self, request: &ExportTraceServiceRequest) -> Outcome {
-        let mut request = tonic::Request::new(request.clone());
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    async fn send(&mut self, message: Bytes) -> Outcome {
+        let mut request = tonic::Request::new(message);
         *request.metadata_mut() = self.metadata.clone();
-        match self.client.export(request).await {
+        let answer = match self.client.ready().await {
+            // A status made from the error keeps it as its source: a local, retryable failure.
+            Err(error) => Err(tonic::Status::from_error(error.into())),
+            Ok(()) => {
+                let path = http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH);
+                self.client.unary(request, path, EncodedCodec).await
+            }
+        };
+        match answer {
             Ok(response) => accepted(response.into_inner()),
             Err(status) => {
                 let reason = format!("gRPC {:?}: {}", status.code(), status.message());
@@ -254,6 +254,55 @@ impl Grpc {
                 }
             }
         }
+    }
+}
+
+/// The gRPC codec of OTLP export: the request goes out as already encoded, the response is
+/// decoded with prost.
+#[derive(Clone, Copy, Debug, Default)]
+struct EncodedCodec;
+
+impl tonic::codec::Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec
+    }
+}
+
+impl tonic::codec::Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        message: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put(message);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for EncodedCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|error| tonic::Status::internal(format!("decoding the response: {error}")))
     }
 }
 
