@@ -1,7 +1,8 @@
 //! The sensor's memory: its resident set at rest (watching an idle app), with 10,000 idle
 //! keep-alive connections held open to the app (`tests/apps/idle_connections.py`, each after one
 //! exchange, so the sensor has seen every connection), right after a small-GET load and once
-//! quiet again; and how much of it is the ring buffer (kernel memory mapped into the sensor).
+//! quiet again; how much of it is the ring buffer (kernel memory mapped into the sensor); and the
+//! sensor's CPU while the connections are held idle.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -13,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use sensor_e2e::otlp::Receiver;
 
 use super::{
-    apps::{App, Bench, Config, Framework, Sensor, settled_server_spans},
+    apps::{App, Bench, Config, Framework, Sensor, cpu_seconds, settled_server_spans},
     hey, pinning,
 };
 use crate::workspace_root;
@@ -135,7 +136,9 @@ pub fn bench(bench: &Bench) -> Result<()> {
     let opening = started.elapsed();
     settled_server_spans(&receiver);
     let connections_busy = rss_kib(sensor.pid())?;
+    let cpu_before = cpu_seconds(sensor.pid())?;
     std::thread::sleep(QUIET);
+    let held_idle_cores = (cpu_seconds(sensor.pid())? - cpu_before) / QUIET.as_secs_f64();
     let with_connections = rss_kib(sensor.pid())?;
     drop(client.stdin.take());
     let _ = client.kill();
@@ -196,6 +199,9 @@ pub fn bench(bench: &Bench) -> Result<()> {
         mb(quiet)
     );
     println!("{:<52} {:>9.1}", "peak (VmHWM)", mb(peak));
+    println!(
+        "the sensor's CPU while the connections were held idle: {held_idle_cores:.4} cores (user+system, /proc/PID/stat)"
+    );
     if let Some(ring) = ring {
         println!(
             "{:<52} {:>9.1}",
