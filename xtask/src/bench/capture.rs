@@ -1,6 +1,7 @@
 //! The capture path under a loopback load: the same closed-loop load against an asyncio server,
 //! without the sensor and with it, interleaved and repeated (medians reported): requests/s of
-//! each, their ratio, exchanges exported vs requests sent, ring-buffer events/s and MB/s, and the
+//! each, their ratio, exchanges exported vs requests sent and where the rest went (ring buffer full,
+//! shed by the overload policy, export queue full), ring-buffer events/s and MB/s, and the
 //! BPF run time per program run (kernel.bpf_stats_enabled).
 
 use std::{
@@ -74,6 +75,10 @@ struct WithSensor {
     exported: u64,
     sent: u64,
     ring_full: u64,
+    /// Exchanges the overload policy dropped (the sensor over its CPU or memory budget).
+    shed: u64,
+    /// Exchanges dropped because the export queue was full (the output could not keep up).
+    queue_full: u64,
     events_per_sec: f64,
     mb_per_sec: f64,
     ns_per_run: f64,
@@ -137,6 +142,8 @@ fn with_sensor(
         exported,
         sent: result.requests,
         ring_full: delta("kernel_ringbuf_full"),
+        shed: delta("overload_exchanges_shed"),
+        queue_full: delta("export_dropped_queue_full"),
         events_per_sec: delta("kernel_data_events") as f64 / elapsed,
         mb_per_sec: delta("kernel_copied_bytes") as f64 / elapsed / 1e6,
         ns_per_run: if runs > 0 {
@@ -155,7 +162,7 @@ pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
         "== capture path: asyncio keep-alive server, {CONNECTIONS} client connections, {seconds} s per run, {rounds} interleaved rounds, medians"
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>7} {:>9} {:>9} {:>10} {:>11} {:>8} {:>11}",
+        "{:<16} {:>10} {:>10} {:>7} {:>9} {:>9} {:>10} {:>9} {:>10} {:>11} {:>8} {:>11}",
         "workload",
         "bare rps",
         "sensor rps",
@@ -163,6 +170,8 @@ pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
         "sent",
         "exported",
         "ring full",
+        "shed",
+        "queue full",
         "events/s",
         "MB/s",
         "ns/bpf run"
@@ -172,7 +181,8 @@ pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
         let port = line_with(&mut server_out, "READY")?;
         let (mut bare, mut sensed, mut events, mut mbs, mut ns) =
             (vec![], vec![], vec![], vec![], vec![]);
-        let (mut sent, mut exported, mut ring_full) = (0u64, 0u64, 0u64);
+        let (mut sent, mut exported, mut ring_full, mut shed, mut queue_full) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
         for _ in 0..rounds {
             let (plain, _) = load(python, &port, body, seconds)?;
             if plain.errors > 0 {
@@ -190,12 +200,14 @@ pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
             sent += measured.sent;
             exported += measured.exported;
             ring_full += measured.ring_full;
+            shed += measured.shed;
+            queue_full += measured.queue_full;
         }
         let _ = server.kill();
         let _ = server.wait();
         let (bare, sensed) = (median(bare), median(sensed));
         println!(
-            "{:<16} {:>10.0} {:>10.0} {:>7.3} {:>9} {:>9} {:>10} {:>11.0} {:>8.1} {:>11.0}",
+            "{:<16} {:>10.0} {:>10.0} {:>7.3} {:>9} {:>9} {:>10} {:>9} {:>10} {:>11.0} {:>8.1} {:>11.0}",
             name,
             bare,
             sensed,
@@ -203,6 +215,8 @@ pub fn bench(binary: &Path, python: &Path, settings: Settings) -> Result<()> {
             sent,
             exported,
             ring_full,
+            shed,
+            queue_full,
             median(events),
             median(mbs),
             median(ns)

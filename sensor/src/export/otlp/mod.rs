@@ -55,8 +55,8 @@ use crate::{
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between two attempts (unless the collector asks for more with Retry-After).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest time one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`OtlpSettings::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a retrying exporter looks whether it is being shut down.
 const CLOSE_POLL: Duration = Duration::from_millis(50);
 /// Default of [`OtlpSettings::shutdown_timeout`].
@@ -82,6 +82,9 @@ pub struct OtlpSettings {
     pub batch_timeout: Duration,
     /// How long [`Exporter::shutdown`] keeps trying to deliver what is queued.
     pub shutdown_timeout: Duration,
+    /// Longest time one request may take; a request that takes longer is abandoned and
+    /// sent again (a collector that accepts connections but stops answering).
+    pub request_timeout: Duration,
     /// Resource attributes added to every process's resource (the record's own win).
     pub extra_resource: BTreeMap<String, String>,
 }
@@ -101,6 +104,7 @@ impl OtlpSettings {
             batch_max_bytes: config.sensor.batch_max_bytes,
             batch_timeout: config.sensor.batch_timeout(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             extra_resource: config.resource_attributes.clone(),
         }
     }
@@ -147,6 +151,7 @@ impl Exporter {
             max_bytes: settings.batch_max_bytes,
             batch_timeout: settings.batch_timeout,
             shutdown_timeout: settings.shutdown_timeout,
+            request_timeout: settings.request_timeout,
             deadline: None,
             failing: false,
             last_refusal: None,
@@ -168,6 +173,7 @@ struct Worker {
     max_bytes: usize,
     batch_timeout: Duration,
     shutdown_timeout: Duration,
+    request_timeout: Duration,
     /// Set once the queue is closed: when to give up delivering.
     deadline: Option<Instant>,
     /// Whether the last attempt failed (to log the change, not every retry).
@@ -355,7 +361,7 @@ impl Worker {
         let send = self.transport.send(payload);
         tokio::pin!(send);
         loop {
-            let mut limit = started + REQUEST_TIMEOUT;
+            let mut limit = started + self.request_timeout;
             if let Some(deadline) = self.deadline {
                 limit = limit.min(deadline);
             }

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::{
 };
 use serde_json::{Value, json};
 
-use super::{OtlpSettings, OtlpStats, convert, json as otlp_json};
+use super::{DEFAULT_REQUEST_TIMEOUT, OtlpSettings, OtlpStats, convert, json as otlp_json};
 use crate::{
     config::{Config, Protocol},
     export::{ExportStats, Exporter},
@@ -52,6 +52,7 @@ fn settings(receiver: &Receiver, protocol: Protocol) -> OtlpSettings {
         batch_max_bytes: 3 * 1024 * 1024,
         batch_timeout: Duration::from_millis(100),
         shutdown_timeout: Duration::from_secs(10),
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
         extra_resource: BTreeMap::new(),
     }
 }
@@ -773,6 +774,57 @@ fn shutdown_deadline_counts_what_is_left_as_failed() {
     assert_eq!(counter(&stats.failed), 30, "everything left is counted");
 }
 
+/// A collector that accepts requests but answers too late: each attempt is abandoned at the
+/// request timeout and sent again, nothing is counted lost meanwhile, and everything is
+/// delivered once it answers in time.
+fn stalled_requests_time_out_and_are_retried(protocol: Protocol) {
+    let receiver = Receiver::start();
+    receiver.set_delay(Duration::from_secs(3));
+    let mut settings = settings(&receiver, protocol);
+    settings.request_timeout = Duration::from_millis(300);
+    let rt = runtime();
+    let (exporter, stats, otlp) = start(&rt, settings);
+    for i in 0..3 {
+        exporter.send(record(
+            process(1, "svc"),
+            SpanKind::Server,
+            &format!("GET /stalled-{i}"),
+            Some(200),
+        ));
+    }
+    assert!(
+        wait_until(WAIT, || counter(&otlp.retries) >= 2),
+        "timed-out requests are retried"
+    );
+    assert_eq!(counter(&stats.exported), 0);
+    assert_eq!(counter(&stats.failed), 0, "nothing is lost while retrying");
+    receiver.set_delay(Duration::ZERO);
+    assert!(
+        wait_until(WAIT, || counter(&stats.exported) == 3),
+        "delivered once the collector answers in time: {:?}",
+        stats
+    );
+    rt.block_on(exporter.shutdown());
+    assert_eq!(counter(&stats.failed), 0);
+    let names: std::collections::BTreeSet<String> =
+        receiver.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["GET /stalled-0", "GET /stalled-1", "GET /stalled-2"],
+        "every span arrived (a late answer to an abandoned attempt may repeat some)"
+    );
+}
+
+#[test]
+fn grpc_stalled_requests_time_out_and_are_retried() {
+    stalled_requests_time_out_and_are_retried(Protocol::Grpc);
+}
+
+#[test]
+fn http_stalled_requests_time_out_and_are_retried() {
+    stalled_requests_time_out_and_are_retried(Protocol::HttpProtobuf);
+}
+
 #[test]
 fn bad_settings_are_errors() {
     let rt = runtime();
@@ -786,6 +838,7 @@ fn bad_settings_are_errors() {
         batch_max_bytes: 1024,
         batch_timeout: Duration::from_millis(10),
         shutdown_timeout: Duration::from_millis(10),
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
         extra_resource: BTreeMap::new(),
     };
     let with = |f: &dyn Fn(&mut OtlpSettings)| {
@@ -837,6 +890,7 @@ fn https_endpoints_are_accepted() {
             batch_max_bytes: 1024,
             batch_timeout: Duration::from_millis(10),
             shutdown_timeout: Duration::from_millis(10),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             extra_resource: BTreeMap::new(),
         };
         assert!(Exporter::otlp(settings.clone()).is_ok(), "system roots");
