@@ -104,6 +104,11 @@ fn record(resource: Attributes, kind: SpanKind, name: &str, status: Option<i64>)
     }
 }
 
+/// Sends one answered (200) exchange of process 1, service `svc`.
+fn send_span(exporter: &Exporter, kind: SpanKind, name: &str) {
+    exporter.send(record(process(1, "svc"), kind, name, Some(200)));
+}
+
 fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
     value.load(Ordering::SeqCst)
 }
@@ -583,23 +588,13 @@ fn outage_loses_nothing_up_to_the_queue_size(protocol: Protocol) {
     let (exporter, stats, otlp) = start(&rt, settings);
     // The first record's batch is sent and refused: the exporter now retries it and takes
     // nothing more from the queue.
-    exporter.send(record(
-        process(1, "svc"),
-        SpanKind::Server,
-        "GET /first",
-        Some(200),
-    ));
+    send_span(&exporter, SpanKind::Server, "GET /first");
     assert!(
         wait_until(WAIT, || counter(&otlp.retries) >= 1),
         "a retry happens"
     );
     for i in 0..27 {
-        exporter.send(record(
-            process(1, "svc"),
-            SpanKind::Server,
-            &format!("GET /{i}"),
-            Some(200),
-        ));
+        send_span(&exporter, SpanKind::Server, &format!("GET /{i}"));
     }
     assert_eq!(
         counter(&stats.dropped_queue_full),
@@ -646,24 +641,14 @@ fn non_retryable_answer_drops_the_batch(protocol: Protocol, failing: fn(&Receive
     let rt = runtime();
     let (exporter, stats, otlp) = start(&rt, settings(&receiver, protocol));
     for i in 0..3 {
-        exporter.send(record(
-            process(1, "svc"),
-            SpanKind::Server,
-            &format!("GET /{i}"),
-            Some(200),
-        ));
+        send_span(&exporter, SpanKind::Server, &format!("GET /{i}"));
     }
     assert!(
         wait_until(WAIT, || counter(&stats.failed) == 3),
         "the batch is dropped"
     );
     failing(&receiver, false);
-    exporter.send(record(
-        process(1, "svc"),
-        SpanKind::Server,
-        "GET /after",
-        Some(200),
-    ));
+    send_span(&exporter, SpanKind::Server, "GET /after");
     assert!(receiver.wait_for_spans(1, WAIT));
     rt.block_on(exporter.shutdown());
     assert_eq!(counter(&otlp.retries), 0, "not retried");
@@ -699,12 +684,7 @@ fn shutdown_flushes_everything_queued() {
     settings.batch_timeout = Duration::from_secs(60);
     let (exporter, stats, _) = start(&rt, settings);
     for i in 0..50 {
-        exporter.send(record(
-            process(1, "svc"),
-            SpanKind::Client,
-            &format!("GET /{i}"),
-            Some(200),
-        ));
+        send_span(&exporter, SpanKind::Client, &format!("GET /{i}"));
     }
     let started = Instant::now();
     rt.block_on(exporter.shutdown());
@@ -727,12 +707,7 @@ fn shutdown_retries_until_the_collector_is_back() {
     let rt = runtime();
     let (exporter, stats, _) = start(&rt, settings(&receiver, Protocol::HttpJson));
     for i in 0..5 {
-        exporter.send(record(
-            process(1, "svc"),
-            SpanKind::Client,
-            &format!("GET /{i}"),
-            Some(200),
-        ));
+        send_span(&exporter, SpanKind::Client, &format!("GET /{i}"));
     }
     let shutdown = rt.spawn(exporter.shutdown());
     std::thread::sleep(Duration::from_millis(700));
@@ -785,12 +760,7 @@ fn stalled_requests_time_out_and_are_retried(protocol: Protocol) {
     let rt = runtime();
     let (exporter, stats, otlp) = start(&rt, settings);
     for i in 0..3 {
-        exporter.send(record(
-            process(1, "svc"),
-            SpanKind::Server,
-            &format!("GET /stalled-{i}"),
-            Some(200),
-        ));
+        send_span(&exporter, SpanKind::Server, &format!("GET /stalled-{i}"));
     }
     assert!(
         wait_until(WAIT, || counter(&otlp.retries) >= 2),
@@ -1076,12 +1046,7 @@ fn tls_round_trip(protocol: Protocol) {
         .headers
         .insert("x-api-key".into(), "over-tls".into());
     let (exporter, stats, _) = start(&rt, settings);
-    exporter.send(record(
-        process(1, "svc"),
-        SpanKind::Server,
-        "GET /tls",
-        Some(200),
-    ));
+    send_span(&exporter, SpanKind::Server, "GET /tls");
     assert!(
         receiver.wait_for_spans(1, WAIT),
         "the span arrives over TLS"
@@ -1121,12 +1086,7 @@ fn untrusted_certificate_is_not_delivered(protocol: Protocol) {
     settings.ca_file = None;
     settings.shutdown_timeout = Duration::from_millis(300);
     let (exporter, stats, otlp) = start(&rt, settings);
-    exporter.send(record(
-        process(1, "svc"),
-        SpanKind::Server,
-        "GET /untrusted",
-        Some(200),
-    ));
+    send_span(&exporter, SpanKind::Server, "GET /untrusted");
     assert!(wait_until(WAIT, || counter(&otlp.retries) >= 1), "retried");
     rt.block_on(exporter.shutdown());
     assert!(receiver.spans().is_empty());
