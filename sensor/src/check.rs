@@ -392,16 +392,12 @@ fn load_item(ring_bytes: u32) -> Item {
         discover: false,
         ring_bytes,
     }) {
-        Ok(_) => Item::new(
+        Ok(capture) => Item::new(
             "load and attach",
             true,
             format!(
                 "all programs verified and attached (a {} KiB ring buffer, maps, tracepoints)",
-                if ring_bytes == 0 {
-                    sensor_common::maps::EVENTS_BYTES
-                } else {
-                    ring_bytes
-                } / 1024
+                capture.ring_bytes() / 1024
             ),
         ),
         Err(error) => {
