@@ -28,8 +28,8 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Run(args) => runtime.block_on(run(args)),
-        Command::Attach(args) => runtime.block_on(run(args.into())),
+        Command::Run(args) => runtime.block_on(on_worker(run(args))),
+        Command::Attach(args) => runtime.block_on(on_worker(run(args.into()))),
         Command::Trace(args) => {
             let config = load_config(args.config.clone())?;
             // Payloads are shown redacted by the same configuration `run` would use.
@@ -68,6 +68,15 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs the daemon as a task on the runtime's workers rather than on the main thread: the
+/// worker that sees the ring buffer become readable then runs the reader itself, where
+/// `block_on` would cost a second thread's wakeup for each drain.
+async fn on_worker(
+    daemon: impl std::future::Future<Output = Result<()>> + Send + 'static,
+) -> Result<()> {
+    tokio::spawn(daemon).await?
 }
 
 async fn run(args: RunArgs) -> Result<()> {
