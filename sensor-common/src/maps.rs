@@ -7,7 +7,25 @@ pub const EVENTS: &str = "EVENTS";
 /// payload records are written without a wakeup (`BPF_RB_NO_WAKEUP`) and the reader collects
 /// them on its next wakeup or poll (every [`RING_POLL_MS`]): one wakeup then carries many
 /// records instead of one each, which is most of the reader's cost at moderate rates.
-pub const RING_WAKEUP_BYTES: u64 = 32 * 1024;
+///
+/// A sixteenth of the ring, at most [`RING_WAKEUP_BYTES_MAX`]: far enough from full that the
+/// woken reader catches up, large enough that a stream of 16 KiB bodies does not wake it for
+/// every exchange (each wakeup also costs the application's syscall an `irq_work`).
+pub const fn ring_wakeup_bytes(ring_bytes: u32) -> u64 {
+    let sixteenth = ring_bytes as u64 / 16;
+    if sixteenth < RING_WAKEUP_BYTES_MAX {
+        sixteenth
+    } else {
+        RING_WAKEUP_BYTES_MAX
+    }
+}
+
+/// The largest [`ring_wakeup_bytes`].
+pub const RING_WAKEUP_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Name of the programs' read-only global holding [`ring_wakeup_bytes`] of the loaded ring;
+/// userspace sets it when it resizes [`EVENTS`].
+pub const RING_WAKEUP_GLOBAL: &str = "RING_WAKEUP_BYTES";
 
 /// How often, in milliseconds, the reader drains [`EVENTS`] without a wakeup while records keep
 /// coming: the longest a payload record waits under traffic.
@@ -246,3 +264,6 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<FdEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 const _: () = assert!(core::mem::size_of::<ConnControl>() == 24);
+const _: () = assert!(ring_wakeup_bytes(64 * 1024) == 4 * 1024);
+const _: () = assert!(ring_wakeup_bytes(EVENTS_BYTES) == RING_WAKEUP_BYTES_MAX);
+const _: () = assert!(ring_wakeup_bytes(1 << 30) == RING_WAKEUP_BYTES_MAX);

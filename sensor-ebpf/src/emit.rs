@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     event::{DATA_CHUNK_MAX, DATA_EVENT_HEADER_LEN, DataEvent, EventKind},
-    maps::{Counter, RING_WAKEUP_BYTES},
+    maps::{Counter, EVENTS_BYTES, ring_wakeup_bytes},
 };
 
 use crate::state::{DATA_SCRATCH, EVENTS, count, header};
@@ -178,11 +178,19 @@ impl Copy {
     }
 }
 
-/// Payload records wake the reader only once [`RING_WAKEUP_BYTES`] are waiting; the reader
+/// Unread bytes from which a payload record wakes the reader (`RING_WAKEUP_GLOBAL`): set by
+/// userspace at load time for the ring it sized, this default for the compiled-in size.
+#[unsafe(no_mangle)]
+static RING_WAKEUP_BYTES: u64 = ring_wakeup_bytes(EVENTS_BYTES);
+
+/// Payload records wake the reader only once `RING_WAKEUP_BYTES` are waiting; the reader
 /// polls for the rest (see `RING_POLL_MS`).
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RING_WAKEUP_BYTES {
+    // SAFETY: a plain u64 global; the volatile read keeps the compiler from folding in the
+    // default, since the loader may have rewritten it.
+    let threshold = unsafe { core::ptr::read_volatile(&RING_WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -200,6 +200,8 @@ impl Capture {
         } else {
             names::EVENTS_BYTES
         };
+        let wakeup_bytes = names::ring_wakeup_bytes(ring_bytes);
+        loader.override_global(names::RING_WAKEUP_GLOBAL, &wakeup_bytes, true);
         let mut ebpf = loader
             .load(PROGRAMS)
             .context("loading the eBPF programs (are you root?)")?;
