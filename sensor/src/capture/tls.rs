@@ -15,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Architecture, Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
 /// An OpenSSL function the kernel programs probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,11 +36,16 @@ pub enum TlsFunction {
     SslSetBio,
     /// `BIO_write`: the application feeding ciphertext into a memory BIO.
     BioWrite,
+    /// The unexported function `SSL_read` and `SSL_read_ex` both call (`ssl_read_internal`,
+    /// with `SSL_read_ex`'s arguments and result), probed instead of both where it is found.
+    SslReadInternal,
+    /// The unexported function `SSL_write` and `SSL_write_ex` both call (`ssl_write_internal`).
+    SslWriteInternal,
 }
 
 impl TlsFunction {
-    /// Every probed function.
-    pub const ALL: [TlsFunction; 8] = [
+    /// The exported functions, looked up by name.
+    pub const EXPORTED: [TlsFunction; 8] = [
         TlsFunction::SslRead,
         TlsFunction::SslReadEx,
         TlsFunction::SslWrite,
@@ -62,6 +67,8 @@ impl TlsFunction {
             TlsFunction::SslFree => "SSL_free",
             TlsFunction::SslSetBio => "SSL_set_bio",
             TlsFunction::BioWrite => "BIO_write",
+            TlsFunction::SslReadInternal => "ssl_read_internal",
+            TlsFunction::SslWriteInternal => "ssl_write_internal",
         }
     }
 
@@ -69,9 +76,9 @@ impl TlsFunction {
     pub fn entry_program(self) -> &'static str {
         match self {
             TlsFunction::SslRead => "ssl_read",
-            TlsFunction::SslReadEx => "ssl_read_ex",
+            TlsFunction::SslReadEx | TlsFunction::SslReadInternal => "ssl_read_ex",
             TlsFunction::SslWrite => "ssl_write",
-            TlsFunction::SslWriteEx => "ssl_write_ex",
+            TlsFunction::SslWriteEx | TlsFunction::SslWriteInternal => "ssl_write_ex",
             TlsFunction::SslDoHandshake => "ssl_do_handshake",
             TlsFunction::SslFree => "ssl_free",
             TlsFunction::SslSetBio => "ssl_set_bio",
@@ -86,6 +93,8 @@ impl TlsFunction {
             | TlsFunction::SslReadEx
             | TlsFunction::SslWrite
             | TlsFunction::SslWriteEx
+            | TlsFunction::SslReadInternal
+            | TlsFunction::SslWriteInternal
             | TlsFunction::SslDoHandshake => Some("ssl_return"),
             _ => None,
         }
@@ -124,9 +133,12 @@ pub struct TlsLibrary {
 impl TlsLibrary {
     /// Whether the file has the plaintext functions (a `libssl`, not only a `libcrypto`).
     pub fn has_plaintext(&self) -> bool {
-        self.functions
-            .iter()
-            .any(|(f, _)| matches!(f, TlsFunction::SslReadEx | TlsFunction::SslRead))
+        self.functions.iter().any(|(f, _)| {
+            matches!(
+                f,
+                TlsFunction::SslReadEx | TlsFunction::SslRead | TlsFunction::SslReadInternal
+            )
+        })
     }
 }
 
@@ -156,7 +168,7 @@ pub fn offsets(data: &[u8]) -> Vec<(TlsFunction, u64)> {
     let Ok(file) = object::File::parse(data) else {
         return Vec::new();
     };
-    let mut found: Vec<(TlsFunction, u64)> = Vec::new();
+    let mut addresses: Vec<(TlsFunction, u64)> = Vec::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if !symbol.is_definition() {
             continue;
@@ -164,41 +176,166 @@ pub fn offsets(data: &[u8]) -> Vec<(TlsFunction, u64)> {
         let Ok(name) = symbol.name() else {
             continue;
         };
-        let Some(function) = TlsFunction::ALL.iter().find(|f| f.symbol() == name) else {
+        let Some(function) = TlsFunction::EXPORTED.iter().find(|f| f.symbol() == name) else {
             continue;
         };
-        if found.iter().any(|(f, _)| f == function) {
+        if addresses.iter().any(|(f, _)| f == function) {
             continue;
         }
-        let Some(section) = symbol
-            .section_index()
-            .and_then(|index| file.section_by_index(index).ok())
-        else {
-            continue;
-        };
-        let Some((file_start, _)) = section.file_range() else {
-            continue;
-        };
-        let Some(offset) = symbol
-            .address()
-            .checked_sub(section.address())
-            .and_then(|delta| delta.checked_add(file_start))
-        else {
-            continue;
-        };
-        let skip =
-            if function.return_program().is_none() && file.architecture() == Architecture::X86_64 {
-                symbol
-                    .address()
-                    .checked_sub(section.address())
-                    .and_then(|start| section.data().ok()?.get(usize::try_from(start).ok()?..))
-                    .map_or(0, |code| probe_skip(code, symbol.address()))
+        addresses.push((*function, symbol.address()));
+    }
+    let x86_64 = file.architecture() == Architecture::X86_64;
+    if x86_64 {
+        probe_shared_internals(&file, &mut addresses);
+    }
+    addresses
+        .into_iter()
+        .filter_map(|(function, address)| {
+            let (code, offset) = code_at(&file, address)?;
+            let skip = if x86_64 && function.return_program().is_none() {
+                probe_skip(code, address)
             } else {
                 0
             };
-        found.push((*function, offset + skip));
+            Some((function, offset + skip))
+        })
+        .collect()
+}
+
+/// The code of an ELF image from `address` on, and that address's file offset.
+fn code_at<'data>(file: &object::File<'data>, address: u64) -> Option<(&'data [u8], u64)> {
+    let section = file.sections().find(|section| {
+        section.kind() == SectionKind::Text
+            && address >= section.address()
+            && address - section.address() < section.size()
+    })?;
+    let (file_start, _) = section.file_range()?;
+    let start = address - section.address();
+    let code = section.data().ok()?.get(usize::try_from(start).ok()?..)?;
+    Some((code, file_start + start))
+}
+
+/// The read and the write pair, each with the internal function both of its members call.
+const SHARED_INTERNALS: [(TlsFunction, TlsFunction, TlsFunction); 2] = [
+    (
+        TlsFunction::SslReadEx,
+        TlsFunction::SslRead,
+        TlsFunction::SslReadInternal,
+    ),
+    (
+        TlsFunction::SslWriteEx,
+        TlsFunction::SslWrite,
+        TlsFunction::SslWriteInternal,
+    ),
+];
+
+/// Replaces `SSL_read_ex` and `SSL_read` (and the write pair) by the internal function both
+/// call, where the image shows it unambiguously (x86-64).
+///
+/// Both functions carry a return probe, which must sit on the first instruction, and OpenSSL
+/// 3's wrappers start with `sub $8,%rsp`, which the kernel single-steps: a second trap, about
+/// 20 µs per call on our VM against 1–2 µs for the internal function, whose first instruction
+/// (`push`) is emulated. An asyncio HTTPS request makes three such calls. The internal function
+/// takes `SSL_read_ex`'s arguments and returns its result (1 and the count, or ≤ 0), so the same
+/// programs apply. It is recognised only when `SSL_read_ex` is a pure wrapper — arguments
+/// untouched up to its only call, nothing but straight-line code from there to its return — and
+/// `SSL_read` calls the same function; otherwise both stay probed as before.
+fn probe_shared_internals(file: &object::File<'_>, addresses: &mut Vec<(TlsFunction, u64)>) {
+    for (ex, plain, internal) in SHARED_INTERNALS {
+        let address_of = |wanted: TlsFunction| {
+            addresses
+                .iter()
+                .find(|(function, _)| *function == wanted)
+                .map(|(_, address)| *address)
+        };
+        let (Some(ex_at), Some(plain_at)) = (address_of(ex), address_of(plain)) else {
+            continue;
+        };
+        let Some(target) = code_at(file, ex_at).and_then(|(code, _)| wrapper_target(code, ex_at))
+        else {
+            continue;
+        };
+        let plain_calls_it = code_at(file, plain_at)
+            .is_some_and(|(code, _)| direct_calls(code, plain_at).contains(&target));
+        if !plain_calls_it || code_at(file, target).is_none() {
+            continue;
+        }
+        addresses.retain(|(function, _)| *function != ex && *function != plain);
+        addresses.push((internal, target));
     }
-    found
+}
+
+/// Most instructions of a wrapper looked at by [`wrapper_target`].
+const WRAPPER_INSTRUCTIONS: usize = 16;
+
+/// Most instructions looked through by [`direct_calls`].
+const CALLER_INSTRUCTIONS: usize = 96;
+
+/// The function a pure wrapper (its code from `code`, at address `ip`) hands its arguments to:
+/// its only direct call, reached without touching the argument registers, followed by nothing
+/// but straight-line code up to its return.
+fn wrapper_target(code: &[u8], ip: u64) -> Option<u64> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut info = iced_x86::InstructionInfoFactory::new();
+    let mut target = None;
+    for _ in 0..WRAPPER_INSTRUCTIONS {
+        if !decoder.can_decode() {
+            return None;
+        }
+        let instruction = decoder.decode();
+        match instruction.flow_control() {
+            FlowControl::Return => return target,
+            FlowControl::Call if target.is_none() && instruction.is_call_near() => {
+                target = Some(instruction.near_branch_target());
+            }
+            FlowControl::Next if target.is_some() || !writes_argument(&mut info, &instruction) => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The targets of the direct calls in a function's code (at address `ip`), read straight
+/// through up to its first return.
+fn direct_calls(code: &[u8], ip: u64) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut targets = Vec::new();
+    for _ in 0..CALLER_INSTRUCTIONS {
+        if !decoder.can_decode() {
+            break;
+        }
+        let instruction = decoder.decode();
+        match instruction.flow_control() {
+            FlowControl::Return => break,
+            FlowControl::Call if instruction.is_call_near() => {
+                targets.push(instruction.near_branch_target());
+            }
+            _ => {}
+        }
+    }
+    targets
+}
+
+/// Whether an instruction writes one of the registers that carry a function's arguments.
+fn writes_argument(
+    info: &mut iced_x86::InstructionInfoFactory,
+    instruction: &iced_x86::Instruction,
+) -> bool {
+    use iced_x86::{OpAccess, Register};
+    const ARGUMENTS: [Register; 6] = [
+        Register::RDI,
+        Register::RSI,
+        Register::RDX,
+        Register::RCX,
+        Register::R8,
+        Register::R9,
+    ];
+    info.info(instruction).used_registers().iter().any(|used| {
+        ARGUMENTS.contains(&used.register().full_register())
+            && !matches!(used.access(), OpAccess::Read | OpAccess::CondRead)
+    })
 }
 
 /// Most leading instructions of a function looked through by [`probe_skip`].
@@ -216,20 +353,9 @@ const PROBE_SKIP_INSTRUCTIONS: usize = 12;
 /// programs read untouched; otherwise, or when no such instruction comes soon, 0: the entry.
 /// Return probes stay at the entry, where the return address is.
 pub fn probe_skip(code: &[u8], ip: u64) -> u64 {
-    use iced_x86::{
-        Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
-        Register,
-    };
-    const ARGUMENTS: [Register; 6] = [
-        Register::RDI,
-        Register::RSI,
-        Register::RDX,
-        Register::RCX,
-        Register::R8,
-        Register::R9,
-    ];
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let mut info = InstructionInfoFactory::new();
+    let mut info = iced_x86::InstructionInfoFactory::new();
     for _ in 0..PROBE_SKIP_INSTRUCTIONS {
         if !decoder.can_decode() {
             return 0;
@@ -253,14 +379,9 @@ pub fn probe_skip(code: &[u8], ip: u64) -> u64 {
         if emulated {
             return instruction.ip() - ip;
         }
-        if instruction.flow_control() != FlowControl::Next {
-            return 0;
-        }
-        let writes_argument = info.info(&instruction).used_registers().iter().any(|used| {
-            ARGUMENTS.contains(&used.register().full_register())
-                && !matches!(used.access(), OpAccess::Read | OpAccess::CondRead)
-        });
-        if writes_argument {
+        if instruction.flow_control() != FlowControl::Next
+            || writes_argument(&mut info, &instruction)
+        {
             return 0;
         }
     }
@@ -395,49 +516,134 @@ fn ssl_extensions(root: &Path, exe: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_the_probed_functions_in_the_system_openssl() {
-        let libssl = [
+    fn system_libssl() -> &'static str {
+        [
             "/usr/lib/x86_64-linux-gnu/libssl.so.3",
             "/lib64/libssl.so.3",
         ]
         .into_iter()
         .find(|p| Path::new(p).exists())
-        .expect("OpenSSL 3 (libssl.so.3) is installed");
+        .expect("OpenSSL 3 (libssl.so.3) is installed")
+    }
+
+    #[test]
+    fn finds_the_probed_functions_in_the_system_openssl() {
+        let libssl = system_libssl();
         let found = offsets(&std::fs::read(libssl).unwrap());
+        let has = |function| found.iter().any(|(f, off)| *f == function && *off > 0);
         for function in [
-            TlsFunction::SslRead,
-            TlsFunction::SslReadEx,
-            TlsFunction::SslWrite,
-            TlsFunction::SslWriteEx,
             TlsFunction::SslDoHandshake,
             TlsFunction::SslFree,
             TlsFunction::SslSetBio,
         ] {
             assert!(
-                found.iter().any(|(f, off)| *f == function && *off > 0),
+                has(function),
                 "{} not found in {libssl}: {found:?}",
                 function.symbol()
+            );
+        }
+        for (ex, plain, internal) in SHARED_INTERNALS {
+            // Either the internal function alone, or both exported ones: never both forms, which
+            // would capture every call twice.
+            assert!(
+                has(internal) != (has(ex) && has(plain)),
+                "{}: {found:?}",
+                internal.symbol()
             );
         }
         assert!(!found.iter().any(|(f, _)| *f == TlsFunction::BioWrite));
     }
 
     #[test]
+    fn system_read_and_write_are_probed_on_their_shared_internal_function() {
+        let data = std::fs::read(system_libssl()).unwrap();
+        let found = offsets(&data);
+        for internal in [TlsFunction::SslReadInternal, TlsFunction::SslWriteInternal] {
+            let (_, offset) = found
+                .iter()
+                .find(|(f, _)| *f == internal)
+                .unwrap_or_else(|| panic!("{} not recognised: {found:?}", internal.symbol()));
+            let first = iced_x86::Decoder::new(64, &data[*offset as usize..], 0).decode();
+            assert_eq!(
+                first.mnemonic(),
+                iced_x86::Mnemonic::Push,
+                "{} starts with {first:?}",
+                internal.symbol()
+            );
+        }
+    }
+
+    #[test]
     fn offsets_are_file_offsets_of_the_function_code() {
-        // The bytes at SSL_read_ex's file offset are the function's first instruction bytes,
-        // which for x86-64 CET builds start with endbr64; at least they are not zero padding.
-        let path = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
-        let Ok(data) = std::fs::read(path) else {
-            panic!("{path} missing");
-        };
+        // The bytes at SSL_do_handshake's file offset are the function's first instruction
+        // bytes; at least they are not zero padding.
+        let data = std::fs::read(system_libssl()).unwrap();
         let found = offsets(&data);
         let (_, offset) = found
             .iter()
-            .find(|(f, _)| *f == TlsFunction::SslReadEx)
-            .expect("SSL_read_ex");
+            .find(|(f, _)| *f == TlsFunction::SslDoHandshake)
+            .expect("SSL_do_handshake");
         let code = &data[*offset as usize..*offset as usize + 4];
         assert_ne!(code, [0, 0, 0, 0]);
+    }
+
+    /// `wrapper_target` on byte fixtures at address 0x1000: (what, code, target).
+    const WRAPPER_CASES: &[(&str, &[u8], Option<u64>)] = &[
+        (
+            "SSL_read_ex of OpenSSL 3.0 (Debian 12)",
+            &[
+                0x48, 0x83, 0xec, 0x08, // sub $0x8,%rsp
+                0xe8, 0xc7, 0xfd, 0xff, 0xff, // call -0x239
+                0x31, 0xd2, 0x85, 0xc0, 0x0f, 0x48, 0xc2, // xor; test; cmovs
+                0x48, 0x83, 0xc4, 0x08, // add $0x8,%rsp
+                0x31, 0xd2, 0x31, 0xc9, 0x31, 0xf6, 0x31, 0xff, 0xc3, // xor ×4; ret
+            ],
+            Some(0x1009 - 0x239),
+        ),
+        (
+            "an argument moved before the call",
+            &[0x48, 0x89, 0xf7, 0xe8, 0x00, 0x00, 0x00, 0x00, 0xc3],
+            None,
+        ),
+        (
+            "two calls",
+            &[
+                0xe8, 0x00, 0x00, 0x00, 0x00, 0xe8, 0x00, 0x00, 0x00, 0x00, 0xc3,
+            ],
+            None,
+        ),
+        (
+            "a branch after the call",
+            &[
+                0xe8, 0x00, 0x00, 0x00, 0x00, 0x85, 0xc0, 0x74, 0x01, 0xc3, 0xc3,
+            ],
+            None,
+        ),
+        ("no call", &[0x31, 0xc0, 0xc3], None),
+        (
+            "no return in sight",
+            &[0xe8, 0x00, 0x00, 0x00, 0x00, 0x31, 0xc0, 0x31, 0xc0],
+            None,
+        ),
+    ];
+
+    #[test]
+    fn only_pure_wrappers_lead_to_their_callee() {
+        for (what, code, expected) in WRAPPER_CASES {
+            assert_eq!(wrapper_target(code, 0x1000), *expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn direct_calls_are_read_up_to_the_first_return() {
+        let code = [
+            0xe8, 0x0b, 0x00, 0x00, 0x00, // call 0x1010
+            0xff, 0xd0, // call *%rax (not direct)
+            0xe8, 0x00, 0x00, 0x00, 0x00, // call 0x100c
+            0xc3, // ret
+            0xe8, 0x00, 0x00, 0x00, 0x00, // after the return: not read
+        ];
+        assert_eq!(direct_calls(&code, 0x1000), vec![0x1010, 0x100c]);
     }
 
     /// `probe_skip` on byte fixtures: (what, code, bytes skipped).
