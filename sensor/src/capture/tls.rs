@@ -67,8 +67,8 @@ impl TlsFunction {
             TlsFunction::SslFree => "SSL_free",
             TlsFunction::SslSetBio => "SSL_set_bio",
             TlsFunction::BioWrite => "BIO_write",
-            TlsFunction::SslReadInternal => "ssl_read_internal",
-            TlsFunction::SslWriteInternal => "ssl_write_internal",
+            TlsFunction::SslReadInternal => "ssl_read_internal (for SSL_read and SSL_read_ex)",
+            TlsFunction::SslWriteInternal => "ssl_write_internal (for SSL_write and SSL_write_ex)",
         }
     }
 
@@ -516,20 +516,23 @@ fn ssl_extensions(root: &Path, exe: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn system_libssl() -> &'static str {
-        [
-            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-            "/lib64/libssl.so.3",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("OpenSSL 3 (libssl.so.3) is installed")
+    /// The system's copy of an OpenSSL 3 library (`libssl.so.3`, `libcrypto.so.3`).
+    fn system_library(name: &str) -> PathBuf {
+        ["/usr/lib/x86_64-linux-gnu", "/lib64"]
+            .into_iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|path| path.exists())
+            .unwrap_or_else(|| panic!("OpenSSL 3 ({name}) is installed"))
+    }
+
+    fn system_libssl() -> PathBuf {
+        system_library("libssl.so.3")
     }
 
     #[test]
     fn finds_the_probed_functions_in_the_system_openssl() {
         let libssl = system_libssl();
-        let found = offsets(&std::fs::read(libssl).unwrap());
+        let found = offsets(&std::fs::read(&libssl).unwrap());
         let has = |function| found.iter().any(|(f, off)| *f == function && *off > 0);
         for function in [
             TlsFunction::SslDoHandshake,
@@ -538,8 +541,9 @@ mod tests {
         ] {
             assert!(
                 has(function),
-                "{} not found in {libssl}: {found:?}",
-                function.symbol()
+                "{} not found in {}: {found:?}",
+                function.symbol(),
+                libssl.display()
             );
         }
         for (ex, plain, internal) in SHARED_INTERNALS {
@@ -710,14 +714,7 @@ mod tests {
 
     #[test]
     fn system_bio_write_is_probed_past_its_single_stepped_start() {
-        let libcrypto = [
-            "/usr/lib/x86_64-linux-gnu/libcrypto.so.3",
-            "/lib64/libcrypto.so.3",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("OpenSSL 3 (libcrypto.so.3) is installed");
-        let data = std::fs::read(libcrypto).unwrap();
+        let data = std::fs::read(system_library("libcrypto.so.3")).unwrap();
         let (_, offset) = offsets(&data)
             .into_iter()
             .find(|(f, _)| *f == TlsFunction::BioWrite)
