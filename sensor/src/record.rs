@@ -67,6 +67,16 @@ impl From<bool> for AttributeValue {
     }
 }
 
+/// The two lowercase hex digits of a byte: trace and span ids are written this way everywhere
+/// (record attributes, OTLP/JSON).
+pub fn lower_hex(byte: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [
+        DIGITS[usize::from(byte >> 4)],
+        DIGITS[usize::from(byte & 0x0f)],
+    ]
+}
+
 /// Flat attribute map, sorted by key so every output is deterministic.
 pub type Attributes = BTreeMap<String, AttributeValue>;
 

@@ -9,6 +9,8 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span},
 };
 
+use crate::record::lower_hex;
+
 /// The JSON body of an export request.
 pub(super) fn encode_request(request: &ExportTraceServiceRequest) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
@@ -247,8 +249,7 @@ impl<'a> Obj<'a> {
             self.key(key);
             self.out.push(b'"');
             for b in bytes {
-                self.out.push(HEX[usize::from(b >> 4)]);
-                self.out.push(HEX[usize::from(b & 0xf)]);
+                self.out.extend_from_slice(&lower_hex(*b));
             }
             self.out.push(b'"');
         }
@@ -288,8 +289,6 @@ impl<'a> Obj<'a> {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// A JSON string literal.
 fn quoted(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -308,8 +307,7 @@ fn quoted(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&bytes[start..i]);
         if escape.is_empty() {
             out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
+            out.extend_from_slice(&lower_hex(b));
         } else {
             out.extend_from_slice(escape);
         }
