@@ -353,7 +353,7 @@ const PROBE_SKIP_INSTRUCTIONS: usize = 12;
 /// programs read untouched; otherwise, or when no such instruction comes soon, 0: the entry.
 /// Return probes stay at the entry, where the return address is.
 pub fn probe_skip(code: &[u8], ip: u64) -> u64 {
-    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut info = iced_x86::InstructionInfoFactory::new();
     for _ in 0..PROBE_SKIP_INSTRUCTIONS {
@@ -364,19 +364,7 @@ pub fn probe_skip(code: &[u8], ip: u64) -> u64 {
         if instruction.is_invalid() {
             return 0;
         }
-        let emulated = match instruction.flow_control() {
-            FlowControl::ConditionalBranch => instruction.is_jcc_short_or_near(),
-            FlowControl::UnconditionalBranch => instruction.is_jmp_short_or_near(),
-            FlowControl::Call => instruction.is_call_near(),
-            FlowControl::Next => {
-                instruction.mnemonic() == Mnemonic::Nop
-                    || (instruction.mnemonic() == Mnemonic::Push
-                        && instruction.op0_kind() == OpKind::Register
-                        && instruction.op0_register().is_gpr64())
-            }
-            _ => return 0,
-        };
-        if emulated {
+        if kernel_emulates(&instruction) {
             return instruction.ip() - ip;
         }
         if instruction.flow_control() != FlowControl::Next
@@ -386,6 +374,24 @@ pub fn probe_skip(code: &[u8], ip: u64) -> u64 {
         }
     }
     0
+}
+
+/// Whether the kernel's x86-64 uprobes emulate an instruction (a direct jump, conditional jump
+/// or call, `push reg`, a nop) rather than run it out of line and single-step it.
+fn kernel_emulates(instruction: &iced_x86::Instruction) -> bool {
+    use iced_x86::{FlowControl, Mnemonic, OpKind};
+    match instruction.flow_control() {
+        FlowControl::ConditionalBranch => instruction.is_jcc_short_or_near(),
+        FlowControl::UnconditionalBranch => instruction.is_jmp_short_or_near(),
+        FlowControl::Call => instruction.is_call_near(),
+        FlowControl::Next => {
+            instruction.mnemonic() == Mnemonic::Nop
+                || (instruction.mnemonic() == Mnemonic::Push
+                    && instruction.op0_kind() == OpKind::Register
+                    && instruction.op0_register().is_gpr64())
+        }
+        _ => false,
+    }
 }
 
 /// Directories, relative to a process's root, where a dynamically linked Python finds OpenSSL.
@@ -719,16 +725,9 @@ mod tests {
             .into_iter()
             .find(|(f, _)| *f == TlsFunction::BioWrite)
             .expect("BIO_write");
-        let mut decoder = iced_x86::Decoder::new(64, &data[offset as usize..], 0);
-        let at = decoder.decode();
+        let at = iced_x86::Decoder::new(64, &data[offset as usize..], 0).decode();
         assert!(
-            at.is_jcc_short_or_near()
-                || at.is_jmp_short_or_near()
-                || at.is_call_near()
-                || matches!(
-                    at.mnemonic(),
-                    iced_x86::Mnemonic::Push | iced_x86::Mnemonic::Nop
-                ),
+            kernel_emulates(&at),
             "BIO_write's probe sits on {at:?}, which the kernel single-steps"
         );
     }
