@@ -61,6 +61,13 @@ fn collector_down_for_ten_seconds_loses_nothing_up_to_the_queue_size() {
     client.send_line(&get(&format!("{base}/hello?phase=up")));
     result(&client);
     assert!(receiver.wait_for_spans(1, LONG), "export works at first");
+    // The receiver counts a span before it answers; stopping it in between would leave the
+    // sensor retrying that request, holding the "first" span below in the queue.
+    assert!(
+        wait_until(LONG, || metric(&metrics, "export_exported") == Some(1)),
+        "the sensor saw its first request answered: {:?}",
+        metric(&metrics, "export_exported")
+    );
     receiver.stop();
     let down = Instant::now();
 
