@@ -737,7 +737,7 @@ impl Pipeline {
                 pod: pod.as_ref(),
                 configured_service_name: self.configured_service_name.as_deref(),
             };
-            if let Some(mut record) = build_record(&done.exchange, &done.meta, &process, &ctx)
+            if let Some(mut record) = build_record(done.exchange, &done.meta, &process, &ctx)
                 && self.policy.process(&mut record) == Decision::Export
             {
                 self.stats.records += 1;

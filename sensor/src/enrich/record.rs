@@ -154,14 +154,19 @@ fn put(attrs: &mut Attributes, key: &str, value: impl Into<AttributeValue>) {
     attrs.insert(key.to_owned(), value.into());
 }
 
-fn put_body(attrs: &mut Attributes, prefix: &str, body: &Body) {
+/// Puts a body's attributes; its bytes move into the record.
+fn put_body(attrs: &mut Attributes, prefix: &str, body: &mut Body) {
     if body.shed {
         put(attrs, &format!("{prefix}.body.shed"), true);
     }
     if !body.captured {
         return;
     }
-    put(attrs, &format!("{prefix}.body"), body_text(&body.bytes));
+    let text = match String::from_utf8(std::mem::take(&mut body.bytes)) {
+        Ok(text) => text,
+        Err(invalid) => body_text(invalid.as_bytes()),
+    };
+    put(attrs, &format!("{prefix}.body"), text);
     if body.truncated {
         put(attrs, &format!("{prefix}.body.truncated"), true);
     }
@@ -192,14 +197,15 @@ fn version_text(version: HttpVersion) -> &'static str {
     }
 }
 
-/// Builds the record, or `None` for an exchange without a request (never emitted).
+/// Builds the record, moving the bodies into it, or `None` for an exchange without a request
+/// (never emitted).
 pub fn build_record(
-    exchange: &HttpExchange,
+    mut exchange: HttpExchange,
     meta: &ConnMeta,
     process: &ProcessInfo,
     ctx: &RecordContext<'_>,
 ) -> Option<ExchangeRecord> {
-    let request = exchange.request.as_ref()?;
+    let request = exchange.request.as_mut()?;
     if request.method.is_empty() {
         // A placeholder for a head the parser could not read (cut by a loss, or oversized):
         // it kept the pairing right, but there is no API call to report.
@@ -299,11 +305,11 @@ pub fn build_record(
             value.as_str(),
         );
     }
-    put_body(&mut attrs, "http.request", &request.body);
+    put_body(&mut attrs, "http.request", &mut request.body);
 
     let mut end_ns = request.end_ns;
     let mut incomplete = exchange.incomplete || request.body.incomplete;
-    if let Some(response) = &exchange.response {
+    if let Some(response) = &mut exchange.response {
         put(&mut attrs, "http.status_code", i64::from(response.status));
         put(
             &mut attrs,
@@ -313,7 +319,7 @@ pub fn build_record(
         for (name, value) in header_values(&response.headers) {
             put(&mut attrs, &format!("http.response.header.{name}"), value);
         }
-        put_body(&mut attrs, "http.response", &response.body);
+        put_body(&mut attrs, "http.response", &mut response.body);
         end_ns = end_ns.max(response.end_ns);
         incomplete |= response.body.incomplete;
     }
@@ -494,7 +500,7 @@ mod tests {
             pod: None,
             configured_service_name: None,
         };
-        let record = build_record(&exchange, &meta, &process, &ctx).unwrap();
+        let record = build_record(exchange, &meta, &process, &ctx).unwrap();
         assert_eq!(
             record.attributes.get("http.request.body.shed"),
             Some(&AttributeValue::Bool(true))

@@ -49,15 +49,29 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest wait a `Retry-After` answer is honoured with.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// An export request encoded once, ready to be sent (again): the protobuf message for gRPC
-/// and HTTP/protobuf, the JSON document for HTTP/JSON. A retry sends the same bytes, so the
-/// spans (bodies included) are neither copied nor encoded again.
-pub(super) struct Payload(Bytes);
+/// An export request ready to be sent (again).
+#[derive(Clone)]
+pub(super) enum Payload {
+    /// gRPC: the message, which the codec encodes straight into tonic's frame buffer (the
+    /// bodies are copied once, not into a buffer and then into the frame); a retry encodes
+    /// it again. Shared so an attempt does not clone the spans.
+    Message {
+        /// The request.
+        request: Arc<ExportTraceServiceRequest>,
+        /// Its encoded size.
+        len: usize,
+    },
+    /// HTTP: the body, encoded once; a retry sends the same bytes.
+    Encoded(Bytes),
+}
 
 impl Payload {
     /// Encoded size in bytes.
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        match self {
+            Payload::Message { len, .. } => *len,
+            Payload::Encoded(bytes) => bytes.len(),
+        }
     }
 }
 
@@ -130,17 +144,26 @@ impl Transport {
 
     /// Encodes a request for this transport.
     pub(super) fn encode(&self, request: ExportTraceServiceRequest) -> Payload {
-        Payload(Bytes::from(match self {
-            Transport::Http(http) if http.json => json::encode_request(&request),
-            Transport::Grpc(_) | Transport::Http(_) => request.encode_to_vec(),
-        }))
+        match self {
+            Transport::Grpc(_) => Payload::Message {
+                len: request.encoded_len(),
+                request: Arc::new(request),
+            },
+            Transport::Http(http) if http.json => {
+                Payload::Encoded(Bytes::from(json::encode_request(&request)))
+            }
+            Transport::Http(_) => Payload::Encoded(Bytes::from(request.encode_to_vec())),
+        }
     }
 
     /// Sends one request and classifies the answer.
     pub(super) async fn send(&mut self, payload: &Payload) -> Outcome {
-        match self {
-            Transport::Grpc(grpc) => grpc.send(payload.0.clone()).await,
-            Transport::Http(http) => http.send(&payload.0).await,
+        match (self, payload) {
+            (Transport::Grpc(grpc), payload) => grpc.send(payload.clone()).await,
+            (Transport::Http(http), Payload::Encoded(body)) => http.send(body).await,
+            (Transport::Http(http), Payload::Message { request, .. }) => {
+                http.send(&Bytes::from(request.encode_to_vec())).await
+            }
         }
     }
 }
@@ -215,8 +238,8 @@ impl Grpc {
         })
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`.
-    async fn send(&mut self, message: Bytes) -> Outcome {
+    /// Sends one `ExportTraceServiceRequest`.
+    async fn send(&mut self, message: Payload) -> Outcome {
         let mut request = tonic::Request::new(message);
         *request.metadata_mut() = self.metadata.clone();
         let answer = match self.client.ready().await {
@@ -257,13 +280,13 @@ impl Grpc {
     }
 }
 
-/// The gRPC codec of OTLP export: the request goes out as already encoded, the response is
-/// decoded with prost.
+/// The gRPC codec of OTLP export: the request is encoded into tonic's frame buffer (or goes
+/// out as already encoded), the response is decoded with prost.
 #[derive(Clone, Copy, Debug, Default)]
 struct EncodedCodec;
 
 impl tonic::codec::Codec for EncodedCodec {
-    type Encode = Bytes;
+    type Encode = Payload;
     type Decode = ExportTraceServiceResponse;
     type Encoder = EncodedCodec;
     type Decoder = EncodedCodec;
@@ -278,17 +301,28 @@ impl tonic::codec::Codec for EncodedCodec {
 }
 
 impl tonic::codec::Encoder for EncodedCodec {
-    type Item = Bytes;
+    type Item = Payload;
     type Error = tonic::Status;
 
     fn encode(
         &mut self,
-        message: Bytes,
+        message: Payload,
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), tonic::Status> {
         use bytes::BufMut as _;
-        dst.put(message);
-        Ok(())
+        match message {
+            Payload::Message { request, len } => {
+                // Grown once to the final size rather than doubling (and copying) as it fills.
+                dst.reserve(len);
+                request
+                    .encode(dst)
+                    .map_err(|error| tonic::Status::internal(format!("encoding: {error}")))
+            }
+            Payload::Encoded(bytes) => {
+                dst.put(bytes);
+                Ok(())
+            }
+        }
     }
 }
 
