@@ -49,8 +49,8 @@ pub struct DaemonOptions {
     pub policy: crate::config::Config,
     /// Where the configuration came from; re-read on SIGHUP.
     pub config_overrides: crate::config::Overrides,
-    /// Records the export queue holds.
-    pub export_queue: usize,
+    /// How much the export queue holds.
+    pub export_queue: crate::export::queue::QueueLimits,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Size of the kernel ring buffer in bytes (`sensor.ring_buffer_bytes`); 0 keeps the
@@ -1165,6 +1165,11 @@ fn publish_metrics(
         "bytes held by HTTP reassembly now (buffers, waiting requests, finished exchanges)",
         i64::try_from(pipeline.tracker.buffered_bytes()).unwrap_or(i64::MAX),
     );
+    metrics.set_gauge(
+        "export_queued_bytes",
+        "bytes of records waiting in the export queue now",
+        i64::try_from(pipeline.exporter.queued_bytes()).unwrap_or(i64::MAX),
+    );
     if let Some(stats) = pipeline.pods.stats() {
         for (name, help, value) in stats.named() {
             metrics.publish(name, help, value);
@@ -1186,6 +1191,11 @@ fn publish_metrics(
         "export_dropped_queue_full",
         "records dropped because the export queue was full",
         load(&export.dropped_queue_full),
+    );
+    metrics.publish(
+        "export_dropped_queue_bytes",
+        "of the records dropped because the export queue was full, those refused for its byte limit",
+        load(&export.dropped_queue_bytes),
     );
     metrics.publish(
         "export_failed",

@@ -128,7 +128,10 @@ async fn run(args: RunArgs) -> Result<()> {
         },
         policy: config.clone(),
         config_overrides: overrides,
-        export_queue: sensor.export_queue_size.max(1024),
+        export_queue: sensor::export::queue::QueueLimits {
+            records: sensor.export_queue_size.max(1024),
+            bytes: sensor.export_queue_bytes,
+        },
         metrics_addr: sensor.metrics_addr,
         ring_buffer_bytes: ring_bytes(&config),
     })

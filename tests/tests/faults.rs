@@ -156,8 +156,9 @@ fn spans_with(receiver: &Receiver, needle: &str, n: usize, timeout: Duration) ->
     count()
 }
 
-/// A slow collector (3 s per export request): the export queue (50 spans) fills and what
-/// does not fit is dropped and counted — every exchange built is either queued or counted as
+/// A slow collector (3 s per export request): the export queue fills up to its byte limit
+/// (3 MB, about 46 of these exchanges; its record limit is far away) and what does not fit is
+/// dropped and counted — every exchange built is either queued or counted as
 /// dropped, and every queued span is delivered in the end. The sensor's memory stays bounded
 /// although ~50 MB of bodies pass (800 exchanges with 32 KB each way). Once the collector is
 /// fast again, the 20 requests made after are all exported.
@@ -172,7 +173,8 @@ fn slow_collector_bounds_memory_counts_drops_and_recovers() {
         &[server.pid()],
         &[
             ("HT_REPORTING_ENDPOINT", &receiver.grpc_endpoint()),
-            ("HT_SENSOR_EXPORT_QUEUE_SIZE", "50"),
+            ("HT_SENSOR_EXPORT_QUEUE_SIZE", "100000"),
+            ("HT_SENSOR_EXPORT_QUEUE_BYTES", "3000000"),
             ("HT_SENSOR_BATCH_TIMEOUT_MS", "100"),
         ],
     );
@@ -218,6 +220,16 @@ fn slow_collector_bounds_memory_counts_drops_and_recovers() {
         built()
     );
     assert!(dropped > 0, "a slow collector makes the queue overflow");
+    assert_eq!(
+        counter(&metrics, "export_dropped_queue_bytes"),
+        dropped,
+        "every drop was for the byte limit"
+    );
+    let held = gauge(&metrics, "export_queued_bytes").expect("gauge export_queued_bytes");
+    assert!(
+        held <= 3_000_000,
+        "the queue holds at most its byte limit: {held}"
+    );
     assert!(
         anon_after < anon_before + 32 * 1024,
         "memory stays bounded while the collector is slow: anonymous RSS {anon_before} -> {anon_after} KiB"

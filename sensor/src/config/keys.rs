@@ -408,6 +408,15 @@ pub const KEYS: &[KeyDoc] = &[
         setter: Setter::Usize(|c| &mut c.sensor.export_queue_size, 1),
     },
     KeyDoc {
+        key: "sensor.export_queue_bytes",
+        default: "67108864",
+        env: "HT_SENSOR_EXPORT_QUEUE_BYTES",
+        otel: &[],
+        flag: None,
+        description: "Most bytes of spans (bodies included) waiting for export; beyond it new spans are dropped. An empty queue still takes one larger span.",
+        setter: Setter::Usize(|c| &mut c.sensor.export_queue_bytes, 1),
+    },
+    KeyDoc {
         key: "sensor.batch_max_bytes",
         default: "3145728",
         env: "HT_SENSOR_BATCH_MAX_BYTES",

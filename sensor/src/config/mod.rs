@@ -143,6 +143,8 @@ pub struct SensorSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// Most spans waiting for export; beyond it new spans are dropped.
     pub export_queue_size: usize,
+    /// Most bytes of spans (bodies included) waiting for export; beyond it new spans are dropped.
+    pub export_queue_bytes: usize,
     /// Largest export request body in bytes.
     pub batch_max_bytes: usize,
     /// Longest time a span waits before its batch is sent.
@@ -357,6 +359,7 @@ impl Default for SensorSettings {
             idle_timeout_ms: 300_000,
             metrics_addr: None,
             export_queue_size: 2048,
+            export_queue_bytes: crate::export::queue::DEFAULT_QUEUE_BYTES,
             batch_max_bytes: 3 * 1024 * 1024,
             batch_timeout_ms: 1000,
             ring_buffer_bytes: u64::from(sensor_common::maps::EVENTS_BYTES),

@@ -179,6 +179,7 @@ sensor:
   responseTimeoutMs: 5000
   maxConnections: 10
   exportQueueSize: 16
+  export_queue_bytes: 1000000
   batchMaxBytes: 4096
   batchTimeoutMs: 250
   idleTimeoutMs: 60000
@@ -198,6 +199,7 @@ sensor:
     assert_eq!(c.sensor.response_timeout_ms, 5000);
     assert_eq!(c.sensor.max_connections, 10);
     assert_eq!(c.sensor.export_queue_size, 16);
+    assert_eq!(c.sensor.export_queue_bytes, 1_000_000);
     assert_eq!(c.sensor.batch_max_bytes, 4096);
     assert_eq!(
         c.sensor.batch_timeout(),
@@ -233,6 +235,7 @@ fn defaults_when_nothing_is_configured() {
     assert_eq!(d.sensor.max_connections, 65_536);
     assert_eq!(d.sensor.idle_timeout_ms, 300_000);
     assert_eq!(d.sensor.export_queue_size, 2048);
+    assert_eq!(d.sensor.export_queue_bytes, 64 * 1024 * 1024);
     assert_eq!(d.sensor.batch_max_bytes, 3 * 1024 * 1024);
     assert_eq!(d.sensor.batch_timeout_ms, 1000);
     assert_eq!(d.export_target(), ExportTarget::Local(OutputKind::Console));

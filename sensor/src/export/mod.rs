@@ -1,18 +1,20 @@
 //! Export: where exchange records go. Console and JSONL write to stdout; the OTLP exporter
-//! sends spans to a backend. Every exporter sits behind a bounded queue: the pipeline never
-//! waits for an output, and what a full queue refuses is counted.
+//! sends spans to a backend. Every exporter sits behind a queue bounded in records and in
+//! bytes: the pipeline never waits for an output, and what a full queue refuses is counted.
 
 pub mod console;
 pub mod otlp;
+pub mod queue;
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
-use tokio::{io::AsyncWriteExt as _, sync::mpsc, task::JoinHandle};
+use tokio::{io::AsyncWriteExt as _, task::JoinHandle};
 use tracing::warn;
 
+use self::queue::{QueueLimits, QueueSender, Refused};
 use crate::record::ExchangeRecord;
 
 /// Local addresses of the connections the exporters opened: a watched process receiving one of
@@ -52,8 +54,10 @@ pub enum StdoutFormat {
 pub struct ExportStats {
     /// Records accepted into the queue.
     pub queued: AtomicU64,
-    /// Records refused because the queue was full.
+    /// Records refused because the queue was full (in records or in bytes).
     pub dropped_queue_full: AtomicU64,
+    /// Of those, the records refused because the queue held its most bytes.
+    pub dropped_queue_bytes: AtomicU64,
     /// Records written or delivered.
     pub exported: AtomicU64,
     /// Records that failed to be written or delivered.
@@ -62,15 +66,15 @@ pub struct ExportStats {
 
 /// A running exporter: a queue and the task that drains it.
 pub struct Exporter {
-    tx: mpsc::Sender<ExchangeRecord>,
+    tx: QueueSender,
     task: JoinHandle<()>,
     stats: Arc<ExportStats>,
 }
 
 impl Exporter {
-    /// Starts a stdout exporter with a queue of `capacity` records.
-    pub fn stdout(format: StdoutFormat, capacity: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<ExchangeRecord>(capacity.max(1));
+    /// Starts a stdout exporter behind a queue bounded by `limits`.
+    pub fn stdout(format: StdoutFormat, limits: QueueLimits) -> Self {
+        let (tx, mut rx) = queue::queue(limits);
         let stats = Arc::new(ExportStats::default());
         let task_stats = stats.clone();
         let task = tokio::spawn(async move {
@@ -81,8 +85,8 @@ impl Exporter {
                 write_record(&mut buffer, format, &record);
                 while buffer.len() < 32 * 1024 {
                     match rx.try_recv() {
-                        Ok(record) => write_record(&mut buffer, format, &record),
-                        Err(_) => break,
+                        Some(record) => write_record(&mut buffer, format, &record),
+                        None => break,
                     }
                 }
                 let lines = buffer.iter().filter(|b| **b == b'\n').count() as u64;
@@ -107,12 +111,22 @@ impl Exporter {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Err(refused) => {
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                if refused == Refused::Bytes {
+                    self.stats
+                        .dropped_queue_bytes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
+    }
+
+    /// Bytes of records waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.tx.held_bytes()
     }
 
     /// The exporter's counters.

@@ -30,10 +30,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    sync::mpsc,
-    time::{Instant, sleep_until},
-};
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 pub use convert::{
@@ -45,7 +42,10 @@ use self::{
     batch::{Added, Batch, PendingSpan, Sizer},
     transport::{Outcome, Payload, Transport},
 };
-use super::{ExportStats, Exporter};
+use super::{
+    ExportStats, Exporter,
+    queue::{QueueLimits, QueueReceiver},
+};
 use crate::{
     config::{Config, Protocol},
     record::ExchangeRecord,
@@ -76,6 +76,8 @@ pub struct OtlpSettings {
     pub ca_file: Option<PathBuf>,
     /// Most spans waiting in the queue; beyond it new records are dropped.
     pub queue_size: usize,
+    /// Most bytes of records waiting in the queue; beyond it new records are dropped.
+    pub queue_bytes: usize,
     /// Largest encoded request; a span that alone exceeds it is dropped.
     pub batch_max_bytes: usize,
     /// Longest time a span waits for its batch to fill.
@@ -101,6 +103,7 @@ impl OtlpSettings {
             headers: config.reporting.headers.clone(),
             ca_file: config.reporting.cert_file.clone(),
             queue_size: config.sensor.export_queue_size,
+            queue_bytes: config.sensor.export_queue_bytes,
             batch_max_bytes: config.sensor.batch_max_bytes,
             batch_timeout: config.sensor.batch_timeout(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -135,13 +138,17 @@ impl Exporter {
         tokio::runtime::Handle::try_current()
             .context("the OTLP exporter must be started inside a tokio runtime")?;
         let transport = Transport::new(&settings)?;
-        let (tx, rx) = mpsc::channel(settings.queue_size.max(1));
+        let (tx, rx) = super::queue::queue(QueueLimits {
+            records: settings.queue_size,
+            bytes: settings.queue_bytes,
+        });
         let stats = Arc::new(ExportStats::default());
         let otlp_stats = Arc::new(OtlpStats::default());
         info!(
             url = %settings.url,
             protocol = %settings.protocol,
             queue_size = settings.queue_size,
+            queue_bytes = settings.queue_bytes,
             batch_max_bytes = settings.batch_max_bytes,
             "OTLP exporter started"
         );
@@ -166,7 +173,7 @@ impl Exporter {
 /// The task behind the queue: batches spans and delivers them one request at a time.
 ///
 /// While a request is retried no new record is taken from the queue, so what waits is at
-/// most the queue plus the batch in flight.
+/// most the queue (bounded in records and bytes) plus the batch in flight.
 struct Worker {
     transport: Transport,
     sizer: Sizer,
@@ -185,7 +192,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<ExchangeRecord>) {
+    async fn run(mut self, mut rx: QueueReceiver) {
         let mut carry: Option<(PendingSpan, Instant)> = None;
         loop {
             let (first, since) = match carry.take() {
@@ -266,14 +273,10 @@ impl Worker {
     }
 
     /// Counts everything still waiting as failed (shutdown deadline passed).
-    fn abandon(
-        &mut self,
-        carry: Option<(PendingSpan, Instant)>,
-        rx: &mut mpsc::Receiver<ExchangeRecord>,
-    ) {
+    fn abandon(&mut self, carry: Option<(PendingSpan, Instant)>, rx: &mut QueueReceiver) {
         let mut left = u64::from(carry.is_some());
         rx.close();
-        while rx.try_recv().is_ok() {
+        while rx.try_recv().is_some() {
             left += 1;
         }
         if left > 0 {
@@ -286,7 +289,7 @@ impl Worker {
     }
 
     /// Sends a batch until it is accepted, refused, or the shutdown deadline passes.
-    async fn deliver(&mut self, batch: Batch, rx: &mpsc::Receiver<ExchangeRecord>) {
+    async fn deliver(&mut self, batch: Batch, rx: &QueueReceiver) {
         let spans = batch.len() as u64;
         let estimate = batch.size();
         let payload = self.transport.encode(batch.into_request(&self.sizer));
@@ -356,7 +359,7 @@ impl Worker {
     }
 
     /// One request, bounded by the request timeout and the shutdown deadline.
-    async fn attempt(&mut self, payload: &Payload, rx: &mpsc::Receiver<ExchangeRecord>) -> Outcome {
+    async fn attempt(&mut self, payload: &Payload, rx: &QueueReceiver) -> Outcome {
         let started = Instant::now();
         let send = self.transport.send(payload);
         tokio::pin!(send);
@@ -382,7 +385,7 @@ impl Worker {
     }
 
     /// Waits before the next attempt; returns early when shutdown begins.
-    async fn pause(&mut self, delay: Duration, rx: &mpsc::Receiver<ExchangeRecord>) {
+    async fn pause(&mut self, delay: Duration, rx: &QueueReceiver) {
         let mut wake = Instant::now() + delay;
         if let Some(deadline) = self.deadline {
             wake = wake.min(deadline);
@@ -395,7 +398,7 @@ impl Worker {
 }
 
 /// Resolves once every sender of the queue is gone.
-async fn wait_closed(rx: &mpsc::Receiver<ExchangeRecord>) {
+async fn wait_closed(rx: &QueueReceiver) {
     while !rx.is_closed() {
         tokio::time::sleep(CLOSE_POLL).await;
     }

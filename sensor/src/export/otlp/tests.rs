@@ -49,6 +49,7 @@ fn settings(receiver: &Receiver, protocol: Protocol) -> OtlpSettings {
         headers: BTreeMap::new(),
         ca_file: None,
         queue_size: 1000,
+        queue_bytes: crate::export::queue::DEFAULT_QUEUE_BYTES,
         batch_max_bytes: 3 * 1024 * 1024,
         batch_timeout: Duration::from_millis(100),
         shutdown_timeout: Duration::from_secs(10),
@@ -625,6 +626,59 @@ fn outage_loses_nothing_up_to_the_queue_size(protocol: Protocol) {
     assert!(counter(&otlp.retries) >= 2);
 }
 
+/// A record with a request body of `body_len` bytes.
+fn record_with_body(name: &str, body_len: usize) -> ExchangeRecord {
+    let mut record = record(process(1, "svc"), SpanKind::Server, name, Some(200));
+    record
+        .attributes
+        .insert("http.request.body".into(), "b".repeat(body_len).into());
+    record
+}
+
+#[test]
+fn outage_with_bodies_keeps_the_queue_within_its_bytes() {
+    let receiver = Receiver::start();
+    receiver.set_unavailable(true);
+    let rt = runtime();
+    let mut settings = settings(&receiver, Protocol::Grpc);
+    let one = crate::export::queue::record_bytes(&record_with_body("POST /0", 100_000));
+    settings.queue_bytes = 5 * one + one / 2;
+    settings.batch_timeout = Duration::from_millis(20);
+    let (exporter, stats, otlp) = start(&rt, settings);
+    exporter.send(record_with_body("POST /first", 100_000));
+    assert!(
+        wait_until(WAIT, || counter(&otlp.retries) >= 1),
+        "a retry happens"
+    );
+    assert_eq!(exporter.queued_bytes(), 0, "the first record is in flight");
+    for i in 0..8 {
+        exporter.send(record_with_body(&format!("POST /{i}"), 100_000));
+    }
+    assert_eq!(exporter.queued_bytes(), 5 * one);
+    assert_eq!(counter(&stats.dropped_queue_full), 3);
+    assert_eq!(counter(&stats.dropped_queue_bytes), 3);
+    receiver.set_unavailable(false);
+    assert!(
+        receiver.wait_for_spans(6, WAIT),
+        "everything queued arrives"
+    );
+    rt.block_on(exporter.shutdown());
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            "POST /first",
+            "POST /0",
+            "POST /1",
+            "POST /2",
+            "POST /3",
+            "POST /4"
+        ]
+    );
+    assert_eq!(counter(&stats.exported), 6);
+    assert_eq!(counter(&stats.failed), 0);
+}
+
 #[test]
 fn grpc_outage_loses_nothing_up_to_the_queue_size() {
     outage_loses_nothing_up_to_the_queue_size(Protocol::Grpc);
@@ -805,6 +859,7 @@ fn bad_settings_are_errors() {
         headers: BTreeMap::new(),
         ca_file: None,
         queue_size: 10,
+        queue_bytes: 1 << 20,
         batch_max_bytes: 1024,
         batch_timeout: Duration::from_millis(10),
         shutdown_timeout: Duration::from_millis(10),
@@ -857,6 +912,7 @@ fn https_endpoints_are_accepted() {
             headers: BTreeMap::new(),
             ca_file: None,
             queue_size: 10,
+            queue_bytes: 1 << 20,
             batch_max_bytes: 1024,
             batch_timeout: Duration::from_millis(10),
             shutdown_timeout: Duration::from_millis(10),
