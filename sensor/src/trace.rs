@@ -323,7 +323,7 @@ pub async fn run(
                         chunk.direction,
                         line,
                         chunk.offset,
-                        chunk.payload,
+                        chunk.payload.to_vec(),
                     );
                     return;
                 }
@@ -331,7 +331,7 @@ pub async fn run(
                     let _ = write!(
                         line,
                         " payload=\"{}\"",
-                        escape_prefix(&chunk.payload, limit)
+                        escape_prefix(chunk.payload, limit)
                     );
                 }
                 println!("{line}");

@@ -1,4 +1,5 @@
-//! Typed, owned views of the kernel's ring-buffer records.
+//! Typed views of the kernel's ring-buffer records. A payload is borrowed from the ring buffer
+//! (it is handed over in place and copied only by whoever keeps it); everything else is owned.
 //!
 //! Decoding checks every length: a short or unknown record becomes a [`DecodeError`] (counted by
 //! the caller), never a panic.
@@ -16,9 +17,9 @@ use sensor_common::event::{
 
 /// One decoded kernel record.
 #[derive(Clone, Debug, PartialEq)]
-pub enum CaptureEvent {
+pub enum CaptureEvent<'a> {
     /// Payload (or a payload-less progress record) of a tracked connection.
-    Data(DataChunk),
+    Data(DataChunk<'a>),
     /// A connection began (accepted, connected, or adopted from `/proc`).
     Open(ConnOpen),
     /// A connection's last descriptor was closed.
@@ -50,7 +51,7 @@ pub enum CaptureEvent {
 
 /// Bytes moved on a connection, and where they sit in its stream.
 #[derive(Clone, Debug, PartialEq)]
-pub struct DataChunk {
+pub struct DataChunk<'a> {
     /// Process and thread.
     pub pid: u32,
     /// Thread that made the syscall.
@@ -71,13 +72,14 @@ pub struct DataChunk {
     pub syscall_len: u64,
     /// Stream offset of `payload[0]`.
     pub offset: u64,
-    /// The copied bytes (possibly fewer than the syscall moved, possibly none).
-    pub payload: Vec<u8>,
+    /// The copied bytes (possibly fewer than the syscall moved, possibly none), in place in
+    /// the ring buffer.
+    pub payload: &'a [u8],
     /// True for counted-only transfers (sendfile).
     pub uncopied: bool,
 }
 
-impl DataChunk {
+impl DataChunk<'_> {
     /// Stream offset just past the syscall's last byte.
     pub fn syscall_end(&self) -> u64 {
         self.syscall_offset + self.syscall_len
@@ -212,7 +214,7 @@ pub fn endpoint_addr(endpoint: &Endpoint) -> Option<SocketAddr> {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<CaptureEvent, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
     Ok(match kind {
@@ -240,7 +242,7 @@ pub fn decode(bytes: &[u8]) -> Result<CaptureEvent, DecodeError> {
                 syscall_offset: read(at(offset_of!(DataEvent, syscall_offset))?)?,
                 syscall_len: read(at(offset_of!(DataEvent, syscall_len))?)?,
                 offset: read(at(offset_of!(DataEvent, offset))?)?,
-                payload: payload.to_vec(),
+                payload,
                 uncopied: kind == EventKind::Uncopied,
             })
         }
@@ -382,7 +384,8 @@ mod tests {
 
     #[test]
     fn data_record_with_only_its_payload() {
-        let CaptureEvent::Data(chunk) = decode(&data_event(b"hello")).unwrap() else {
+        let record = data_event(b"hello");
+        let CaptureEvent::Data(chunk) = decode(&record).unwrap() else {
             panic!("expected a data chunk");
         };
         assert_eq!(chunk.payload, b"hello");

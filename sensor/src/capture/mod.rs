@@ -40,6 +40,10 @@ const RING_POLL: std::time::Duration =
 const RING_POLL_IDLE: std::time::Duration =
     std::time::Duration::from_millis(sensor_common::maps::RING_POLL_IDLE_MS);
 
+/// Most records one [`Capture::read_available`] hands over, so that timers get their turn under
+/// a flood.
+const RING_BATCH: usize = 4096;
+
 /// The poll interval after a drain that read `read` records: back to [`RING_POLL`] when there
 /// were some, else twice the last, up to [`RING_POLL_IDLE`].
 fn next_poll(last: std::time::Duration, read: usize) -> std::time::Duration {
@@ -137,7 +141,8 @@ impl KernelCounters {
 /// The loaded and attached programs, and handles on the maps userspace drives.
 pub struct Capture {
     _ebpf: Ebpf,
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// The kernel's records. `None` only while [`Self::read_available`] has lent it out.
+    ring: Option<AsyncFd<RingBuf<MapData>>>,
     watched: HashMap<MapData, u32, u32>,
     fds: HashMap<MapData, SocketKey, FdEntry>,
     conns: HashMap<MapData, u64, ConnState>,
@@ -244,8 +249,10 @@ impl Capture {
         Ok(Capture {
             _ebpf: ebpf,
             // SAFETY: the ring buffer map owns its descriptor for as long as the AsyncFd lives.
-            ring: unsafe { AsyncFd::register(ring) }
-                .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?,
+            ring: Some(
+                unsafe { AsyncFd::register(ring) }
+                    .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?,
+            ),
             watched,
             fds,
             conns,
@@ -265,8 +272,13 @@ impl Capture {
     /// records are written without a wakeup while few bytes wait), then hands each decoded
     /// record to `handle`. Returns after draining what was there, so the caller can interleave
     /// timers.
-    pub async fn next_batch(&mut self, handle: impl FnMut(&mut Self, CaptureEvent)) -> Result<()> {
-        if let Ok(guard) = tokio::time::timeout(self.poll, self.ring.readable_mut()).await {
+    pub async fn next_batch(
+        &mut self,
+        handle: impl FnMut(&mut Self, CaptureEvent<'_>),
+    ) -> Result<()> {
+        if let Some(ring) = self.ring.as_mut()
+            && let Ok(guard) = tokio::time::timeout(self.poll, ring.readable_mut()).await
+        {
             guard?.clear_ready();
         }
         let read = self.read_available(handle);
@@ -274,22 +286,23 @@ impl Capture {
         Ok(())
     }
 
-    /// Hands every record in the ring buffer now (at most one batch of 4096) to `handle`,
-    /// without waiting; returns how many there were.
-    pub fn read_available(&mut self, mut handle: impl FnMut(&mut Self, CaptureEvent)) -> usize {
-        let mut batch = Vec::new();
-        {
-            let ring = self.ring.get_mut();
-            while let Some(item) = ring.next() {
-                batch.push(events::decode(&item));
-                if batch.len() >= 4096 {
-                    break;
-                }
-            }
-        }
-        let read = batch.len();
-        for decoded in batch {
-            match decoded {
+    /// Hands every record in the ring buffer now (at most [`RING_BATCH`]) to `handle`, without
+    /// waiting; returns how many there were.
+    ///
+    /// Each record is decoded and handled in place, its payload borrowed from the ring buffer,
+    /// and released before the next is read: no copy, no allocation per record. The ring buffer
+    /// is lent out of `self` meanwhile, so that `handle` can still use the rest of the capture.
+    pub fn read_available(&mut self, mut handle: impl FnMut(&mut Self, CaptureEvent<'_>)) -> usize {
+        let Some(mut ring) = self.ring.take() else {
+            return 0;
+        };
+        let mut read = 0;
+        while read < RING_BATCH {
+            let Some(item) = ring.get_mut().next() else {
+                break;
+            };
+            read += 1;
+            match events::decode(&item) {
                 Ok(event) => handle(self, event),
                 Err(error) => {
                     self.decode_errors += 1;
@@ -297,6 +310,7 @@ impl Capture {
                 }
             }
         }
+        self.ring = Some(ring);
         read
     }
 

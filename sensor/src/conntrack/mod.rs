@@ -367,7 +367,7 @@ impl Tracker {
             }
         }
         let mut offset = chunk.offset;
-        let mut payload: &[u8] = &chunk.payload;
+        let mut payload: &[u8] = chunk.payload;
         if offset > conn.next[dir] {
             let gap_start = conn.next[dir];
             let gap_len = offset - gap_start;

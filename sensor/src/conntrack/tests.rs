@@ -41,7 +41,7 @@ fn open(conn_id: u64, role: Role) -> ConnOpen {
     }
 }
 
-fn chunk(conn_id: u64, direction: Direction, offset: u64, bytes: &[u8]) -> DataChunk {
+fn chunk(conn_id: u64, direction: Direction, offset: u64, bytes: &[u8]) -> DataChunk<'_> {
     DataChunk {
         pid: PID,
         tid: PID,
@@ -57,7 +57,7 @@ fn chunk(conn_id: u64, direction: Direction, offset: u64, bytes: &[u8]) -> DataC
         syscall_offset: offset,
         syscall_len: bytes.len() as u64,
         offset,
-        payload: bytes.to_vec(),
+        payload: bytes,
         uncopied: false,
     }
 }

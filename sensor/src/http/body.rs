@@ -202,6 +202,9 @@ fn is_zlib_header(b0: u8, b1: u8) -> bool {
     b0 & 0x0f == 8 && b0 >> 4 <= 7 && (u16::from(b0) << 8 | u16::from(b1)) % 31 == 0
 }
 
+/// Most bytes a body reserves before they arrive (see [`BodyAcc::expect_len`]).
+const BODY_INITIAL_CAPACITY: usize = 64 * 1024;
+
 impl BodyAcc {
     /// A body accumulator. `captured` is whether the bytes are kept at all.
     pub(super) fn new(captured: bool, coding: Coding, limits: Limits) -> Self {
@@ -299,6 +302,18 @@ impl BodyAcc {
         if self.captured && self.plain() && self.bytes.len() >= self.limit {
             self.truncated = true;
             self.stopped = true;
+        }
+    }
+
+    /// Tells that the framing announces `len` body bytes: a kept plain body reserves room for
+    /// them up front (at most [`BODY_INITIAL_CAPACITY`] and its limit), one allocation instead
+    /// of a doubling per chunk. The cap keeps a large announced length from holding memory
+    /// before its bytes arrive.
+    pub(super) fn expect_len(&mut self, len: u64) {
+        if self.needed() && self.plain() {
+            let room = self.limit.min(BODY_INITIAL_CAPACITY);
+            self.bytes
+                .reserve(usize::try_from(len).unwrap_or(usize::MAX).min(room));
         }
     }
 
@@ -733,5 +748,27 @@ mod tests {
         assert!(body.incomplete);
         assert!(!body.truncated);
         assert_eq!(body.wire_len, 4);
+    }
+
+    #[test]
+    fn an_announced_length_is_reserved_up_to_the_cap_and_limit() {
+        let mut b = BodyAcc::new(true, Coding::Identity, limits(1 << 20));
+        b.expect_len(16_000);
+        assert_eq!(b.bytes.capacity(), 16_000);
+        b.push(&[b'x'; 16_000]);
+        assert_eq!(b.bytes.capacity(), 16_000, "no reallocation");
+        let mut b = BodyAcc::new(true, Coding::Identity, limits(1 << 20));
+        b.expect_len(1 << 40);
+        assert_eq!(b.bytes.capacity(), BODY_INITIAL_CAPACITY);
+        let mut b = BodyAcc::new(true, Coding::Identity, limits(100));
+        b.expect_len(16_000);
+        assert_eq!(b.bytes.capacity(), 100);
+        for mut b in [
+            BodyAcc::new(false, Coding::Identity, limits(1 << 20)),
+            BodyAcc::new(true, Coding::Gzip, limits(1 << 20)),
+        ] {
+            b.expect_len(16_000);
+            assert_eq!(b.bytes.capacity(), 0, "nothing kept as it comes");
+        }
     }
 }

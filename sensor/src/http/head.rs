@@ -54,6 +54,9 @@ pub(super) struct PartialHead {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Bytes reserved when a head begins (at most what the chunk still holds): most heads fit.
+const HEAD_INITIAL_CAPACITY: usize = 1024;
+
 /// Accumulates a head, checking the start line as it comes.
 pub(super) struct HeadReader {
     response: bool,
@@ -222,6 +225,9 @@ impl HeadReader {
                     break;
                 }
                 self.begin(time);
+                // One allocation for a usual head, not a doubling per line read.
+                self.buf
+                    .reserve((data.len() - i).min(HEAD_INITIAL_CAPACITY));
             }
             let rest = &data[i..];
             let upto = rest

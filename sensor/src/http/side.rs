@@ -778,6 +778,7 @@ impl Side {
             }
             Framing::Length(n) => {
                 msg.body.expect_more();
+                msg.body.expect_len(n);
                 self.msg = Some(msg);
                 self.phase = Phase::Body(BodyPhase::Length(n));
             }
