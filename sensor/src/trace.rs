@@ -328,11 +328,7 @@ pub async fn run(
                     return;
                 }
                 if let Some(limit) = payload.filter(|_| !chunk.payload.is_empty()) {
-                    let _ = write!(
-                        line,
-                        " payload=\"{}\"",
-                        escape_prefix(chunk.payload, limit)
-                    );
+                    let _ = write!(line, " payload=\"{}\"", escape_prefix(chunk.payload, limit));
                 }
                 println!("{line}");
             }
