@@ -875,6 +875,9 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         }
     }
     info!(watched = pipeline.watched.len(), discover, "sensor running");
+    // Loading the programs and reading the processes' libraries needed memory that is free
+    // now: hand it back before the sensor settles at rest.
+    overload::trim_memory();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -264,14 +264,13 @@ fn rss_bytes() -> Option<u64> {
     Some(pages.saturating_mul(u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)))
 }
 
-/// Hands memory the allocator keeps but no longer uses back to the system (glibc), so that
-/// what shedding freed shows in the resident size.
+/// Hands memory the allocator keeps but no longer uses back to the system, so that what
+/// shedding freed shows in the resident size. The allocator is mimalloc (see `main.rs`); it
+/// purges freed pages as it allocates and frees, which an idle sensor does not do.
 pub fn trim_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // SAFETY: mi_collect has no preconditions; with any other global allocator it only tidies
+    // mimalloc's own (then empty) heaps.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// Counters of the overload policy; every body and exchange it drops is counted.
