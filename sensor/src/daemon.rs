@@ -25,7 +25,7 @@ use crate::{
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
     metrics::Metrics,
-    overload::{self, Budgets, Overload},
+    overload::{Budgets, Overload},
     ratelimit::RateLimit,
     redact::{Decision, Policy, parser_settings},
 };
@@ -583,7 +583,7 @@ impl Pipeline {
             }
         }
         if tick.trim {
-            overload::trim_memory();
+            crate::allocator::trim();
         }
     }
 
@@ -877,7 +877,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     info!(watched = pipeline.watched.len(), discover, "sensor running");
     // Loading the programs and reading the processes' libraries needed memory that is free
     // now: hand it back before the sensor settles at rest.
-    overload::trim_memory();
+    crate::allocator::trim();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -6,6 +6,7 @@
 //! [`record`] is the exchange record every output is made from; [`config`] is the one
 //! configuration schema (the Hypertrace agent's YAML, `HT_*` and `OTEL_*` variables).
 
+pub mod allocator;
 pub mod capture;
 pub mod check;
 pub mod cli;

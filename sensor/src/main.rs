@@ -15,13 +15,8 @@ use sensor::{
 };
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's allocator: records are built on the capture task's thread and
-/// freed on the exporter's, and glibc then serves most allocations from its locked arena
-/// path rather than the thread cache.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
+    sensor::allocator::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -264,15 +264,6 @@ fn rss_bytes() -> Option<u64> {
     Some(pages.saturating_mul(u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)))
 }
 
-/// Hands memory the allocator keeps but no longer uses back to the system, so that what
-/// shedding freed shows in the resident size. The allocator is mimalloc (see `main.rs`); it
-/// purges freed pages as it allocates and frees, which an idle sensor does not do.
-pub fn trim_memory() {
-    // SAFETY: mi_collect has no preconditions; with any other global allocator it only tidies
-    // mimalloc's own (then empty) heaps.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
 /// Counters of the overload policy; every body and exchange it drops is counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OverloadStats {
@@ -623,7 +614,7 @@ mod tests {
         );
         assert_eq!(overload.stats.level_changes, 2);
         assert_eq!(overload.stats.memory_trims, 2);
-        trim_memory();
+        crate::allocator::trim();
     }
 
     #[test]
