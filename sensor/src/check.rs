@@ -478,6 +478,21 @@ pub fn run_checks(ring_bytes: u32) -> Vec<Item> {
     ]
 }
 
+/// Pod metadata: whether the Kubernetes API server answers for this node, when pod metadata
+/// is configured (a node name, or running in a cluster). Capture works without it, but
+/// records then lack pod attributes and namespace or pod-label selectors match nothing.
+pub async fn kubernetes_item() -> Item {
+    match crate::enrich::kubernetes::probe().await {
+        None => Item::new(
+            "kubernetes api",
+            true,
+            "not configured (no K8S_NODE_NAME, not in a cluster): no pod metadata",
+        ),
+        Some(Ok(detail)) => Item::new("kubernetes api", true, detail),
+        Some(Err(detail)) => Item::new("kubernetes api", false, detail),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,11 @@ fn main() -> Result<()> {
         }
         Command::Check(args) => {
             let ring = ring_bytes(&load_config(args.config.clone())?);
-            let mut items = runtime.block_on(async { check::run_checks(ring) });
+            let mut items = runtime.block_on(async {
+                let mut items = check::run_checks(ring);
+                items.push(check::kubernetes_item().await);
+                items
+            });
             items.extend(check::openssl_items(
                 std::path::Path::new("/proc"),
                 &args.pids,

@@ -99,17 +99,21 @@ impl ApiServer {
     }
 
     fn kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n    namespace: default\ncurrent-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
-                self.port
-            ),
-        )
-        .unwrap();
-        path
+        kubeconfig(dir, self.port)
     }
+}
+
+/// A kubeconfig in `dir` whose cluster is `http://127.0.0.1:<port>`.
+fn kubeconfig(dir: &std::path::Path, port: u16) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n    namespace: default\ncurrent-context: mock\nusers:\n- name: mock\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
 type Events = Arc<Mutex<Option<mpsc::Receiver<String>>>>;
@@ -377,4 +381,73 @@ fn pods_name_services_add_attributes_and_select_processes() {
     assert!(output.stderr.contains("listed the pods of this node"));
     drop((orders_py, payments_py, system_py, internal_py, host_py));
     drop(cgroups);
+}
+
+/// `sensor check` says whether pod metadata can be had: not configured (ok), the API server
+/// listing the node's pods (ok), or an API server that cannot be reached (FAIL, exit 1).
+#[test]
+fn check_reports_whether_the_api_server_answers() {
+    let check = |env: &[(&str, &str)]| {
+        let output = Command::new(sensor_bin())
+            .arg("check")
+            .env_remove("K8S_NODE_NAME")
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run sensor check");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("kubernetes api"))
+            .unwrap_or_else(|| panic!("no kubernetes api line in:\n{stdout}"))
+            .to_owned();
+        (output.status.success(), line, stdout)
+    };
+
+    let (passed, line, stdout) = check(&[]);
+    assert!(passed, "{stdout}");
+    assert!(
+        line.contains(" ok ") && line.contains("not configured"),
+        "{line}"
+    );
+
+    let api = ApiServer::start(json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []
+    }));
+    let dir = scratch_dir("kubernetes-check");
+    let reachable = api.kubeconfig(&dir);
+    let (passed, line, stdout) = check(&[
+        ("KUBECONFIG", reachable.to_str().unwrap()),
+        ("K8S_NODE_NAME", NODE),
+    ]);
+    assert!(passed, "{stdout}");
+    assert!(
+        line.contains(" ok ")
+            && line.contains(&format!(
+                "http://127.0.0.1:{}/ lists the pods of node {NODE}",
+                api.port
+            )),
+        "{line}"
+    );
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable_dir = scratch_dir("kubernetes-check-unreachable");
+    let unreachable = kubeconfig(&unreachable_dir, closed);
+    let (passed, line, stdout) = check(&[
+        ("KUBECONFIG", unreachable.to_str().unwrap()),
+        ("K8S_NODE_NAME", NODE),
+    ]);
+    assert!(
+        !passed,
+        "an unreachable API server fails the check:\n{stdout}"
+    );
+    assert!(
+        line.contains(" FAIL ") && line.contains(&format!("listing the pods of node {NODE}")),
+        "{line}"
+    );
 }

@@ -445,6 +445,36 @@ pub async fn start() -> PodDirectory {
     }
 }
 
+/// How long `sensor check` waits for the API server.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// For `sensor check`: whether pod metadata can be had. `None` when it is not configured
+/// (no node name and not in a cluster); otherwise what one list of this node's pods (limit 1,
+/// within 5 s) found: the API server that answered, or why it could not be asked.
+pub async fn probe() -> Option<Result<String, String>> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let node = node_name();
+    if node.is_none() && !in_cluster {
+        return None;
+    }
+    #[cfg(feature = "kubernetes")]
+    {
+        let Some(node) = node else {
+            return Some(Err(
+                "in a Kubernetes cluster without K8S_NODE_NAME; fix: set it from spec.nodeName through the downward API".to_owned(),
+            ));
+        };
+        Some(watch::probe(&node, PROBE_TIMEOUT).await)
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (node, PROBE_TIMEOUT);
+        Some(Err(
+            "configured, but this sensor was built without the `kubernetes` feature; fix: use the container image or build with --features kubernetes".to_owned(),
+        ))
+    }
+}
+
 #[cfg(feature = "kubernetes")]
 pub use watch::{WatchSettings, pod_meta, spawn_watch};
 
@@ -571,6 +601,31 @@ mod watch {
         };
         info!(node, cluster_url, "watching the pods of this node");
         spawn_watch(client, node, WatchSettings::default())
+    }
+
+    /// One list of `node`'s pods (limit 1) within `timeout`, with the configuration `start`
+    /// would use: the API server's address when it answered, else what went wrong.
+    pub(super) async fn probe(node: &str, timeout: Duration) -> Result<String, String> {
+        let config = kube::Config::infer().await.map_err(|e| {
+            format!("no cluster configuration (service-account token or KUBECONFIG): {e}")
+        })?;
+        let cluster_url = config.cluster_url.to_string();
+        let client = Client::try_from(config)
+            .map_err(|e| format!("cannot build a client for {cluster_url}: {e}"))?;
+        let api: Api<Pod> = Api::all(client);
+        let params = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .limit(1);
+        match tokio::time::timeout(timeout, api.list(&params)).await {
+            Ok(Ok(_)) => Ok(format!("{cluster_url} lists the pods of node {node}")),
+            Ok(Err(error)) => Err(format!(
+                "listing the pods of node {node} at {cluster_url} failed: {error}; fix: the API server must be reachable and the service account allowed to list pods (deploy/kubernetes)"
+            )),
+            Err(_) => Err(format!(
+                "{cluster_url} did not answer within {} s",
+                timeout.as_secs()
+            )),
+        }
     }
 
     /// Lists and watches the pods of `node` through `client` in a background task, for as long
