@@ -445,9 +445,6 @@ pub async fn start() -> PodDirectory {
     }
 }
 
-/// How long `sensor check` waits for the API server.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// For `sensor check`: whether pod metadata can be had. `None` when it is not configured
 /// (no node name and not in a cluster); otherwise what one list of this node's pods (limit 1,
 /// within 5 s) found: the API server that answered, or why it could not be asked.
@@ -464,11 +461,10 @@ pub async fn probe() -> Option<Result<String, String>> {
                 "in a Kubernetes cluster without K8S_NODE_NAME; fix: set it from spec.nodeName through the downward API".to_owned(),
             ));
         };
-        Some(watch::probe(&node, PROBE_TIMEOUT).await)
+        Some(watch::probe(&node).await)
     }
     #[cfg(not(feature = "kubernetes"))]
     {
-        let _ = (node, PROBE_TIMEOUT);
         Some(Err(
             "configured, but this sensor was built without the `kubernetes` feature; fix: use the container image or build with --features kubernetes".to_owned(),
         ))
@@ -603,9 +599,17 @@ mod watch {
         spawn_watch(client, node, WatchSettings::default())
     }
 
-    /// One list of `node`'s pods (limit 1) within `timeout`, with the configuration `start`
-    /// would use: the API server's address when it answered, else what went wrong.
-    pub(super) async fn probe(node: &str, timeout: Duration) -> Result<String, String> {
+    /// How long `sensor check` waits for the API server.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The field selector of `node`'s pods, for every list and watch.
+    fn node_selector(node: &str) -> String {
+        format!("spec.nodeName={node}")
+    }
+
+    /// One list of `node`'s pods (limit 1) within [`PROBE_TIMEOUT`], with the configuration
+    /// `start` would use: the API server's address when it answered, else what went wrong.
+    pub(super) async fn probe(node: &str) -> Result<String, String> {
         let config = kube::Config::infer().await.map_err(|e| {
             format!("no cluster configuration (service-account token or KUBECONFIG): {e}")
         })?;
@@ -613,17 +617,15 @@ mod watch {
         let client = Client::try_from(config)
             .map_err(|e| format!("cannot build a client for {cluster_url}: {e}"))?;
         let api: Api<Pod> = Api::all(client);
-        let params = ListParams::default()
-            .fields(&format!("spec.nodeName={node}"))
-            .limit(1);
-        match tokio::time::timeout(timeout, api.list(&params)).await {
+        let params = ListParams::default().fields(&node_selector(node)).limit(1);
+        match tokio::time::timeout(PROBE_TIMEOUT, api.list(&params)).await {
             Ok(Ok(_)) => Ok(format!("{cluster_url} lists the pods of node {node}")),
             Ok(Err(error)) => Err(format!(
                 "listing the pods of node {node} at {cluster_url} failed: {error}; fix: the API server must be reachable and the service account allowed to list pods (deploy/kubernetes)"
             )),
             Err(_) => Err(format!(
                 "{cluster_url} did not answer within {} s",
-                timeout.as_secs()
+                PROBE_TIMEOUT.as_secs()
             )),
         }
     }
@@ -651,7 +653,7 @@ mod watch {
             return;
         };
         let api: Api<Pod> = Api::all(client);
-        let selector = format!("spec.nodeName={node}");
+        let selector = node_selector(&node);
         let list_params = ListParams::default().fields(&selector);
         let watch_params = WatchParams::default()
             .fields(&selector)
