@@ -22,13 +22,13 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use sensor_e2e::otlp::Receiver;
 
 use super::{
-    Settings, hey, median, memory, metric, open_loop, pinning, scrape, terminate, tls_files,
-    wait_until_running,
+    Settings, hey, median, memory, metric, neighbour, open_loop, pinning, scrape, terminate,
+    tls_files, wait_until_running,
 };
 use crate::{setup::Env, workspace_root};
 
 /// Concurrent connections of the closed-loop load.
-const CONNECTIONS: usize = 8;
+pub const CONNECTIONS: usize = 8;
 /// Size of the POSTed JSON document.
 const POST_BYTES: usize = 16 * 1024;
 
@@ -454,6 +454,26 @@ pub struct Run {
     pub exported: Option<u64>,
     /// The sensor's usage, with the sensor.
     pub sensor: Option<SensorUsage>,
+    /// What the app's core spent during the load (none when not pinned): where a
+    /// configuration's cost to the app lands, in its own code or in the kernel.
+    pub app_core: Option<pinning::CoreTicks>,
+}
+
+impl Run {
+    /// The app core's user and system time per request sent, µs, and its steal share.
+    pub fn app_core_per_request(&self) -> Option<(f64, f64, f64)> {
+        let ticks = self.app_core?;
+        let sent = self.load.sent();
+        if sent == 0 || ticks.total == 0 {
+            return None;
+        }
+        let us = |t: u64| t as f64 / pinning::CoreTicks::per_second() / sent as f64 * 1e6;
+        Some((
+            us(ticks.user),
+            us(ticks.system),
+            ticks.steal as f64 / ticks.total as f64,
+        ))
+    }
 }
 
 /// Waits until the receiver's span count has not moved for a second (at most 20 s); returns the
@@ -505,7 +525,15 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
         )),
         None => None,
     };
+    let core_before = pinning::available()
+        .then(|| pinning::CoreTicks::read(pinning::APP_CORE))
+        .transpose()?
+        .flatten();
     let outcome = load.run()?;
+    let app_core = match (core_before, pinning::CoreTicks::read(pinning::APP_CORE)?) {
+        (Some(before), Some(after)) => Some(after.since(before)),
+        _ => None,
+    };
     let usage = match (&sensor, before) {
         (Some(sensor), Some((cpu, page, started))) => {
             let window = started.elapsed().as_secs_f64();
@@ -533,6 +561,7 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
         load: outcome,
         exported,
         sensor: usage,
+        app_core,
     })
 }
 
@@ -564,7 +593,8 @@ fn json_document(bytes: usize) -> String {
     format!("{head}{}{tail}", "x".repeat(pad))
 }
 
-/// Runs the matrix, the sensor's cost and memory, and the open-loop search; prints the tables.
+/// Runs the matrix, the sensor's cost, the neighbour control, memory and the open-loop search;
+/// prints the tables.
 /// Fails when an instrumented configuration that ran exported nothing.
 pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     pinning::pin_this_thread(pinning::LOAD_CORE)?;
@@ -603,6 +633,9 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
         "== frameworks under hey: {CONNECTIONS} connections, closed loop, {seconds} s per run, {rounds} interleaved rounds (medians; errors and exported/sent summed); {}",
         pinning::describe()
     );
+    println!(
+        "   app user/sys us: the app core's user and system (with irq) time per request during the load (/proc/stat); steal: its share taken by the hypervisor"
+    );
     let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); Config::ALL.len()]; cases.len()];
     for round in 0..rounds {
         for (c, case) in cases.iter().enumerate() {
@@ -637,8 +670,17 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
         println!();
         println!("-- {}", case.label());
         println!(
-            "{:<22} {:>9} {:>7} {:>9} {:>9} {:>7} {:>17}",
-            "config", "req/s", "ratio", "p50 ms", "p99 ms", "errors", "exported/sent"
+            "{:<22} {:>9} {:>7} {:>9} {:>9} {:>7} {:>17} {:>12} {:>12} {:>8}",
+            "config",
+            "req/s",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "exported/sent",
+            "app user us",
+            "app sys us",
+            "steal"
         );
         let bare = median(runs[c][0].iter().map(|r| r.load.rps).collect());
         for (k, config) in Config::ALL.iter().enumerate() {
@@ -655,15 +697,29 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
             {
                 empty.push(format!("{}: {}", case.label(), config.label()));
             }
+            let core: Vec<(f64, f64, f64)> =
+                these.iter().filter_map(Run::app_core_per_request).collect();
+            let core_column = |pick: fn(&(f64, f64, f64)) -> f64, percent: bool| {
+                if core.is_empty() {
+                    "n/a".to_owned()
+                } else if percent {
+                    format!("{:.1}%", median(core.iter().map(pick).collect()) * 100.0)
+                } else {
+                    format!("{:.1}", median(core.iter().map(pick).collect()))
+                }
+            };
             println!(
-                "{:<22} {:>9.0} {:>7.3} {:>9} {:>9} {:>7} {:>17}",
+                "{:<22} {:>9.0} {:>7.3} {:>9} {:>9} {:>7} {:>17} {:>12} {:>12} {:>8}",
                 config.label(),
                 rps,
                 if bare > 0.0 { rps / bare } else { 0.0 },
                 ms(median(these.iter().map(|r| r.load.p50).collect())),
                 ms(median(these.iter().map(|r| r.load.p99).collect())),
                 these.iter().map(|r| r.load.errors).sum::<u64>(),
-                exported
+                exported,
+                core_column(|c| c.0, false),
+                core_column(|c| c.1, false),
+                core_column(|c| c.2, true)
             );
         }
     }
@@ -679,6 +735,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
         .iter()
         .position(|c| *c == Config::Sensor)
         .expect("listed");
+    let mut sensor_cores = Vec::new();
     for (c, case) in cases.iter().enumerate() {
         let these: Vec<(&Run, SensorUsage)> = runs[c][sensor]
             .iter()
@@ -716,6 +773,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
                 .collect(),
         );
         let ring_full: u64 = these.iter().map(|(_, u)| u.ring_full).sum();
+        sensor_cores.push(cores);
         println!(
             "{:<44} {:>8.3} {:>14.3} {:>12.1} {:>9.1} {:>10}",
             case.label(),
@@ -729,6 +787,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     println!(
         "targets (shown, not asserted): throughput with the sensor >= 98% of bare; sensor CPU <= 0.05 core per 1,000 exchanges/s"
     );
+    neighbour::bench(&bench, &cases, &sensor_cores)?;
     memory::bench(&bench)?;
     open_loop::bench(&bench, &cases)?;
     if !empty.is_empty() {

@@ -7,7 +7,8 @@
 //! - `tls`: what the OpenSSL probes cost a process ([`tls`]).
 //! - `apps`: gunicorn+Flask and uvicorn+FastAPI under `hey`, bare, with the sensor, with the
 //!   in-process Hypertrace agent and with OpenTelemetry's instrumentation, plus the sensor's
-//!   CPU, BPF time, memory and highest open-loop rate ([`apps`]).
+//!   CPU, BPF time, memory and highest open-loop rate ([`apps`]), and what work on the other
+//!   core alone costs the app ([`neighbour`]).
 //!
 //! `PYSENSOR_BENCH_SECONDS` (default 5) is the length of each measured load and
 //! `PYSENSOR_BENCH_ROUNDS` (default 3) the number of interleaved rounds whose medians are
@@ -17,6 +18,7 @@ mod apps;
 mod capture;
 mod hey;
 mod memory;
+mod neighbour;
 mod open_loop;
 mod pinning;
 mod tls;

@@ -69,3 +69,84 @@ pub fn describe() -> String {
         "not pinned: fewer than 2 cores or no taskset".to_owned()
     }
 }
+
+/// Time one core spent so far, from `/proc/stat`, in clock ticks.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CoreTicks {
+    /// User and nice time: the application's own code.
+    pub user: u64,
+    /// System, irq and softirq time: system calls (with the BPF programs they run) and the
+    /// network stack.
+    pub system: u64,
+    /// Time the hypervisor ran something else while this core wanted to run.
+    pub steal: u64,
+    /// Every state, idle included.
+    pub total: u64,
+}
+
+impl CoreTicks {
+    /// Reads `core`'s line of `/proc/stat`; none when the core is not listed.
+    pub fn read(core: usize) -> Result<Option<CoreTicks>> {
+        Ok(parse_core(&std::fs::read_to_string("/proc/stat")?, core))
+    }
+
+    /// What was spent from `earlier` to `self`.
+    pub fn since(self, earlier: CoreTicks) -> CoreTicks {
+        CoreTicks {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            steal: self.steal.saturating_sub(earlier.steal),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
+
+    /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+    pub fn per_second() -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+    }
+}
+
+/// `cpuN user nice system idle iowait irq softirq steal …` (proc(5)).
+fn parse_core(stat: &str, core: usize) -> Option<CoreTicks> {
+    let label = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(label.as_str()))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| values.get(i).copied().unwrap_or(0);
+    Some(CoreTicks {
+        user: at(0) + at(1),
+        system: at(2) + at(5) + at(6),
+        steal: at(7),
+        total: values.iter().take(8).sum(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_cores_line() {
+        let stat = "cpu  9 9 9 9 9 9 9 9 0 0\n\
+                    cpu0 100 5 40 800 3 2 7 11 0 0\n\
+                    cpu1 1 1 1 1 1 1 1 1 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(
+            parse_core(stat, 0),
+            Some(CoreTicks {
+                user: 105,
+                system: 49,
+                steal: 11,
+                total: 968,
+            })
+        );
+        assert_eq!(parse_core(stat, 1).map(|t| t.total), Some(8));
+        assert_eq!(parse_core(stat, 2), None);
+    }
+}
