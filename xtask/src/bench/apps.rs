@@ -22,13 +22,13 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use sensor_e2e::otlp::Receiver;
 
 use super::{
-    Settings, hey, median, memory, metric, neighbour, open_loop, pinning, scrape, terminate,
-    tls_files, wait_until_running,
+    Settings, clock_ticks_per_second, hey, median, memory, metric, neighbour, open_loop, pinning,
+    scrape, terminate, tls_files, wait_until_running,
 };
 use crate::{setup::Env, workspace_root};
 
 /// Concurrent connections of the closed-loop load.
-pub const CONNECTIONS: usize = 8;
+const CONNECTIONS: usize = 8;
 /// Size of the POSTed JSON document.
 const POST_BYTES: usize = 16 * 1024;
 
@@ -168,6 +168,19 @@ pub struct Bench<'a> {
     pub key: PathBuf,
     /// The 16 KB JSON document POSTed.
     pub post_body: PathBuf,
+}
+
+impl Bench<'_> {
+    /// The closed-loop load of `case` (its URL filled in by [`run_once`]).
+    pub fn closed_loop(&self, case: Case) -> hey::Load {
+        hey::Load {
+            url: String::new(),
+            seconds: self.settings.seconds,
+            connections: CONNECTIONS,
+            rate_per_connection: None,
+            post_body: (case.endpoint == Endpoint::JsonPost).then(|| self.post_body.clone()),
+        }
+    }
 }
 
 /// A running application, stopped (SIGTERM, so in-process exporters flush) when dropped.
@@ -425,9 +438,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("/proc/{pid}/stat has no field {i}"))
     };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(14)? + ticks(15)?) as f64 / per_second)
+    Ok((ticks(14)? + ticks(15)?) as f64 / clock_ticks_per_second())
 }
 
 /// What the sensor used during one load window.
@@ -459,21 +470,43 @@ pub struct Run {
     pub app_core: Option<pinning::CoreTicks>,
 }
 
+/// The app core's time per request of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct AppCorePerRequest {
+    /// User time per request sent, µs.
+    pub user_us: f64,
+    /// System (with irq) time per request sent, µs.
+    pub system_us: f64,
+    /// Share of the core's time the hypervisor took.
+    pub steal: f64,
+}
+
 impl Run {
-    /// The app core's user and system time per request sent, µs, and its steal share.
-    pub fn app_core_per_request(&self) -> Option<(f64, f64, f64)> {
+    /// The app core's time per request sent; none when not measured or nothing was sent.
+    pub fn app_core_per_request(&self) -> Option<AppCorePerRequest> {
         let ticks = self.app_core?;
         let sent = self.load.sent();
         if sent == 0 || ticks.total == 0 {
             return None;
         }
-        let us = |t: u64| t as f64 / pinning::CoreTicks::per_second() / sent as f64 * 1e6;
-        Some((
-            us(ticks.user),
-            us(ticks.system),
-            ticks.steal as f64 / ticks.total as f64,
-        ))
+        let us = |t: u64| t as f64 / clock_ticks_per_second() / sent as f64 * 1e6;
+        Some(AppCorePerRequest {
+            user_us: us(ticks.user),
+            system_us: us(ticks.system),
+            steal: ticks.steal as f64 / ticks.total as f64,
+        })
     }
+}
+
+/// The median over `runs` of one part of the app core's time per request; none when no run
+/// measured it.
+pub fn median_app_core(runs: &[Run], pick: fn(&AppCorePerRequest) -> f64) -> Option<f64> {
+    let values: Vec<f64> = runs
+        .iter()
+        .filter_map(Run::app_core_per_request)
+        .map(|c| pick(&c))
+        .collect();
+    (!values.is_empty()).then(|| median(values))
 }
 
 /// Waits until the receiver's span count has not moved for a second (at most 20 s); returns the
@@ -525,14 +558,17 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
         )),
         None => None,
     };
-    let core_before = pinning::available()
-        .then(|| pinning::CoreTicks::read(pinning::APP_CORE))
-        .transpose()?
-        .flatten();
+    let core_before = if pinning::available() {
+        pinning::CoreTicks::read(pinning::APP_CORE)?
+    } else {
+        None
+    };
     let outcome = load.run()?;
-    let app_core = match (core_before, pinning::CoreTicks::read(pinning::APP_CORE)?) {
-        (Some(before), Some(after)) => Some(after.since(before)),
-        _ => None,
+    let app_core = match core_before {
+        Some(before) => {
+            pinning::CoreTicks::read(pinning::APP_CORE)?.map(|after| after.since(before))
+        }
+        None => None,
     };
     let usage = match (&sensor, before) {
         (Some(sensor), Some((cpu, page, started))) => {
@@ -640,14 +676,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     for round in 0..rounds {
         for (c, case) in cases.iter().enumerate() {
             for (k, config) in Config::ALL.iter().enumerate() {
-                let load = hey::Load {
-                    url: String::new(),
-                    seconds,
-                    connections: CONNECTIONS,
-                    rate_per_connection: None,
-                    post_body: (case.endpoint == Endpoint::JsonPost)
-                        .then(|| bench.post_body.clone()),
-                };
+                let load = bench.closed_loop(*case);
                 let run = run_once(&bench, *case, *config, &load).with_context(|| {
                     format!("round {}: {}, {}", round + 1, case.label(), config.label())
                 })?;
@@ -697,16 +726,9 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
             {
                 empty.push(format!("{}: {}", case.label(), config.label()));
             }
-            let core: Vec<(f64, f64, f64)> =
-                these.iter().filter_map(Run::app_core_per_request).collect();
-            let core_column = |pick: fn(&(f64, f64, f64)) -> f64, percent: bool| {
-                if core.is_empty() {
-                    "n/a".to_owned()
-                } else if percent {
-                    format!("{:.1}%", median(core.iter().map(pick).collect()) * 100.0)
-                } else {
-                    format!("{:.1}", median(core.iter().map(pick).collect()))
-                }
+            let core_column = |pick: fn(&AppCorePerRequest) -> f64, scale: f64, unit: &str| {
+                median_app_core(these, pick)
+                    .map_or("n/a".to_owned(), |v| format!("{:.1}{unit}", v * scale))
             };
             println!(
                 "{:<22} {:>9.0} {:>7.3} {:>9} {:>9} {:>7} {:>17} {:>12} {:>12} {:>8}",
@@ -717,9 +739,9 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
                 ms(median(these.iter().map(|r| r.load.p99).collect())),
                 these.iter().map(|r| r.load.errors).sum::<u64>(),
                 exported,
-                core_column(|c| c.0, false),
-                core_column(|c| c.1, false),
-                core_column(|c| c.2, true)
+                core_column(|c| c.user_us, 1.0, ""),
+                core_column(|c| c.system_us, 1.0, ""),
+                core_column(|c| c.steal, 100.0, "%")
             );
         }
     }

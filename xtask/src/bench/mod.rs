@@ -80,6 +80,12 @@ impl Settings {
     }
 }
 
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc` CPU times.
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// The median of `values` (the upper one of an even count); 0 when empty.
 pub fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {

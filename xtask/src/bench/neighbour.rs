@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    apps::{Bench, CONNECTIONS, Case, Config, Endpoint, Run, run_once},
-    hey, median,
+    apps::{Bench, Case, Config, Endpoint, Run, median_app_core, run_once},
+    median,
 };
 
 /// The busy loop's period: it spins for its share of each, then sleeps.
@@ -84,13 +84,7 @@ pub fn bench(bench: &Bench, cases: &[Case], sensor_cores: &[f64]) -> Result<()> 
         "case", "loop", "alone", "beside loop", "ratio", "app user us", "app sys us"
     );
     for (case, cores) in picked {
-        let load = hey::Load {
-            url: String::new(),
-            seconds: bench.settings.seconds,
-            connections: CONNECTIONS,
-            rate_per_connection: None,
-            post_body: None,
-        };
+        let load = bench.closed_loop(case);
         let (mut alone, mut beside) = (Vec::new(), Vec::new());
         for round in 0..bench.settings.rounds {
             let context = || format!("round {}: {}, busy loop", round + 1, case.label());
@@ -100,17 +94,9 @@ pub fn bench(bench: &Bench, cases: &[Case], sensor_cores: &[f64]) -> Result<()> 
             drop(busy);
         }
         let rps = |runs: &[Run]| median(runs.iter().map(|r| r.load.rps).collect());
-        let per_request = |runs: &[Run], pick: fn((f64, f64, f64)) -> f64| {
-            let values: Vec<f64> = runs
-                .iter()
-                .filter_map(Run::app_core_per_request)
-                .map(pick)
-                .collect();
-            (!values.is_empty()).then(|| median(values))
-        };
-        let pair = |pick: fn((f64, f64, f64)) -> f64| match (
-            per_request(&alone, pick),
-            per_request(&beside, pick),
+        let pair = |pick| match (
+            median_app_core(&alone, pick),
+            median_app_core(&beside, pick),
         ) {
             (Some(a), Some(b)) => format!("{a:.1} -> {b:.1}"),
             _ => "n/a".to_owned(),
@@ -127,8 +113,8 @@ pub fn bench(bench: &Bench, cases: &[Case], sensor_cores: &[f64]) -> Result<()> 
             } else {
                 0.0
             },
-            pair(|c| c.0),
-            pair(|c| c.1)
+            pair(|c| c.user_us),
+            pair(|c| c.system_us)
         );
     }
     Ok(())

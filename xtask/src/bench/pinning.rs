@@ -99,12 +99,6 @@ impl CoreTicks {
             total: self.total.saturating_sub(earlier.total),
         }
     }
-
-    /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
-    pub fn per_second() -> f64 {
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
-    }
 }
 
 /// `cpuN user nice system idle iowait irq softirq steal …` (proc(5)).
