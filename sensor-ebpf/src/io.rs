@@ -1,9 +1,12 @@
 //! Payload-carrying syscalls on tracked connections.
 //!
-//! At entry the arguments are remembered (only for connections of watched processes); at exit
-//! the syscall's return value says how many bytes really moved: the connection's stream offset
-//! advances by exactly that, the protocol is classified on first use, and the bytes are copied
-//! (bounded) unless the connection is ignored, stopped, or inside userspace's skip range.
+//! Each syscall has one `sys_exit_*_regs` program that reads the call's arguments at exit from
+//! the thread's saved registers ([`syscall_args_at_exit`]), and, for kernels whose verifier
+//! refuses that, a `sys_enter_*`/`sys_exit_*` pair that remembers them at entry (userspace
+//! attaches one or the other). At exit the syscall's return value says how many bytes really
+//! moved: the connection's stream offset advances by exactly that, the protocol is classified on
+//! first use, and the bytes are copied (bounded) unless the connection is ignored, stopped, or
+//! inside userspace's skip range.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
@@ -22,7 +25,7 @@ use crate::{
     finish,
     state::{
         CIPHER_SEEN, CONN_CONTROL, CONNS, CipherKey, FDS, PENDING_IO, PendingIo, SocketRef, count,
-        current_tgid, is_watched, pid_tgid, syscall_arg, syscall_ret,
+        current_tgid, is_watched, pid_tgid, syscall_arg, syscall_args_at_exit, syscall_ret,
     },
     tls,
 };
@@ -74,7 +77,7 @@ fn enter(fd: u64, direction: Direction, source: DataSource, ptr: u64, count: u64
 }
 
 macro_rules! plain_io {
-    ($enter:ident, $exit:ident, $direction:expr, $source:expr, $peek_flags_arg:expr) => {
+    ($enter:ident, $exit:ident, $exit_regs:ident, $direction:expr, $source:expr, $peek_flags_arg:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             let flags_arg: Option<usize> = $peek_flags_arg;
@@ -95,6 +98,16 @@ macro_rules! plain_io {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             finish(exit::<{ shape($source) }>(&ctx))
+        }
+
+        #[tracepoint]
+        pub fn $exit_regs(ctx: TracePointContext) -> u32 {
+            finish(exit_regs::<{ shape($source) }>(
+                &ctx,
+                $direction,
+                $source,
+                $peek_flags_arg,
+            ))
         }
     };
 }
@@ -117,6 +130,7 @@ const fn shape(source: DataSource) -> u8 {
 plain_io!(
     sys_enter_read,
     sys_exit_read,
+    sys_exit_read_regs,
     Direction::Ingress,
     DataSource::ReadWrite,
     None
@@ -124,6 +138,7 @@ plain_io!(
 plain_io!(
     sys_enter_write,
     sys_exit_write,
+    sys_exit_write_regs,
     Direction::Egress,
     DataSource::ReadWrite,
     None
@@ -131,6 +146,7 @@ plain_io!(
 plain_io!(
     sys_enter_recvfrom,
     sys_exit_recvfrom,
+    sys_exit_recvfrom_regs,
     Direction::Ingress,
     DataSource::RecvSend,
     Some(3)
@@ -138,6 +154,7 @@ plain_io!(
 plain_io!(
     sys_enter_sendto,
     sys_exit_sendto,
+    sys_exit_sendto_regs,
     Direction::Egress,
     DataSource::RecvSend,
     None
@@ -145,6 +162,7 @@ plain_io!(
 plain_io!(
     sys_enter_readv,
     sys_exit_readv,
+    sys_exit_readv_regs,
     Direction::Ingress,
     DataSource::Vectored,
     None
@@ -152,6 +170,7 @@ plain_io!(
 plain_io!(
     sys_enter_writev,
     sys_exit_writev,
+    sys_exit_writev_regs,
     Direction::Egress,
     DataSource::Vectored,
     None
@@ -159,6 +178,7 @@ plain_io!(
 plain_io!(
     sys_enter_recvmmsg,
     sys_exit_recvmmsg,
+    sys_exit_recvmmsg_regs,
     Direction::Ingress,
     DataSource::MultiMsg,
     Some(3)
@@ -166,23 +186,21 @@ plain_io!(
 plain_io!(
     sys_enter_sendmmsg,
     sys_exit_sendmmsg,
+    sys_exit_sendmmsg_regs,
     Direction::Egress,
     DataSource::MultiMsg,
     None
 );
 
-/// recvmsg/sendmsg: the iovec array is read from the msghdr at entry.
+/// recvmsg/sendmsg: the iovec array is read from the msghdr.
 macro_rules! msg_io {
-    ($enter:ident, $exit:ident, $direction:expr, $peek:expr) => {
+    ($enter:ident, $exit:ident, $exit_regs:ident, $direction:expr, $peek:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             if $peek && syscall_arg(&ctx, 2) & MSG_PEEK != 0 {
                 return 0;
             }
-            let msg = syscall_arg(&ctx, 1);
-            let iov = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
-            let iovlen =
-                unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
+            let (iov, iovlen) = msghdr_iov(syscall_arg(&ctx, 1));
             finish(enter(
                 syscall_arg(&ctx, 0),
                 $direction,
@@ -196,18 +214,40 @@ macro_rules! msg_io {
         pub fn $exit(ctx: TracePointContext) -> u32 {
             finish(exit::<IOVEC>(&ctx))
         }
+
+        #[tracepoint]
+        pub fn $exit_regs(ctx: TracePointContext) -> u32 {
+            let flags_arg = if $peek { Some(2) } else { None };
+            finish(exit_regs::<IOVEC>(
+                &ctx,
+                $direction,
+                DataSource::Msg,
+                flags_arg,
+            ))
+        }
     };
+}
+
+/// The iovec array and its length from a msghdr.
+#[inline(always)]
+fn msghdr_iov(msg: u64) -> (u64, u64) {
+    // SAFETY: user memory through the checking helper.
+    let iov = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+    let iovlen = unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
+    (iov, iovlen)
 }
 
 msg_io!(
     sys_enter_recvmsg,
     sys_exit_recvmsg,
+    sys_exit_recvmsg_regs,
     Direction::Ingress,
     true
 );
 msg_io!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,
+    sys_exit_sendmsg_regs,
     Direction::Egress,
     false
 );
@@ -226,6 +266,16 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
     finish(exit::<COUNTED>(&ctx))
+}
+
+#[tracepoint]
+pub fn sys_exit_sendfile64_regs(ctx: TracePointContext) -> u32 {
+    finish(exit_regs::<COUNTED>(
+        &ctx,
+        Direction::Egress,
+        DataSource::Sendfile,
+        None,
+    ))
 }
 
 /// Reads `(base, len)` of iovec `index` of the array at `iov`.
@@ -251,6 +301,7 @@ fn first_buffer<const SHAPE: u8>(io: &PendingIo, total: u64) -> Option<(u64, u64
     Some((base, if len < total { len } else { total }))
 }
 
+/// Exit of a payload syscall whose entry program remembered its arguments.
 fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     let id = pid_tgid();
     let io = PENDING_IO
@@ -258,6 +309,59 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
         .map(|p| unsafe { *p })
         .ok_or(Skip::NotTracked)?;
     let _ = PENDING_IO.remove(id);
+    complete::<SHAPE>(ctx, io)
+}
+
+/// Exit of a payload syscall with no entry program: its arguments are read from the thread's
+/// saved registers, and only calls on tracked connections of watched processes go on.
+#[inline(always)]
+fn exit_regs<const SHAPE: u8>(
+    ctx: &TracePointContext,
+    direction: Direction,
+    source: DataSource,
+    peek_flags_arg: Option<usize>,
+) -> Outcome {
+    let tgid = current_tgid();
+    if !is_watched(tgid) {
+        return Err(Skip::NotTracked);
+    }
+    let Some(args) = syscall_args_at_exit() else {
+        count(Counter::ReadFailed, 1);
+        return Err(Skip::Failed);
+    };
+    if let Some(index) = peek_flags_arg
+        && args[index & 3] & MSG_PEEK != 0
+    {
+        return Err(Skip::NotTracked);
+    }
+    let fd = args[0] as i32;
+    let conn_id = FDS
+        .get_ptr(SocketKey { tgid, fd })
+        .map(|entry| unsafe { (*entry).conn_id })
+        .filter(|conn_id| *conn_id != 0)
+        .ok_or(Skip::NotTracked)?;
+    // A socket call inside an OpenSSL call: that `SSL` object's ciphertext goes here.
+    tls::bind_nested_syscall(tgid, conn_id, fd);
+    let (ptr, count) = match source {
+        DataSource::Msg => msghdr_iov(args[1]),
+        DataSource::Sendfile => (0, args[3]),
+        _ => (args[1], args[2]),
+    };
+    let io = PendingIo {
+        conn_id,
+        ptr,
+        count,
+        fd,
+        direction: direction as u8,
+        source: source as u8,
+        _pad: [0; 2],
+    };
+    complete::<SHAPE>(ctx, io)
+}
+
+/// What both exits share: the bytes the call moved, on the connection its descriptor is.
+#[inline(always)]
+fn complete<const SHAPE: u8>(ctx: &TracePointContext, io: PendingIo) -> Outcome {
     let ret = syscall_ret(ctx);
     if ret <= 0 {
         return Err(Skip::NotTracked);
@@ -265,7 +369,7 @@ fn exit<const SHAPE: u8>(ctx: &TracePointContext) -> Outcome {
     let mut io = io;
     if io.conn_id == 0 {
         let key = SocketKey {
-            tgid: (id >> 32) as u32,
+            tgid: current_tgid(),
             fd: io.fd,
         };
         io.conn_id = FDS
@@ -505,8 +609,7 @@ fn copy_first_message(copy: &mut Copy, vec: u64, messages: u64, offset: u64) {
     if messages == 0 {
         return;
     }
-    let iov = unsafe { bpf_probe_read_user((vec + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
-    let iovlen = unsafe { bpf_probe_read_user((vec + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
+    let (iov, iovlen) = msghdr_iov(vec);
     let len =
         u64::from(unsafe { bpf_probe_read_user((vec + MMSGHDR_LEN) as *const u32) }.unwrap_or(0));
     copy_iovecs(copy, iov, iovlen, offset, len);

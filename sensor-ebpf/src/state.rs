@@ -277,6 +277,37 @@ pub fn syscall_arg(ctx: &aya_ebpf::programs::TracePointContext, index: usize) ->
     unsafe { ctx.read_at::<u64>(16 + 8 * index) }.unwrap_or(0)
 }
 
+/// The first four arguments of the system call the current thread is returning from, read at
+/// `sys_exit_*` from the user registers the kernel saved at syscall entry (they stay as the
+/// caller set them until the return to user space). Spares the payload syscalls an entry
+/// program: one program per call instead of two, no per-thread map entry, and a call already
+/// blocked when the programs were attached still has its arguments at exit. Needs the BTF task
+/// helpers (Linux 5.15 with vmlinux BTF); where the verifier refuses them, userspace attaches
+/// the entry programs instead.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+pub fn syscall_args_at_exit() -> Option<[u64; 4]> {
+    use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+    /// Offset of `r10` in x86-64's `struct pt_regs`, followed by r9, r8, ax, cx, dx, si, di
+    /// (syscall arguments are di, si, dx, r10, r8, r9).
+    const R10_OFFSET: u64 = 56;
+    // SAFETY: the helpers return the current task and its saved user registers; the read goes
+    // through the checking helper.
+    let saved = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        bpf_probe_read_kernel((regs + R10_OFFSET) as *const [u64; 8])
+    }
+    .ok()?;
+    Some([saved[7], saved[6], saved[5], saved[0]])
+}
+
+/// Only x86-64's registers are read; elsewhere the entry programs remember the arguments.
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+pub fn syscall_args_at_exit() -> Option<[u64; 4]> {
+    None
+}
+
 /// Return value of a `sys_exit_*` tracepoint.
 #[inline(always)]
 pub fn syscall_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {

@@ -387,17 +387,19 @@ fn process_access_item() -> Item {
     )
 }
 
-fn load_item(ring_bytes: u32) -> Item {
-    match Capture::load(&CaptureOptions {
-        discover: false,
-        ring_bytes,
-    }) {
+fn load_item(options: &CaptureOptions) -> Item {
+    match Capture::load(options) {
         Ok(capture) => Item::new(
             "load and attach",
             true,
             format!(
-                "all programs verified and attached (a {} KiB ring buffer, maps, tracepoints)",
-                capture.ring_bytes() / 1024
+                "all programs verified and attached (a {} KiB ring buffer, maps, tracepoints; payload syscalls' arguments {})",
+                capture.ring_bytes() / 1024,
+                if capture.syscall_args_at_exit() {
+                    "read at exit"
+                } else {
+                    "remembered at entry"
+                }
             ),
         ),
         Err(error) => {
@@ -459,9 +461,8 @@ pub fn openssl_items(proc_root: &Path, pids: &[u32]) -> Vec<Item> {
         .collect()
 }
 
-/// Runs every check; the capture is loaded with a ring buffer of `ring_bytes` (0: the
-/// compiled-in size), as `run` would.
-pub fn run_checks(ring_bytes: u32) -> Vec<Item> {
+/// Runs every check; the capture is loaded with `capture`, as `run` would.
+pub fn run_checks(capture: &CaptureOptions) -> Vec<Item> {
     let tracefs = layout::tracefs_root();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     vec![
@@ -474,7 +475,7 @@ pub fn run_checks(ring_bytes: u32) -> Vec<Item> {
         capabilities_item(&status, &needed_capabilities()),
         ring_buffer_item(),
         process_access_item(),
-        load_item(ring_bytes),
+        load_item(capture),
     ]
 }
 

@@ -53,9 +53,9 @@ pub struct DaemonOptions {
     pub export_queue: crate::export::queue::QueueLimits,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Size of the kernel ring buffer in bytes (`sensor.ring_buffer_bytes`); 0 keeps the
-    /// compiled-in size.
-    pub ring_buffer_bytes: u32,
+    /// How the capture is loaded (`sensor.ring_buffer_bytes`, …); `discover` is set from
+    /// `pids`.
+    pub capture: CaptureOptions,
 }
 
 /// Where the daemon sends records.
@@ -803,7 +803,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let discover = options.pids.is_empty();
     let mut capture = Capture::load(&CaptureOptions {
         discover,
-        ring_bytes: options.ring_buffer_bytes,
+        ..options.capture.clone()
     })?;
     let exporter = match &options.output {
         Output::Stdout(format) => Exporter::stdout(*format, options.export_queue),

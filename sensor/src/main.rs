@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Parser as _;
 use sensor::{
+    capture::CaptureOptions,
     check,
     cli::{Cli, Command, RunArgs},
     config::{self, ExportTarget, OutputKind, Overrides},
@@ -43,13 +44,13 @@ fn main() -> Result<()> {
                 &args.pids,
                 args.payload.then_some(args.payload_bytes),
                 rules,
-                ring_bytes(&config),
+                &capture_options(&config),
             ))
         }
         Command::Check(args) => {
-            let ring = ring_bytes(&load_config(args.config.clone())?);
+            let capture = capture_options(&load_config(args.config.clone())?);
             let mut items = runtime.block_on(async {
-                let mut items = check::run_checks(ring);
+                let mut items = check::run_checks(&capture);
                 items.push(check::kubernetes_item().await);
                 items
             });
@@ -138,7 +139,7 @@ async fn run(args: RunArgs) -> Result<()> {
             bytes: sensor.export_queue_bytes,
         },
         metrics_addr: sensor.metrics_addr,
-        ring_buffer_bytes: ring_bytes(&config),
+        capture: capture_options(&config),
     })
     .await
 }
@@ -152,7 +153,11 @@ fn load_config(config_file: Option<std::path::PathBuf>) -> Result<config::Config
     Ok(config::load_from_process_env(&overrides)?.config)
 }
 
-/// The configured ring-buffer size, as the capture takes it.
-fn ring_bytes(config: &config::Config) -> u32 {
-    u32::try_from(config.sensor.ring_buffer_bytes).unwrap_or(u32::MAX)
+/// How the configuration says to load the capture (`discover` is the daemon's to set).
+fn capture_options(config: &config::Config) -> CaptureOptions {
+    CaptureOptions {
+        discover: false,
+        ring_bytes: u32::try_from(config.sensor.ring_buffer_bytes).unwrap_or(u32::MAX),
+        syscall_args_at_entry: config.sensor.syscall_arguments_at_entry,
+    }
 }

@@ -214,12 +214,9 @@ pub async fn run(
     pids: &[u32],
     payload: Option<usize>,
     rules: Option<StreamRules>,
-    ring_bytes: u32,
+    capture: &CaptureOptions,
 ) -> Result<()> {
-    let mut capture = Capture::load(&CaptureOptions {
-        discover: false,
-        ring_bytes,
-    })?;
+    let mut capture = Capture::load(capture)?;
     let clock = Clock::now()?;
     let mut conns: HashMap<u64, ConnView> = HashMap::new();
     let mut symbols = tls::SymbolCache::default();

@@ -3,7 +3,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use sensor_e2e::{Py, Sensor, attr, children, python, records_of, scratch_dir, trace, wait_until};
+use sensor_e2e::{
+    Py, Sensor, attr, children, python, records_of, scratch_dir, trace, wait_until, without_colours,
+};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -199,11 +201,41 @@ fn writev_sendmsg_and_sendfile() {
 }
 
 /// A keep-alive connection opened before the sensor starts: its next request is captured on
-/// both ends, with addresses and roles. (The server waits for readiness before reading, as
-/// event-loop servers do; a read already blocked when capture starts cannot be captured.)
+/// both ends, with addresses and roles. The asyncio server waits for readiness before reading,
+/// so its read starts after the sensor; with the arguments remembered at entry (the fallback
+/// for kernels without BTF) this still holds.
 #[test]
 fn connection_opened_before_the_sensor() {
-    let server = Py::spawn("asyncio_server", &["asyncio_server.py"], &[]);
+    let body = r#"{"target": "/hello?second=1"}"#;
+    next_request_on_a_connection_opened_before_the_sensor("asyncio_server.py", body, &[]);
+    next_request_on_a_connection_opened_before_the_sensor(
+        "asyncio_server.py",
+        body,
+        &[("HT_SENSOR_SYSCALL_ARGUMENTS_AT_ENTRY", "true")],
+    );
+}
+
+/// A blocking server (http.server) is already inside its `recv` on the keep-alive connection
+/// when the sensor starts: the call's arguments are read at its exit, so the request it returns
+/// is captured.
+#[test]
+fn read_already_blocked_when_the_sensor_starts() {
+    next_request_on_a_connection_opened_before_the_sensor(
+        "http_server.py",
+        r#"{"hello": "world", "query": "second=1"}"#,
+        &[],
+    );
+}
+
+/// Runs `server` (an app printing "READY <port>"), opens a keep-alive connection with one
+/// exchange, starts the sensor with `env`, and checks the second exchange (answered with
+/// `body`) on both ends.
+fn next_request_on_a_connection_opened_before_the_sensor(
+    server: &str,
+    body: &str,
+    env: &[(&str, &str)],
+) {
+    let server = Py::spawn("preexisting-server", &[server], &[]);
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn(
         "keepalive",
@@ -211,7 +243,7 @@ fn connection_opened_before_the_sensor() {
         &[],
     );
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
+    let sensor = Sensor::start_with_env(
         "preexisting",
         &[
             "run",
@@ -222,11 +254,23 @@ fn connection_opened_before_the_sensor() {
             "--output",
             "jsonl",
         ],
+        env,
     );
     client.send_line("go");
     let result = result(&client);
     std::thread::sleep(Duration::from_millis(500));
     let output = sensor.stop();
+    let at_entry = !env.is_empty();
+    let mode = if at_entry {
+        "payload_arguments=\"remembered at entry\""
+    } else {
+        "payload_arguments=\"read at exit\""
+    };
+    assert!(
+        without_colours(&output.stderr).contains(mode),
+        "the sensor says {mode}: {}",
+        output.stderr
+    );
     let records = output.records();
     let servers = records_of(&records, "server", server.pid());
     let clients = records_of(&records, "client", client.pid());
@@ -237,7 +281,7 @@ fn connection_opened_before_the_sensor() {
         assert_eq!(attr(record, "http.request.header.x-second"), "yes");
         assert_eq!(attr(record, "http.status_code"), 200);
         assert_eq!(attr(record, "http.response.body"), &result["body"]);
-        assert_eq!(result["body"], r#"{"target": "/hello?second=1"}"#);
+        assert_eq!(result["body"], body);
     }
     assert_eq!(attr(servers[0], "net.host.port"), port);
     assert_eq!(attr(servers[0], "net.peer.port"), &result["local_port"]);

@@ -54,7 +54,7 @@ fn next_poll(last: std::time::Duration, read: usize) -> std::time::Duration {
     }
 }
 
-/// Every program with the tracepoint it attaches to.
+/// Every program with the tracepoint it attaches to, besides the payload syscalls'.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_socket", "syscalls", "sys_enter_socket"),
     ("sys_exit_socket", "syscalls", "sys_exit_socket"),
@@ -78,28 +78,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
     ("sys_enter_fcntl", "syscalls", "sys_enter_fcntl"),
     ("sys_exit_fcntl", "syscalls", "sys_exit_fcntl"),
-    ("sys_enter_read", "syscalls", "sys_enter_read"),
-    ("sys_exit_read", "syscalls", "sys_exit_read"),
-    ("sys_enter_write", "syscalls", "sys_enter_write"),
-    ("sys_exit_write", "syscalls", "sys_exit_write"),
-    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
-    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
-    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
-    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
-    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("sys_enter_recvmmsg", "syscalls", "sys_enter_recvmmsg"),
-    ("sys_exit_recvmmsg", "syscalls", "sys_exit_recvmmsg"),
-    ("sys_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
-    ("sys_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
-    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
-    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
     ("sys_enter_clone", "syscalls", "sys_enter_clone"),
     ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
     ("sys_enter_execve", "syscalls", "sys_enter_execve"),
@@ -110,6 +88,23 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
 ];
 
+/// The payload-carrying syscalls. Each has a `sys_exit_<name>_regs` program that reads the
+/// call's arguments at exit from the thread's saved registers, and a `sys_enter_<name>` /
+/// `sys_exit_<name>` pair that remembers them at entry, for kernels that refuse the former.
+const PAYLOAD_SYSCALLS: &[&str] = &[
+    "read",
+    "write",
+    "recvfrom",
+    "sendto",
+    "readv",
+    "writev",
+    "recvmsg",
+    "sendmsg",
+    "recvmmsg",
+    "sendmmsg",
+    "sendfile64",
+];
+
 /// What to capture.
 #[derive(Clone, Debug, Default)]
 pub struct CaptureOptions {
@@ -117,6 +112,9 @@ pub struct CaptureOptions {
     pub discover: bool,
     /// Ring buffer size in bytes (power of two); 0 keeps the compiled-in default.
     pub ring_bytes: u32,
+    /// Remember the payload syscalls' arguments at entry (two programs per call) even where
+    /// the kernel lets them be read at exit (`sensor.syscall_arguments_at_entry`).
+    pub syscall_args_at_entry: bool,
 }
 
 /// Kernel-side loss and activity counters, summed over CPUs.
@@ -155,6 +153,9 @@ pub struct Capture {
     poll: std::time::Duration,
     /// Whether the OpenSSL probes loaded (uprobes work here).
     tls_loaded: bool,
+    /// Whether the payload syscalls' arguments are read at exit (one program per call) rather
+    /// than remembered at entry.
+    args_at_exit: bool,
     /// OpenSSL probes attached, by process.
     tls_probes: StdHashMap<u32, ProcessProbes>,
     /// Detaches probes off the event loop: closing a uprobe waits for an RCU grace period
@@ -221,17 +222,10 @@ impl Capture {
         )?;
         settings_map.set(0, settings, 0)?;
         for (program, category, name) in TRACEPOINTS {
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("program {program} missing from the object"))?
-                .try_into()?;
-            tracepoint
-                .load()
-                .with_context(|| format!("verifier rejected {program}"))?;
-            tracepoint
-                .attach(category, name)
-                .with_context(|| format!("attaching {program} to {category}:{name}"))?;
+            load_tracepoint(&mut ebpf, program)?;
+            attach_tracepoint(&mut ebpf, program, category, name)?;
         }
+        let args_at_exit = attach_payload_programs(&mut ebpf, options.syscall_args_at_entry)?;
         let tls_loaded = load_tls_programs(&mut ebpf);
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED_PROCESSES)?)?;
@@ -240,7 +234,13 @@ impl Capture {
         let control = HashMap::try_from(take(&mut ebpf, names::CONN_CONTROL)?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)?;
         info!(
-            programs = TRACEPOINTS.len(),
+            programs =
+                TRACEPOINTS.len() + PAYLOAD_SYSCALLS.len() * if args_at_exit { 1 } else { 2 },
+            payload_arguments = if args_at_exit {
+                "read at exit"
+            } else {
+                "remembered at entry"
+            },
             openssl_probes = tls_loaded,
             discover = options.discover,
             ring_buffer_bytes = ring_bytes,
@@ -260,6 +260,7 @@ impl Capture {
             counters,
             ring_bytes,
             tls_loaded,
+            args_at_exit,
             tls_probes: StdHashMap::new(),
             detacher: spawn_detacher(),
             decode_errors: 0,
@@ -452,6 +453,12 @@ impl Capture {
         self.ring_bytes
     }
 
+    /// Whether the payload syscalls' arguments are read at exit (one program per call), rather
+    /// than remembered at entry.
+    pub fn syscall_args_at_exit(&self) -> bool {
+        self.args_at_exit
+    }
+
     /// Reads the kernel counters.
     pub fn counters(&self) -> Result<KernelCounters> {
         let mut values = Vec::with_capacity(COUNTER_COUNT as usize);
@@ -479,6 +486,67 @@ impl Capture {
 
 /// Loads the OpenSSL probe programs (attached later, per process). `false` when this kernel
 /// refuses them: capture then works without TLS plaintext, and says so.
+fn load_tracepoint(ebpf: &mut Ebpf, program: &str) -> Result<()> {
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+        .try_into()?;
+    tracepoint
+        .load()
+        .with_context(|| format!("verifier rejected {program}"))
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+        .try_into()?;
+    tracepoint
+        .attach(category, name)
+        .with_context(|| format!("attaching {program} to {category}:{name}"))?;
+    Ok(())
+}
+
+/// Attaches the payload syscalls' programs: one exit program per call reading the arguments
+/// from the saved registers, unless `at_entry` asks otherwise or the kernel refuses any of them
+/// (no BTF task helpers: before Linux 5.15, or no vmlinux BTF), in which case the entry/exit
+/// pairs. Every exit program is loaded before any is attached, so the two kinds never both
+/// capture. Returns whether the arguments are read at exit. Only x86-64's saved registers are
+/// read (the programs are built for the sensor's own architecture).
+fn attach_payload_programs(ebpf: &mut Ebpf, at_entry: bool) -> Result<bool> {
+    if !at_entry && cfg!(target_arch = "x86_64") {
+        let loaded = PAYLOAD_SYSCALLS
+            .iter()
+            .try_for_each(|syscall| load_tracepoint(ebpf, &format!("sys_exit_{syscall}_regs")));
+        match loaded {
+            Ok(()) => {
+                for syscall in PAYLOAD_SYSCALLS {
+                    let tracepoint = format!("sys_exit_{syscall}");
+                    attach_tracepoint(
+                        ebpf,
+                        &format!("{tracepoint}_regs"),
+                        "syscalls",
+                        &tracepoint,
+                    )?;
+                }
+                return Ok(true);
+            }
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "payload syscalls' arguments cannot be read at exit here (needs Linux 5.15 with BTF); remembering them at entry instead, which costs each call a second program and misses a read already blocked when capture starts"
+            ),
+        }
+    }
+    for syscall in PAYLOAD_SYSCALLS {
+        for side in ["enter", "exit"] {
+            let program = format!("sys_{side}_{syscall}");
+            load_tracepoint(ebpf, &program)?;
+            attach_tracepoint(ebpf, &program, "syscalls", &program)?;
+        }
+    }
+    Ok(false)
+}
+
 fn load_tls_programs(ebpf: &mut Ebpf) -> bool {
     for (name, _) in tls::TLS_PROGRAMS {
         let loaded = ebpf

@@ -471,6 +471,15 @@ pub const KEYS: &[KeyDoc] = &[
         setter: Setter::RingBytes(|c| &mut c.sensor.ring_buffer_bytes),
     },
     KeyDoc {
+        key: "sensor.syscall_arguments_at_entry",
+        default: "false",
+        env: "HT_SENSOR_SYSCALL_ARGUMENTS_AT_ENTRY",
+        otel: &[],
+        flag: None,
+        description: "Troubleshooting knob: remember the arguments of the payload syscalls (read, write, recv*, send*…) with a program at their entry, as on kernels without BTF, instead of reading them at exit from the thread's saved registers. Costs each call a second program, and misses a read already blocked when capture starts.",
+        setter: Setter::Bool(|c| &mut c.sensor.syscall_arguments_at_entry),
+    },
+    KeyDoc {
         key: "sensor.include.executables",
         default: "",
         env: "HT_SENSOR_INCLUDE_EXECUTABLES",

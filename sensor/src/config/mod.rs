@@ -151,6 +151,8 @@ pub struct SensorSettings {
     pub batch_timeout_ms: u64,
     /// Size of the kernel ring buffer in bytes (a power of two, page multiple, 64 KiB..1 GiB).
     pub ring_buffer_bytes: u64,
+    /// Remember the payload syscalls' arguments at entry instead of reading them at exit.
+    pub syscall_arguments_at_entry: bool,
     /// Which discovered processes are watched (`sensor.include` / `sensor.exclude`).
     pub selectors: Selectors,
     /// CPU the sensor may use, in cores (0: unlimited); beyond it the overload policy sheds.
@@ -363,6 +365,7 @@ impl Default for SensorSettings {
             batch_max_bytes: 3 * 1024 * 1024,
             batch_timeout_ms: 1000,
             ring_buffer_bytes: u64::from(sensor_common::maps::EVENTS_BYTES),
+            syscall_arguments_at_entry: false,
             selectors: Selectors::default(),
             cpu_budget_cores: 1.0,
             memory_budget_bytes: 512 * 1024 * 1024,
