@@ -174,6 +174,9 @@ struct ProcessProbes {
     libraries: Vec<(u64, u64)>,
     /// Links, detached when dropped.
     links: Vec<UProbeLink>,
+    /// Where the application's `BIO_write` feeds are probed: `BIO_write` itself or its call
+    /// sites, never both (a feed would trap twice, and its second hit match nothing).
+    feeds: Option<tls::TlsFunction>,
 }
 
 /// A thread that drops detached probe links (see `Capture::detacher`).
@@ -376,6 +379,15 @@ impl Capture {
             probes.libraries.push(library.id);
             attached += 1;
             for (function, offset) in library.functions.iter() {
+                if matches!(
+                    function,
+                    tls::TlsFunction::BioWrite | tls::TlsFunction::BioWriteCall
+                ) {
+                    if probes.feeds.is_some_and(|feeds| feeds != *function) {
+                        continue;
+                    }
+                    probes.feeds = Some(*function);
+                }
                 let programs =
                     std::iter::once(function.entry_program()).chain(function.return_program());
                 for program in programs {

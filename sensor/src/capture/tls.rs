@@ -41,6 +41,11 @@ pub enum TlsFunction {
     SslReadInternal,
     /// The unexported function `SSL_write` and `SSL_write_ex` both call (`ssl_write_internal`).
     SslWriteInternal,
+    /// A direct call of `BIO_write` in the application's code (CPython's `_ssl` feeding a memory
+    /// BIO), probed instead of `BIO_write` itself where every call the file makes is found (see
+    /// [`bio_write_calls`]): OpenSSL's own writes into its write BIO, two per HTTPS request,
+    /// then never trap.
+    BioWriteCall,
 }
 
 impl TlsFunction {
@@ -69,6 +74,7 @@ impl TlsFunction {
             TlsFunction::BioWrite => "BIO_write",
             TlsFunction::SslReadInternal => "ssl_read_internal (for SSL_read and SSL_read_ex)",
             TlsFunction::SslWriteInternal => "ssl_write_internal (for SSL_write and SSL_write_ex)",
+            TlsFunction::BioWriteCall => "a call of BIO_write (for BIO_write)",
         }
     }
 
@@ -82,7 +88,7 @@ impl TlsFunction {
             TlsFunction::SslDoHandshake => "ssl_do_handshake",
             TlsFunction::SslFree => "ssl_free",
             TlsFunction::SslSetBio => "ssl_set_bio",
-            TlsFunction::BioWrite => "bio_write",
+            TlsFunction::BioWrite | TlsFunction::BioWriteCall => "bio_write",
         }
     }
 
@@ -187,12 +193,22 @@ pub fn offsets(data: &[u8]) -> Vec<(TlsFunction, u64)> {
     let x86_64 = file.architecture() == Architecture::X86_64;
     if x86_64 {
         probe_shared_internals(&file, &mut addresses);
+        if addresses.is_empty() {
+            addresses.extend(
+                bio_write_calls(&file)
+                    .into_iter()
+                    .map(|address| (TlsFunction::BioWriteCall, address)),
+            );
+        }
     }
     addresses
         .into_iter()
         .filter_map(|(function, address)| {
             let (code, offset) = code_at(&file, address)?;
-            let skip = if x86_64 && function.return_program().is_none() {
+            let skip = if x86_64
+                && function.return_program().is_none()
+                && function != TlsFunction::BioWriteCall
+            {
                 probe_skip(code, address)
             } else {
                 0
@@ -200,6 +216,88 @@ pub fn offsets(data: &[u8]) -> Vec<(TlsFunction, u64)> {
             Some((function, offset + skip))
         })
         .collect()
+}
+
+/// The addresses of every call of `BIO_write` in an ELF image that imports it and is not OpenSSL
+/// itself (x86-64): the direct `call`s (and tail `jmp`s) to its PLT stub, which the kernel
+/// emulates, so a probe there costs one trap and sees `BIO_write`'s arguments in place. Empty
+/// unless every use is such a call: a load of the GOT slot or of the stub's address could call
+/// it out of sight, and then `BIO_write` itself is probed.
+fn bio_write_calls(file: &object::File<'_>) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+    use object::{ObjectSymbolTable as _, RelocationTarget};
+    let Some(symbols) = file.dynamic_symbol_table() else {
+        return Vec::new();
+    };
+    let Some(slot) = file.dynamic_relocations().and_then(|mut relocations| {
+        relocations.find_map(|(offset, relocation)| match relocation.target() {
+            RelocationTarget::Symbol(index) => symbols
+                .symbol_by_index(index)
+                .ok()
+                .filter(|symbol| symbol.name() == Ok(TlsFunction::BioWrite.symbol()))
+                .map(|_| offset),
+            _ => None,
+        })
+    }) else {
+        return Vec::new();
+    };
+    let code_sections: Vec<_> = file
+        .sections()
+        .filter(|section| section.kind() == SectionKind::Text)
+        .filter_map(|section| {
+            Some((
+                section.name().ok()?,
+                section.address(),
+                section.data().ok()?,
+            ))
+        })
+        .collect();
+    let mut stub = None;
+    for (name, address, data) in &code_sections {
+        if !name.starts_with(".plt") {
+            continue;
+        }
+        let mut decoder = Decoder::with_ip(64, data, *address, DecoderOptions::NONE);
+        let mut previous: Option<iced_x86::Instruction> = None;
+        while decoder.can_decode() {
+            let instruction = decoder.decode();
+            if instruction.mnemonic() == Mnemonic::Jmp
+                && instruction.is_ip_rel_memory_operand()
+                && instruction.ip_rel_memory_address() == slot
+            {
+                stub = Some(match previous {
+                    Some(endbr) if endbr.mnemonic() == Mnemonic::Endbr64 => endbr.ip(),
+                    _ => instruction.ip(),
+                });
+            }
+            previous = Some(instruction);
+        }
+    }
+    let Some(stub) = stub else {
+        return Vec::new();
+    };
+    let mut calls = Vec::new();
+    for (name, address, data) in &code_sections {
+        if name.starts_with(".plt") {
+            continue;
+        }
+        let mut decoder = Decoder::with_ip(64, data, *address, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let instruction = decoder.decode();
+            let branch = matches!(
+                instruction.flow_control(),
+                FlowControl::Call | FlowControl::UnconditionalBranch
+            );
+            if branch && instruction.near_branch_target() == stub {
+                calls.push(instruction.ip());
+            } else if instruction.is_ip_rel_memory_operand()
+                && [slot, stub].contains(&instruction.ip_rel_memory_address())
+            {
+                return Vec::new();
+            }
+        }
+    }
+    calls
 }
 
 /// The code of an ELF image from `address` on, and that address's file offset.
@@ -482,7 +580,35 @@ pub fn libraries(proc_root: &Path, pid: u32, cache: &mut SymbolCache) -> Vec<Tls
             mapped,
         });
     }
+    prefer_bio_write_calls(&mut found);
     found
+}
+
+/// Where a file of the process calls `BIO_write` at probed call sites, `BIO_write` itself is not
+/// probed: the application's feeds are seen at the calls, and OpenSSL's own writes stay quiet.
+fn prefer_bio_write_calls(found: &mut Vec<TlsLibrary>) {
+    let has = |library: &TlsLibrary, wanted: TlsFunction| {
+        library
+            .functions
+            .iter()
+            .any(|(function, _)| *function == wanted)
+    };
+    if !found.iter().any(|l| has(l, TlsFunction::BioWriteCall)) {
+        return;
+    }
+    for library in found.iter_mut() {
+        if has(library, TlsFunction::BioWrite) {
+            library.functions = Arc::new(
+                library
+                    .functions
+                    .iter()
+                    .copied()
+                    .filter(|(function, _)| *function != TlsFunction::BioWrite)
+                    .collect(),
+            );
+        }
+    }
+    found.retain(|library| !library.functions.is_empty());
 }
 
 /// The `_ssl` extension modules next to interpreter `exe` (a path inside the process's root):
@@ -730,6 +856,71 @@ mod tests {
             kernel_emulates(&at),
             "BIO_write's probe sits on {at:?}, which the kernel single-steps"
         );
+    }
+
+    /// The `_ssl` extension of this machine's `python3`, which links the system OpenSSL.
+    fn python_ssl_extension() -> PathBuf {
+        let output = std::process::Command::new("python3")
+            .args(["-c", "import _ssl; print(_ssl.__file__)"])
+            .output()
+            .expect("python3 runs");
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    }
+
+    #[test]
+    fn the_ssl_extension_is_probed_at_its_bio_write_calls() {
+        let path = python_ssl_extension();
+        let data = std::fs::read(&path).unwrap();
+        let found = offsets(&data);
+        assert!(
+            !found.is_empty() && found.iter().all(|(f, _)| *f == TlsFunction::BioWriteCall),
+            "{}: {found:?}",
+            path.display()
+        );
+        for (_, offset) in &found {
+            let at = iced_x86::Decoder::new(64, &data[*offset as usize..], 0).decode();
+            assert!(
+                at.mnemonic() == iced_x86::Mnemonic::Call && kernel_emulates(&at),
+                "the probe at {offset:#x} of {} sits on {at:?}, not on an emulated call",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn openssl_itself_has_no_bio_write_call_probes() {
+        for name in ["libssl.so.3", "libcrypto.so.3"] {
+            let data = std::fs::read(system_library(name)).unwrap();
+            assert!(
+                !offsets(&data)
+                    .iter()
+                    .any(|(f, _)| *f == TlsFunction::BioWriteCall),
+                "{name}'s own calls of BIO_write must not be probed"
+            );
+        }
+    }
+
+    #[test]
+    fn bio_write_is_not_probed_where_its_calls_are() {
+        let library = |functions: Vec<(TlsFunction, u64)>| TlsLibrary {
+            path: PathBuf::from("/x"),
+            id: (1, functions.len() as u64),
+            functions: Arc::new(functions),
+            mapped: true,
+        };
+        let libssl = library(vec![(TlsFunction::SslReadEx, 1), (TlsFunction::SslFree, 2)]);
+        let libcrypto = library(vec![(TlsFunction::BioWrite, 3)]);
+        let extension = library(vec![(TlsFunction::BioWriteCall, 4)]);
+        let mut without_calls = vec![libssl.clone(), libcrypto.clone()];
+        prefer_bio_write_calls(&mut without_calls);
+        assert_eq!(without_calls, [libssl.clone(), libcrypto]);
+        let mut found = vec![
+            libssl.clone(),
+            library(vec![(TlsFunction::BioWrite, 3)]),
+            extension.clone(),
+        ];
+        prefer_bio_write_calls(&mut found);
+        assert_eq!(found, [libssl, extension]);
     }
 
     #[test]
