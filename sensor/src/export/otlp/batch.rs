@@ -1,16 +1,19 @@
 //! A batch of spans on its way to the collector: grouped by resource, bounded by the encoded
 //! size of the request it becomes.
+//!
+//! Each span is encoded when it joins the batch, while its strings are still in the cache, and
+//! freed at once; the batch keeps bytes, not structs. A batch of thousands of small spans held
+//! for up to a second used to be encoded string by string when it was sent, each string long
+//! out of the cache by then. Sending copies each group's bytes once into the request.
 
 use std::{
     collections::{BTreeMap, HashMap},
     hash::{DefaultHasher, Hash as _, Hasher as _},
 };
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::InstrumentationScope,
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    common::v1::InstrumentationScope, resource::v1::Resource, trace::v1::Span,
 };
 use prost::Message as _;
 
@@ -20,11 +23,32 @@ use crate::{
     record::{AttributeValue, Attributes},
 };
 
-/// A converted span waiting for a batch, with its share of the encoded request.
+/// Protobuf field numbers of the messages a request nests the spans in:
+/// `ExportTraceServiceRequest.resource_spans`, `ResourceSpans.resource`,
+/// `ResourceSpans.scope_spans`, `ScopeSpans.scope` and `ScopeSpans.spans`.
+const RESOURCE_SPANS_FIELD: u32 = 1;
+const RESOURCE_FIELD: u32 = 1;
+const SCOPE_SPANS_FIELD: u32 = 2;
+const SCOPE_FIELD: u32 = 1;
+const SPANS_FIELD: u32 = 2;
+
+/// Size of the buffers a group's small spans are appended to; a span of half that or more
+/// keeps its own buffer (no copy).
+const PART_BYTES: usize = 64 * 1024;
+
+/// A converted span waiting for a batch, already encoded, with its share of the request.
 pub(super) struct PendingSpan {
     resource: Attributes,
-    span: Span,
-    size: usize,
+    /// Protobuf: the span as a `ScopeSpans.spans` field (tag, length, message). JSON: a comma,
+    /// then the span object (the comma of a group's first span is left out when sending).
+    encoded: Vec<u8>,
+}
+
+impl PendingSpan {
+    /// Its share of the encoded request in bytes.
+    fn size(&self) -> usize {
+        self.encoded.len()
+    }
 }
 
 /// What adding a span to a batch did.
@@ -40,7 +64,28 @@ pub(super) enum Added {
 struct Group {
     attributes: Attributes,
     resource: Resource,
-    spans: Vec<Span>,
+    /// The group's encoded spans back to back, in buffers of [`PART_BYTES`] (a large span in
+    /// one of its own).
+    parts: Vec<Vec<u8>>,
+    /// Total bytes in `parts`.
+    len: usize,
+}
+
+impl Group {
+    fn push(&mut self, encoded: Vec<u8>) {
+        self.len += encoded.len();
+        match self.parts.last_mut() {
+            Some(last) if last.len() + encoded.len() <= last.capacity() => {
+                last.extend_from_slice(&encoded);
+            }
+            _ if encoded.len() >= PART_BYTES / 2 => self.parts.push(encoded),
+            _ => {
+                let mut part = Vec::with_capacity(PART_BYTES);
+                part.extend_from_slice(&encoded);
+                self.parts.push(part);
+            }
+        }
+    }
 }
 
 /// Measures spans and resource groups in the encoding of one protocol.
@@ -62,22 +107,22 @@ impl Sizer {
         }
     }
 
-    /// Converts a record's span and measures it.
+    /// Encodes a record's span for the batch it will join.
     pub(super) fn pending(&mut self, resource: Attributes, span: Span) -> PendingSpan {
-        let size = match self.protocol {
-            Protocol::Grpc | Protocol::HttpProtobuf => field_len(span.encoded_len()),
+        let encoded = match self.protocol {
+            Protocol::Grpc | Protocol::HttpProtobuf => {
+                let mut encoded = Vec::with_capacity(field_len(span.encoded_len()));
+                prost::encoding::message::encode(SPANS_FIELD, &span, &mut encoded);
+                encoded
+            }
             Protocol::HttpJson => {
-                self.scratch.clear();
-                json::encode_span(&mut self.scratch, &span);
-                // A comma separates it from the span before.
-                self.scratch.len() + 1
+                // The comma that separates it from the span before it in its group.
+                let mut encoded = vec![b','];
+                json::encode_span(&mut encoded, &span);
+                encoded
             }
         };
-        PendingSpan {
-            resource,
-            span,
-            size,
-        }
+        PendingSpan { resource, encoded }
     }
 
     /// The bytes every request has whatever it holds.
@@ -157,10 +202,10 @@ impl Batch {
                 .find(|&i| self.groups[i].attributes == pending.resource)
         });
         let (new_group, cost) = match existing {
-            Some(_) => (None, pending.size),
+            Some(_) => (None, pending.size()),
             None => {
                 let (resource, group_size) = sizer.group(&pending.resource);
-                (Some(resource), group_size + pending.size)
+                (Some(resource), group_size + pending.size())
             }
         };
         if self.size + cost > self.max_bytes {
@@ -172,39 +217,71 @@ impl Batch {
         }
         self.size += cost;
         self.spans += 1;
-        let PendingSpan { resource, span, .. } = pending;
+        let PendingSpan { resource, encoded } = pending;
         match (existing, new_group) {
-            (Some(i), _) => self.groups[i].spans.push(span),
+            (Some(i), _) => self.groups[i].push(encoded),
             (None, Some(proto)) => {
                 self.index.entry(hash).or_default().push(self.groups.len());
-                self.groups.push(Group {
+                let mut group = Group {
                     attributes: resource,
                     resource: proto,
-                    spans: vec![span],
-                });
+                    parts: Vec::new(),
+                    len: 0,
+                };
+                group.push(encoded);
+                self.groups.push(group);
             }
             (None, None) => {}
         }
         Added::Yes
     }
 
-    /// The export request of the batch: one ResourceSpans per resource, one ScopeSpans each.
-    pub(super) fn into_request(self, sizer: &Sizer) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: self
-                .groups
-                .into_iter()
-                .map(|group| ResourceSpans {
-                    resource: Some(group.resource),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(sizer.scope.clone()),
-                        spans: group.spans,
-                        ..ScopeSpans::default()
-                    }],
-                    ..ResourceSpans::default()
-                })
-                .collect(),
+    /// The export request of the batch, in pieces to be sent back to back: one ResourceSpans
+    /// per resource, one ScopeSpans each, the same bytes as prost (or [`json`]) would write
+    /// for the request made of those messages.
+    pub(super) fn into_parts(self, sizer: &Sizer) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(2 + 2 * self.groups.len());
+        match sizer.protocol {
+            Protocol::Grpc | Protocol::HttpProtobuf => {
+                let scope = sizer.scope.encode_to_vec();
+                for group in self.groups {
+                    let resource = group.resource.encode_to_vec();
+                    let scope_spans = field_len(scope.len()) + group.len;
+                    let resource_spans = field_len(resource.len()) + field_len(scope_spans);
+                    let mut head = Vec::with_capacity(32 + resource.len() + scope.len());
+                    field_head(&mut head, RESOURCE_SPANS_FIELD, resource_spans);
+                    field_head(&mut head, RESOURCE_FIELD, resource.len());
+                    head.extend_from_slice(&resource);
+                    field_head(&mut head, SCOPE_SPANS_FIELD, scope_spans);
+                    field_head(&mut head, SCOPE_FIELD, scope.len());
+                    head.extend_from_slice(&scope);
+                    out.push(Bytes::from(head));
+                    out.extend(group.parts.into_iter().map(Bytes::from));
+                }
+            }
+            Protocol::HttpJson => {
+                if self.groups.is_empty() {
+                    return vec![Bytes::from_static(b"{}")];
+                }
+                out.push(Bytes::from_static(json::REQUEST_START));
+                for (i, group) in self.groups.into_iter().enumerate() {
+                    let mut head = Vec::new();
+                    if i > 0 {
+                        head.push(b',');
+                    }
+                    json::group_start(&mut head, &group.resource, &sizer.scope);
+                    out.push(Bytes::from(head));
+                    for (j, part) in group.parts.into_iter().enumerate() {
+                        let part = Bytes::from(part);
+                        // The group's first span has no span before it.
+                        out.push(if j == 0 { part.slice(1..) } else { part });
+                    }
+                    out.push(Bytes::from_static(json::GROUP_END));
+                }
+                out.push(Bytes::from_static(json::REQUEST_END));
+            }
         }
+        out
     }
 }
 
@@ -220,6 +297,12 @@ fn resource_hash(attributes: &Attributes) -> u64 {
         }
     }
     hasher.finish()
+}
+
+/// Appends the tag and length of a length-delimited field holding `len` bytes.
+fn field_head(out: &mut Vec<u8>, field: u32, len: usize) {
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(len as u64, out);
 }
 
 /// Encoded length of a length-delimited field holding `len` bytes (the tag, the length, the

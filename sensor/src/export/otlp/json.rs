@@ -2,16 +2,22 @@
 //! exactly: lowerCamelCase keys, trace and span ids as hex strings, 64-bit integers as decimal
 //! strings, enums as integers, bytes as base64, default values left out.
 
+#[cfg(test)]
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{ResourceSpans, ScopeSpans},
+};
+use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span},
+    trace::v1::{Span, Status, span},
 };
 
 use crate::record::lower_hex;
 
-/// The JSON body of an export request.
+/// The JSON body of an export request (the exporter writes the same bytes from spans encoded
+/// one by one; see `batch.rs`).
+#[cfg(test)]
 pub(super) fn encode_request(request: &ExportTraceServiceRequest) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     let mut o = Obj::open(&mut out);
@@ -23,42 +29,54 @@ pub(super) fn encode_request(request: &ExportTraceServiceRequest) -> Vec<u8> {
     out
 }
 
-/// Appends the JSON of one span (used to measure a span's share of a batch).
+/// Appends the JSON of one span.
 pub(super) fn encode_span(out: &mut Vec<u8>, s: &Span) {
     span(out, s);
 }
 
-/// Appends the JSON of a resource group holding no span yet: `{"resource":…,"scopeSpans":
-/// [{"scope":…,"spans":[]}]}` (used to measure a group's share of a batch).
+/// What a request with resource groups starts with.
+pub(super) const REQUEST_START: &[u8] = br#"{"resourceSpans":["#;
+/// What a request with resource groups ends with.
+pub(super) const REQUEST_END: &[u8] = b"]}";
+/// What follows the spans of a resource group.
+pub(super) const GROUP_END: &[u8] = b"]}]}";
+
+/// Appends the start of a resource group, up to its spans: `{"resource":…,"scopeSpans":
+/// [{"scope":…,"spans":[`.
+pub(super) fn group_start(out: &mut Vec<u8>, r: &Resource, scope: &InstrumentationScope) {
+    let mut o = Obj::open(out);
+    o.key("resource");
+    resource(o.out, r);
+    o.key("scopeSpans");
+    o.out.push(b'[');
+    let mut s = Obj::open(o.out);
+    s.key("scope");
+    instrumentation_scope(s.out, scope);
+    s.key("spans");
+    s.out.push(b'[');
+}
+
+/// Appends the JSON of a resource group holding no span yet (used to measure a group's share
+/// of a batch).
 pub(super) fn encode_empty_group(
     out: &mut Vec<u8>,
     resource: &Resource,
     scope: &InstrumentationScope,
 ) {
-    resource_spans(
-        out,
-        &ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(scope.clone()),
-                ..ScopeSpans::default()
-            }],
-            ..ResourceSpans::default()
-        },
-    );
+    group_start(out, resource, scope);
+    out.extend_from_slice(GROUP_END);
 }
 
 /// Length of `{"resourceSpans":[]}`, the fixed part of every request.
-pub(super) const ENVELOPE_LEN: usize = r#"{"resourceSpans":[]}"#.len();
+pub(super) const ENVELOPE_LEN: usize = REQUEST_START.len() + REQUEST_END.len();
 
+#[cfg(test)]
 fn resource_spans(out: &mut Vec<u8>, rs: &ResourceSpans) {
     let mut o = Obj::open(out);
     if let Some(r) = &rs.resource {
         o.key("resource");
         resource(o.out, r);
     }
-    // Written even when empty so that a group measured without spans has the shape it will
-    // have once spans are added.
     o.key("scopeSpans");
     array(o.out, &rs.scope_spans, scope_spans);
     o.string("schemaUrl", &rs.schema_url);
@@ -72,6 +90,7 @@ fn resource(out: &mut Vec<u8>, r: &Resource) {
     o.close();
 }
 
+#[cfg(test)]
 fn scope_spans(out: &mut Vec<u8>, ss: &ScopeSpans) {
     let mut o = Obj::open(out);
     if let Some(scope) = &ss.scope {

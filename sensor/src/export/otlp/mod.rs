@@ -292,7 +292,7 @@ impl Worker {
     async fn deliver(&mut self, batch: Batch, rx: &QueueReceiver) {
         let spans = batch.len() as u64;
         let estimate = batch.size();
-        let payload = self.transport.encode(batch.into_request(&self.sizer));
+        let payload = self.transport.payload(batch.into_parts(&self.sizer));
         if payload.len() > self.max_bytes {
             warn!(
                 bytes = payload.len(),

@@ -1199,3 +1199,103 @@ fn receiver_json_decoder_follows_the_spec() {
     assert_eq!(span.start_time_unix_nano, 0);
     assert_eq!(span.name, "n");
 }
+
+/// Spans of three processes, small ones and large ones (bodies of 40 KiB, which keep a buffer
+/// of their own in the batch), interleaved so that every group spans several buffers.
+fn mixed_records() -> Vec<ExchangeRecord> {
+    (0..400)
+        .map(|i| {
+            let mut r = record(
+                process(500 + (i % 3) as i64, "mixed"),
+                SpanKind::Server,
+                &format!("GET /mixed/{i}"),
+                Some(if i % 7 == 0 { 503 } else { 200 }),
+            );
+            let body = if i % 50 == 0 { 40 * 1024 } else { i * 3 };
+            r.attributes
+                .insert("http.response.body".into(), "é\"x".repeat(body / 4).into());
+            r
+        })
+        .collect()
+}
+
+/// The request the batch's pieces must spell: the same spans in ResourceSpans made the usual
+/// way (one per resource, in order of first appearance).
+fn reference_request(
+    spans: &[(Attributes, Span)],
+    sizer_extra: &BTreeMap<String, String>,
+) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(Attributes, Vec<Span>)> = Vec::new();
+    for (resource, span) in spans {
+        match groups.iter_mut().find(|(r, _)| r == resource) {
+            Some((_, group)) => group.push(span.clone()),
+            None => groups.push((resource.clone(), vec![span.clone()])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(resource, spans)| ResourceSpans {
+                resource: Some(convert::resource(&resource, sizer_extra)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(convert::scope()),
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            })
+            .collect(),
+    }
+}
+
+/// Spans are encoded one by one as they join a batch; what the batch sends must be exactly
+/// the bytes of the whole request encoded at once.
+fn batch_bytes_are_the_request_encoded_at_once(protocol: Protocol) {
+    use super::batch::{Added, Batch, Sizer};
+    use prost::Message as _;
+
+    let extra = BTreeMap::from([("deployment.environment".to_owned(), "test".to_owned())]);
+    let mut sizer = Sizer::new(protocol, extra.clone());
+    let mut batch = Batch::new(&sizer, usize::MAX);
+    let spans: Vec<(Attributes, Span)> = mixed_records().into_iter().map(convert::span).collect();
+    for (resource, span) in &spans {
+        let pending = sizer.pending(resource.clone(), span.clone());
+        assert!(
+            matches!(batch.add(&mut sizer, pending), Added::Yes),
+            "an unbounded batch takes every span"
+        );
+    }
+    let estimate = batch.size();
+    let sent: Vec<u8> = batch.into_parts(&sizer).concat();
+    let reference = reference_request(&spans, &extra);
+    let expected = match protocol {
+        Protocol::Grpc | Protocol::HttpProtobuf => reference.encode_to_vec(),
+        Protocol::HttpJson => otlp_json::encode_request(&reference),
+    };
+    assert_eq!(sent.len(), expected.len(), "{protocol:?}: request length");
+    assert!(sent == expected, "{protocol:?}: request bytes differ");
+    assert!(
+        estimate >= sent.len(),
+        "{protocol:?}: the batch's size ({estimate}) bounds the request ({})",
+        sent.len()
+    );
+}
+
+#[test]
+fn protobuf_batch_bytes_are_the_request_encoded_at_once() {
+    batch_bytes_are_the_request_encoded_at_once(Protocol::HttpProtobuf);
+}
+
+#[test]
+fn json_batch_bytes_are_the_request_encoded_at_once() {
+    batch_bytes_are_the_request_encoded_at_once(Protocol::HttpJson);
+}
+
+#[test]
+fn an_empty_json_batch_is_an_empty_object() {
+    use super::batch::{Batch, Sizer};
+
+    let sizer = Sizer::new(Protocol::HttpJson, BTreeMap::new());
+    let batch = Batch::new(&sizer, 1024);
+    assert_eq!(batch.into_parts(&sizer).concat(), b"{}");
+}

@@ -20,9 +20,7 @@ use http::{
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio_rustls::{
@@ -52,16 +50,16 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// An export request ready to be sent (again).
 #[derive(Clone)]
 pub(super) enum Payload {
-    /// gRPC: the message, which the codec encodes straight into tonic's frame buffer (the
-    /// bodies are copied once, not into a buffer and then into the frame); a retry encodes
-    /// it again. Shared so an attempt does not clone the spans.
-    Message {
-        /// The request.
-        request: Arc<ExportTraceServiceRequest>,
-        /// Its encoded size.
+    /// gRPC: the encoded request in pieces, which the codec copies straight into tonic's frame
+    /// buffer (not into one buffer and then into the frame). Shared, so a retry copies no
+    /// bytes beforehand.
+    Parts {
+        /// The pieces, in order.
+        parts: Arc<[Bytes]>,
+        /// Their total size.
         len: usize,
     },
-    /// HTTP: the body, encoded once; a retry sends the same bytes.
+    /// HTTP: the body in one piece; a retry sends the same bytes.
     Encoded(Bytes),
 }
 
@@ -69,9 +67,17 @@ impl Payload {
     /// Encoded size in bytes.
     pub(super) fn len(&self) -> usize {
         match self {
-            Payload::Message { len, .. } => *len,
+            Payload::Parts { len, .. } => *len,
             Payload::Encoded(bytes) => bytes.len(),
         }
+    }
+}
+
+/// The pieces of a request joined in one buffer.
+fn joined(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [one] => one.clone(),
+        _ => Bytes::from(parts.concat()),
     }
 }
 
@@ -142,17 +148,14 @@ impl Transport {
         })
     }
 
-    /// Encodes a request for this transport.
-    pub(super) fn encode(&self, request: ExportTraceServiceRequest) -> Payload {
+    /// The payload of a request encoded in `parts` (sent back to back).
+    pub(super) fn payload(&self, parts: Vec<Bytes>) -> Payload {
         match self {
-            Transport::Grpc(_) => Payload::Message {
-                len: request.encoded_len(),
-                request: Arc::new(request),
+            Transport::Grpc(_) => Payload::Parts {
+                len: parts.iter().map(Bytes::len).sum(),
+                parts: parts.into(),
             },
-            Transport::Http(http) if http.json => {
-                Payload::Encoded(Bytes::from(json::encode_request(&request)))
-            }
-            Transport::Http(_) => Payload::Encoded(Bytes::from(request.encode_to_vec())),
+            Transport::Http(_) => Payload::Encoded(joined(&parts)),
         }
     }
 
@@ -161,8 +164,8 @@ impl Transport {
         match (self, payload) {
             (Transport::Grpc(grpc), payload) => grpc.send(payload.clone()).await,
             (Transport::Http(http), Payload::Encoded(body)) => http.send(body).await,
-            (Transport::Http(http), Payload::Message { request, .. }) => {
-                http.send(&Bytes::from(request.encode_to_vec())).await
+            (Transport::Http(http), Payload::Parts { parts, .. }) => {
+                http.send(&joined(parts)).await
             }
         }
     }
@@ -311,12 +314,13 @@ impl tonic::codec::Encoder for EncodedCodec {
     ) -> Result<(), tonic::Status> {
         use bytes::BufMut as _;
         match message {
-            Payload::Message { request, len } => {
+            Payload::Parts { parts, len } => {
                 // Grown once to the final size rather than doubling (and copying) as it fills.
                 dst.reserve(len);
-                request
-                    .encode(dst)
-                    .map_err(|error| tonic::Status::internal(format!("encoding: {error}")))
+                for part in parts.iter() {
+                    dst.put_slice(part);
+                }
+                Ok(())
             }
             Payload::Encoded(bytes) => {
                 dst.put(bytes);
@@ -409,7 +413,6 @@ pub(super) struct Http {
     target: Uri,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     headers: HeaderMap,
-    json: bool,
     sender: Option<http1::SendRequest<Full<Bytes>>>,
 }
 
@@ -458,7 +461,6 @@ impl Http {
             target,
             tls,
             headers,
-            json,
             sender: None,
         })
     }
