@@ -66,9 +66,17 @@ pub struct ExportStats {
 
 /// A running exporter: a queue and the task that drains it.
 pub struct Exporter {
-    tx: QueueSender,
+    tx: Sender,
     task: JoinHandle<()>,
     stats: Arc<ExportStats>,
+}
+
+/// The pipeline's end of an exporter's queue.
+enum Sender {
+    /// Records, written as they are (stdout).
+    Records(QueueSender),
+    /// OTLP spans, encoded on the pipeline's side in this protocol before they are queued.
+    Spans(QueueSender<otlp::PendingSpan>, crate::config::Protocol),
 }
 
 impl Exporter {
@@ -102,12 +110,22 @@ impl Exporter {
                 }
             }
         });
-        Exporter { tx, task, stats }
+        Exporter {
+            tx: Sender::Records(tx),
+            task,
+            stats,
+        }
     }
 
     /// Queues a record without waiting; a full queue drops it (counted).
     pub fn send(&self, record: ExchangeRecord) {
-        match self.tx.try_send(record) {
+        let sent = match &self.tx {
+            Sender::Records(tx) => tx.try_send(record),
+            Sender::Spans(tx, protocol) => {
+                tx.try_send_with(record, |record| otlp::PendingSpan::new(*protocol, record))
+            }
+        };
+        match sent {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -126,7 +144,10 @@ impl Exporter {
 
     /// Bytes of records waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
-        self.tx.held_bytes()
+        match &self.tx {
+            Sender::Records(tx) => tx.held_bytes(),
+            Sender::Spans(tx, _) => tx.held_bytes(),
+        }
     }
 
     /// The exporter's counters.

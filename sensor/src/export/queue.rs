@@ -2,6 +2,10 @@
 //! record count alone is no memory bound when records carry bodies (2,048 records with two
 //! 128 KiB bodies each hold 512 MiB). A record that does not fit is refused at once; the
 //! pipeline never waits.
+//!
+//! The queue carries records, or what an exporter makes of them on the pipeline's side (the
+//! OTLP exporter's encoded spans: a record is encoded and freed on the thread that built it,
+//! whose allocator then hands the same memory, still in the cache, to the next record).
 
 use std::sync::{
     Arc,
@@ -34,27 +38,27 @@ pub enum Refused {
     Bytes,
 }
 
-/// A record in the queue with the bytes it was counted for.
-struct Queued {
-    record: ExchangeRecord,
+/// A record (or what it became) in the queue with the bytes it was counted for.
+struct Queued<T> {
+    item: T,
     bytes: usize,
 }
 
 /// The pipeline's end of the queue.
-pub struct QueueSender {
-    tx: mpsc::Sender<Queued>,
+pub struct QueueSender<T = ExchangeRecord> {
+    tx: mpsc::Sender<Queued<T>>,
     held: Arc<AtomicUsize>,
     max_bytes: usize,
 }
 
-/// The exporter's end of the queue; taking a record frees its bytes.
-pub struct QueueReceiver {
-    rx: mpsc::Receiver<Queued>,
+/// The exporter's end of the queue; taking an item frees its bytes.
+pub struct QueueReceiver<T = ExchangeRecord> {
+    rx: mpsc::Receiver<Queued<T>>,
     held: Arc<AtomicUsize>,
 }
 
 /// A queue bounded by `limits`.
-pub fn queue(limits: QueueLimits) -> (QueueSender, QueueReceiver) {
+pub fn queue<T>(limits: QueueLimits) -> (QueueSender<T>, QueueReceiver<T>) {
     let (tx, rx) = mpsc::channel(limits.records.max(1));
     let held = Arc::new(AtomicUsize::new(0));
     (
@@ -67,9 +71,21 @@ pub fn queue(limits: QueueLimits) -> (QueueSender, QueueReceiver) {
     )
 }
 
-impl QueueSender {
+impl QueueSender<ExchangeRecord> {
     /// Queues a record without waiting.
     pub fn try_send(&self, record: ExchangeRecord) -> Result<(), Refused> {
+        self.try_send_with(record, |record| record)
+    }
+}
+
+impl<T> QueueSender<T> {
+    /// Queues what `make` turns a record into, without waiting; `make` runs only once the
+    /// record has its place (counted by [`record_bytes`]), so a refused record costs nothing.
+    pub fn try_send_with(
+        &self,
+        record: ExchangeRecord,
+        make: impl FnOnce(ExchangeRecord) -> T,
+    ) -> Result<(), Refused> {
         let bytes = record_bytes(&record);
         let reserved = self
             .held
@@ -80,10 +96,19 @@ impl QueueSender {
         if reserved.is_err() {
             return Err(Refused::Bytes);
         }
-        self.tx.try_send(Queued { record, bytes }).map_err(|_| {
-            self.held.fetch_sub(bytes, Ordering::AcqRel);
-            Refused::Records
-        })
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Queued {
+                    item: make(record),
+                    bytes,
+                });
+                Ok(())
+            }
+            Err(_) => {
+                self.held.fetch_sub(bytes, Ordering::AcqRel);
+                Err(Refused::Records)
+            }
+        }
     }
 
     /// Bytes the queue holds now.
@@ -92,15 +117,15 @@ impl QueueSender {
     }
 }
 
-impl QueueReceiver {
-    /// The next record; `None` once the queue is closed and empty.
-    pub async fn recv(&mut self) -> Option<ExchangeRecord> {
+impl<T> QueueReceiver<T> {
+    /// The next item; `None` once the queue is closed and empty.
+    pub async fn recv(&mut self) -> Option<T> {
         let queued = self.rx.recv().await?;
         Some(self.release(queued))
     }
 
-    /// The next record if one is waiting.
-    pub fn try_recv(&mut self) -> Option<ExchangeRecord> {
+    /// The next item if one is waiting.
+    pub fn try_recv(&mut self) -> Option<T> {
         let queued = self.rx.try_recv().ok()?;
         Some(self.release(queued))
     }
@@ -115,9 +140,9 @@ impl QueueReceiver {
         self.rx.is_closed()
     }
 
-    fn release(&self, queued: Queued) -> ExchangeRecord {
+    fn release(&self, queued: Queued<T>) -> T {
         self.held.fetch_sub(queued.bytes, Ordering::AcqRel);
-        queued.record
+        queued.item
     }
 }
 

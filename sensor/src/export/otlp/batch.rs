@@ -1,10 +1,12 @@
 //! A batch of spans on its way to the collector: grouped by resource, bounded by the encoded
 //! size of the request it becomes.
 //!
-//! Each span is encoded when it joins the batch, while its strings are still in the cache, and
-//! freed at once; the batch keeps bytes, not structs. A batch of thousands of small spans held
-//! for up to a second used to be encoded string by string when it was sent, each string long
-//! out of the cache by then. Sending copies each group's bytes once into the request.
+//! Each record is converted and encoded as a [`PendingSpan`] on the pipeline's thread when it
+//! is queued ([`crate::export::Exporter::send`]), while its strings are still in the cache, and
+//! freed there at once, so the next record reuses that memory; batches keep bytes, not
+//! structs. (A batch of thousands of small spans held for up to a second used to be encoded
+//! string by string when it was sent, each string long out of the cache by then, and freed on
+//! the exporter's thread.) Sending copies each group's bytes once into the request.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,7 +22,7 @@ use prost::Message as _;
 use super::{convert, json};
 use crate::{
     config::Protocol,
-    record::{AttributeValue, Attributes},
+    record::{AttributeValue, Attributes, ExchangeRecord},
 };
 
 /// Protobuf field numbers of the messages a request nests the spans in:
@@ -36,8 +38,8 @@ const SPANS_FIELD: u32 = 2;
 /// keeps its own buffer (no copy).
 const PART_BYTES: usize = 64 * 1024;
 
-/// A converted span waiting for a batch, already encoded, with its share of the request.
-pub(super) struct PendingSpan {
+/// A record converted into its span and encoded, on its way to a batch.
+pub struct PendingSpan {
     resource: Attributes,
     /// Protobuf: the span as a `ScopeSpans.spans` field (tag, length, message). JSON: a comma,
     /// then the span object (the comma of a group's first span is left out when sending).
@@ -45,6 +47,30 @@ pub(super) struct PendingSpan {
 }
 
 impl PendingSpan {
+    /// Converts a record into its span and encodes it for `protocol`.
+    pub fn new(protocol: Protocol, record: ExchangeRecord) -> PendingSpan {
+        let (resource, span) = convert::span(record);
+        PendingSpan::of_span(protocol, resource, span)
+    }
+
+    /// Encodes a span of the process of `resource` for `protocol`.
+    pub(super) fn of_span(protocol: Protocol, resource: Attributes, span: Span) -> PendingSpan {
+        let encoded = match protocol {
+            Protocol::Grpc | Protocol::HttpProtobuf => {
+                let mut encoded = Vec::with_capacity(field_len(span.encoded_len()));
+                prost::encoding::message::encode(SPANS_FIELD, &span, &mut encoded);
+                encoded
+            }
+            Protocol::HttpJson => {
+                // The comma that separates it from the span before it in its group.
+                let mut encoded = vec![b','];
+                json::encode_span(&mut encoded, &span);
+                encoded
+            }
+        };
+        PendingSpan { resource, encoded }
+    }
+
     /// Its share of the encoded request in bytes.
     fn size(&self) -> usize {
         self.encoded.len()
@@ -105,24 +131,6 @@ impl Sizer {
             extra_resource,
             scratch: Vec::new(),
         }
-    }
-
-    /// Encodes a record's span for the batch it will join.
-    pub(super) fn pending(&mut self, resource: Attributes, span: Span) -> PendingSpan {
-        let encoded = match self.protocol {
-            Protocol::Grpc | Protocol::HttpProtobuf => {
-                let mut encoded = Vec::with_capacity(field_len(span.encoded_len()));
-                prost::encoding::message::encode(SPANS_FIELD, &span, &mut encoded);
-                encoded
-            }
-            Protocol::HttpJson => {
-                // The comma that separates it from the span before it in its group.
-                let mut encoded = vec![b','];
-                json::encode_span(&mut encoded, &span);
-                encoded
-            }
-        };
-        PendingSpan { resource, encoded }
     }
 
     /// The bytes every request has whatever it holds.

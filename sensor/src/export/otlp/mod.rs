@@ -38,18 +38,16 @@ pub use convert::{
     TRACE_ID_ATTRIBUTE,
 };
 
+pub use self::batch::PendingSpan;
 use self::{
-    batch::{Added, Batch, PendingSpan, Sizer},
+    batch::{Added, Batch, Sizer},
     transport::{Outcome, Payload, Transport},
 };
 use super::{
     ExportStats, Exporter,
     queue::{QueueLimits, QueueReceiver},
 };
-use crate::{
-    config::{Config, Protocol},
-    record::ExchangeRecord,
-};
+use crate::config::{Config, Protocol};
 
 /// First wait before a failed request is sent again.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -138,6 +136,7 @@ impl Exporter {
         tokio::runtime::Handle::try_current()
             .context("the OTLP exporter must be started inside a tokio runtime")?;
         let transport = Transport::new(&settings)?;
+        let protocol = settings.protocol;
         let (tx, rx) = super::queue::queue(QueueLimits {
             records: settings.queue_size,
             bytes: settings.queue_bytes,
@@ -166,7 +165,14 @@ impl Exporter {
             otlp: otlp_stats.clone(),
         };
         let task = tokio::spawn(worker.run(rx));
-        Ok((Exporter { tx, task, stats }, otlp_stats))
+        Ok((
+            Exporter {
+                tx: super::Sender::Spans(tx, protocol),
+                task,
+                stats,
+            },
+            otlp_stats,
+        ))
     }
 }
 
@@ -192,13 +198,13 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: QueueReceiver) {
+    async fn run(mut self, mut rx: QueueReceiver<PendingSpan>) {
         let mut carry: Option<(PendingSpan, Instant)> = None;
         loop {
             let (first, since) = match carry.take() {
                 Some(carried) => carried,
                 None => match rx.recv().await {
-                    Some(record) => (self.pending(record), Instant::now()),
+                    Some(pending) => (pending, Instant::now()),
                     None => break,
                 },
             };
@@ -211,11 +217,10 @@ impl Worker {
                     record = rx.recv() => record,
                     () = sleep_until(flush_at) => break,
                 };
-                let Some(record) = next else {
+                let Some(pending) = next else {
                     self.closing();
                     break;
                 };
-                let pending = self.pending(record);
                 self.add(&mut batch, pending, &mut carry);
             }
             if !batch.is_empty() {
@@ -233,11 +238,6 @@ impl Worker {
             retries = self.otlp.retries.load(Ordering::Relaxed),
             "OTLP exporter stopped"
         );
-    }
-
-    fn pending(&mut self, record: ExchangeRecord) -> PendingSpan {
-        let (resource, span) = convert::span(record);
-        self.sizer.pending(resource, span)
     }
 
     fn add(
@@ -273,7 +273,11 @@ impl Worker {
     }
 
     /// Counts everything still waiting as failed (shutdown deadline passed).
-    fn abandon(&mut self, carry: Option<(PendingSpan, Instant)>, rx: &mut QueueReceiver) {
+    fn abandon(
+        &mut self,
+        carry: Option<(PendingSpan, Instant)>,
+        rx: &mut QueueReceiver<PendingSpan>,
+    ) {
         let mut left = u64::from(carry.is_some());
         rx.close();
         while rx.try_recv().is_some() {
@@ -289,7 +293,7 @@ impl Worker {
     }
 
     /// Sends a batch until it is accepted, refused, or the shutdown deadline passes.
-    async fn deliver(&mut self, batch: Batch, rx: &QueueReceiver) {
+    async fn deliver(&mut self, batch: Batch, rx: &QueueReceiver<PendingSpan>) {
         let spans = batch.len() as u64;
         let estimate = batch.size();
         let payload = self.transport.payload(batch.into_parts(&self.sizer));
@@ -359,7 +363,7 @@ impl Worker {
     }
 
     /// One request, bounded by the request timeout and the shutdown deadline.
-    async fn attempt(&mut self, payload: &Payload, rx: &QueueReceiver) -> Outcome {
+    async fn attempt(&mut self, payload: &Payload, rx: &QueueReceiver<PendingSpan>) -> Outcome {
         let started = Instant::now();
         let send = self.transport.send(payload);
         tokio::pin!(send);
@@ -385,7 +389,7 @@ impl Worker {
     }
 
     /// Waits before the next attempt; returns early when shutdown begins.
-    async fn pause(&mut self, delay: Duration, rx: &QueueReceiver) {
+    async fn pause(&mut self, delay: Duration, rx: &QueueReceiver<PendingSpan>) {
         let mut wake = Instant::now() + delay;
         if let Some(deadline) = self.deadline {
             wake = wake.min(deadline);
@@ -398,7 +402,7 @@ impl Worker {
 }
 
 /// Resolves once every sender of the queue is gone.
-async fn wait_closed(rx: &QueueReceiver) {
+async fn wait_closed(rx: &QueueReceiver<PendingSpan>) {
     while !rx.is_closed() {
         tokio::time::sleep(CLOSE_POLL).await;
     }

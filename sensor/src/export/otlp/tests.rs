@@ -1251,7 +1251,7 @@ fn reference_request(
 /// Spans are encoded one by one as they join a batch; what the batch sends must be exactly
 /// the bytes of the whole request encoded at once.
 fn batch_bytes_are_the_request_encoded_at_once(protocol: Protocol) {
-    use super::batch::{Added, Batch, Sizer};
+    use super::batch::{Added, Batch, PendingSpan, Sizer};
     use prost::Message as _;
 
     let extra = BTreeMap::from([("deployment.environment".to_owned(), "test".to_owned())]);
@@ -1259,7 +1259,7 @@ fn batch_bytes_are_the_request_encoded_at_once(protocol: Protocol) {
     let mut batch = Batch::new(&sizer, usize::MAX);
     let spans: Vec<(Attributes, Span)> = mixed_records().into_iter().map(convert::span).collect();
     for (resource, span) in &spans {
-        let pending = sizer.pending(resource.clone(), span.clone());
+        let pending = PendingSpan::of_span(protocol, resource.clone(), span.clone());
         assert!(
             matches!(batch.add(&mut sizer, pending), Added::Yes),
             "an unbounded batch takes every span"
