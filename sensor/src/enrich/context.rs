@@ -20,7 +20,7 @@ use std::{
 
 use sensor_common::event::Role;
 
-use crate::record::{AttributeValue, Attributes};
+use crate::record::AttributeValue;
 
 /// Attribute names the OTLP exporter reads ids from (and does not export).
 pub const TRACE_ID: &str = "sensor.trace_id";
@@ -41,12 +41,14 @@ pub struct SpanIds {
 }
 
 impl SpanIds {
-    /// Writes the ids as hex attributes.
-    pub fn write(&self, attributes: &mut Attributes) {
-        attributes.insert(TRACE_ID.into(), AttributeValue::String(hex(&self.trace_id)));
-        attributes.insert(SPAN_ID.into(), AttributeValue::String(hex(&self.span_id)));
+    /// Writes the ids as hex attributes (into a map, or a list of pairs being gathered).
+    pub fn write(&self, attributes: &mut impl Extend<(String, AttributeValue)>) {
+        attributes.extend([
+            (TRACE_ID.into(), AttributeValue::String(hex(&self.trace_id))),
+            (SPAN_ID.into(), AttributeValue::String(hex(&self.span_id))),
+        ]);
         if let Some(parent) = self.parent_span_id {
-            attributes.insert(PARENT_SPAN_ID.into(), AttributeValue::String(hex(&parent)));
+            attributes.extend([(PARENT_SPAN_ID.into(), AttributeValue::String(hex(&parent)))]);
         }
     }
 }
