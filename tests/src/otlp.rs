@@ -165,6 +165,19 @@ pub struct Receiver {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// Moves the calling thread to the idle scheduling class (`SCHED_IDLE`), so that it runs only
+/// when its core has nothing else to run.
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        eprintln!(
+            "OTLP test receiver: SCHED_IDLE refused ({}); it runs at normal priority",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl Receiver {
     /// Starts the gRPC and HTTP servers on 127.0.0.1 (ports chosen by the system).
     pub fn start() -> Receiver {
@@ -172,7 +185,9 @@ impl Receiver {
     }
 
     /// As [`Receiver::start`], keeping no request: only [`Receiver::span_total`] counts them
-    /// (for loads whose spans would not fit in memory, e.g. the benchmarks).
+    /// (for loads whose spans would not fit in memory, e.g. the benchmarks). Its thread runs in
+    /// the idle scheduling class (`SCHED_IDLE`): it stands in for a collector on another host,
+    /// so on the core it shares with a load generator it must only use time that is spare.
     pub fn start_counting() -> Receiver {
         Self::start_with_keep(None, None, false)
     }
@@ -241,6 +256,9 @@ impl Receiver {
         let thread = thread::Builder::new()
             .name("otlp-receiver".into())
             .spawn(move || {
+                if !keep {
+                    run_when_idle();
+                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -11,6 +11,7 @@
 //! run starts its own app: the configurations differ in how the app is started.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -424,21 +425,47 @@ impl Drop for Sensor {
     }
 }
 
-/// CPU time (user + system) of process `pid` and all its threads so far, in seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command name: state is field 3, utime 14 and stime 15 (proc(5)).
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i - 3)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("/proc/{pid}/stat has no field {i}"))
-    };
-    Ok((ticks(14)? + ticks(15)?) as f64 / clock_ticks_per_second())
+/// The CPU time (user + system) of each thread of a process so far, in nanoseconds: the
+/// scheduler's exact count (`/proc/PID/task/TID/schedstat`). `/proc/PID/stat` counts clock
+/// ticks instead: a 5 s window of a sensor using 0.025 core is about 12 of them, so one tick
+/// more or less moves the result by 8 %.
+pub struct ThreadTimes(BTreeMap<u32, u64>);
+
+impl ThreadTimes {
+    /// The threads of `pid` now.
+    pub fn read(pid: u32) -> Result<ThreadTimes> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing the threads of process {pid}"))?;
+        let mut times = BTreeMap::new();
+        for task in tasks {
+            let task = task?;
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // A thread may end between the listing and this read.
+            let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let ns = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("unreadable /proc/{pid}/task/{tid}/schedstat"))?;
+            times.insert(tid, ns);
+        }
+        Ok(ThreadTimes(times))
+    }
+
+    /// CPU seconds used since `earlier`: what each thread added, all of a thread started
+    /// since; a thread that ended in between is not counted.
+    pub fn seconds_since(&self, earlier: &ThreadTimes) -> f64 {
+        let ns: u64 = self
+            .0
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(earlier.0.get(tid).copied().unwrap_or(0)))
+            .sum();
+        ns as f64 / 1e9
+    }
 }
 
 /// What the sensor used during one load window.
@@ -552,7 +579,7 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
     };
     let before = match &sensor {
         Some(sensor) => Some((
-            cpu_seconds(sensor.pid())?,
+            ThreadTimes::read(sensor.pid())?,
             scrape(&sensor.metrics_addr)?,
             Instant::now(),
         )),
@@ -573,11 +600,11 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
     let usage = match (&sensor, before) {
         (Some(sensor), Some((cpu, page, started))) => {
             let window = started.elapsed().as_secs_f64();
-            let cpu_after = cpu_seconds(sensor.pid())?;
+            let cpu_after = ThreadTimes::read(sensor.pid())?;
             let page_after = scrape(&sensor.metrics_addr)?;
             let delta = |name: &str| metric(&page_after, name).saturating_sub(metric(&page, name));
             Some(SensorUsage {
-                cpu_seconds: cpu_after - cpu,
+                cpu_seconds: cpu_after.seconds_since(&cpu),
                 window,
                 bpf_ns: delta("kernel_bpf_run_time_ns"),
                 rss_kib: memory::rss_kib(sensor.pid()).unwrap_or(0),
@@ -747,7 +774,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     }
     println!();
     println!(
-        "== the sensor's own cost during the load windows above (medians over rounds): CPU (user+system, /proc/PID/stat) in cores and per 1,000 exchanges/s; BPF run time of all its programs (kernel.bpf_stats_enabled) per request; RSS after the load"
+        "== the sensor's own cost during the load windows above (medians over rounds): CPU (user+system, each thread's /proc/PID/task/TID/schedstat) in cores and per 1,000 exchanges/s; BPF run time of all its programs (kernel.bpf_stats_enabled) per request; RSS after the load"
     );
     println!(
         "{:<44} {:>8} {:>14} {:>12} {:>9} {:>10}",
@@ -816,4 +843,34 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
         bail!("configurations exported nothing: {}", empty.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_times_count_growth_and_new_threads_but_not_ended_ones() {
+        let earlier = ThreadTimes(BTreeMap::from([(1, 1_000_000_000), (2, 500_000_000)]));
+        let later = ThreadTimes(BTreeMap::from([(1, 1_250_000_000), (3, 50_000_000)]));
+        let used = later.seconds_since(&earlier);
+        assert!((used - 0.3).abs() < 1e-9, "{used}");
+    }
+
+    #[test]
+    fn thread_times_of_this_process_grow_with_work() {
+        let earlier = ThreadTimes::read(std::process::id()).expect("own threads");
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = ThreadTimes::read(std::process::id())
+            .expect("own threads")
+            .seconds_since(&earlier);
+        assert!(
+            (0.03..1.0).contains(&used),
+            "50 ms of spinning counted as {used} s"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use sensor_e2e::otlp::Receiver;
 
 use super::{
-    apps::{App, Bench, Config, Framework, Sensor, cpu_seconds, settled_server_spans},
+    apps::{App, Bench, Config, Framework, Sensor, ThreadTimes, settled_server_spans},
     hey, pinning,
 };
 use crate::workspace_root;
@@ -136,9 +136,10 @@ pub fn bench(bench: &Bench) -> Result<()> {
     let opening = started.elapsed();
     settled_server_spans(&receiver);
     let connections_busy = rss_kib(sensor.pid())?;
-    let cpu_before = cpu_seconds(sensor.pid())?;
+    let cpu_before = ThreadTimes::read(sensor.pid())?;
     std::thread::sleep(QUIET);
-    let held_idle_cores = (cpu_seconds(sensor.pid())? - cpu_before) / QUIET.as_secs_f64();
+    let held_idle_cores =
+        ThreadTimes::read(sensor.pid())?.seconds_since(&cpu_before) / QUIET.as_secs_f64();
     let with_connections = rss_kib(sensor.pid())?;
     drop(client.stdin.take());
     let _ = client.kill();
@@ -200,7 +201,7 @@ pub fn bench(bench: &Bench) -> Result<()> {
     );
     println!("{:<52} {:>9.1}", "peak (VmHWM)", mb(peak));
     println!(
-        "the sensor's CPU while the connections were held idle: {held_idle_cores:.4} cores (user+system, /proc/PID/stat)"
+        "the sensor's CPU while the connections were held idle: {held_idle_cores:.4} cores (user+system, /proc/PID/task/TID/schedstat)"
     );
     if let Some(ring) = ring {
         println!(
