@@ -28,13 +28,19 @@ pub const RING_WAKEUP_BYTES_MAX: u64 = 1024 * 1024;
 pub const RING_WAKEUP_GLOBAL: &str = "RING_WAKEUP_BYTES";
 
 /// How often, in milliseconds, the reader drains [`EVENTS`] without a wakeup while records keep
-/// coming: the longest a payload record waits under traffic.
-pub const RING_POLL_MS: u64 = 10;
+/// coming: the longest a payload record waits under traffic. Each drain is a wakeup of the
+/// sensor, which on a virtual machine costs tens of microseconds; at 10 ms those wakeups were
+/// a third of the sensor's CPU under 250 16 KB POSTs/s. Records wait in the ring meanwhile
+/// (a wakeup comes earlier once [`ring_wakeup_bytes`] are pending), and spans wait for their
+/// batch far longer (`sensor.batch_timeout_ms`, 1 s), so the delay costs nothing downstream.
+pub const RING_POLL_MS: u64 = 100;
 
 /// The reader's longest interval between drains, in milliseconds: while drains find nothing the
-/// interval doubles from [`RING_POLL_MS`] up to this, so an idle sensor wakes ten times a
-/// second, not a hundred; the first payload record after a quiet spell waits at most this long.
-pub const RING_POLL_IDLE_MS: u64 = 100;
+/// interval doubles from [`RING_POLL_MS`] up to this, so an idle sensor wakes once a second for
+/// the ring; the first record after a quiet spell waits at most this long. Exec and fork
+/// records wake the reader at once.
+pub const RING_POLL_IDLE_MS: u64 = 1000;
+
 /// `HashMap<u32 tgid, u32 WatchState>`: the processes whose sockets are captured.
 pub const WATCHED_PROCESSES: &str = "WATCHED_PROCESSES";
 /// `HashMap<SocketKey, FdEntry>`: the socket file descriptors of watched processes.

@@ -183,8 +183,11 @@ impl Copy {
 #[unsafe(no_mangle)]
 static RING_WAKEUP_BYTES: u64 = ring_wakeup_bytes(EVENTS_BYTES);
 
-/// Payload records wake the reader only once `RING_WAKEUP_BYTES` are waiting; the reader
-/// polls for the rest (see `RING_POLL_MS`).
+/// Records wake the reader only once `RING_WAKEUP_BYTES` are waiting; the reader polls for the
+/// rest (see `RING_POLL_MS`). Payload and connection records use it; only exec and fork, which
+/// userspace must act on before the new program runs far, wake it at once. (The kernel's
+/// default, flags 0, wakes the reader whenever it had caught up: a wakeup per new connection
+/// for clients that open one per request.)
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
     // SAFETY: a plain u64 global; the volatile read keeps the compiler from folding in the

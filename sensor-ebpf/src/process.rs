@@ -231,7 +231,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         value: 0,
         _pad: 0,
     };
-    if EVENTS.output(event, 0).is_err() {
+    if EVENTS.output(event, crate::emit::wakeup_flags()).is_err() {
         count(Counter::RingbufFull, 1);
     }
     0

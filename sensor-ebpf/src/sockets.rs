@@ -392,7 +392,7 @@ fn try_exit_get_name(ctx: &TracePointContext) -> Outcome {
             Endpoint::default()
         },
     };
-    if EVENTS.output(event, 0).is_err() {
+    if EVENTS.output(event, crate::emit::wakeup_flags()).is_err() {
         count(Counter::RingbufFull, 1);
         return Err(Skip::Failed);
     }
@@ -470,7 +470,7 @@ fn open_conn(
         }
         (*event)._pad2 = [0; 4];
     }
-    record.submit(0);
+    record.submit(crate::emit::wakeup_flags());
     Ok(conn_id)
 }
 
@@ -506,7 +506,7 @@ pub fn release_fd(tgid: u32, fd: i32) {
         fd,
         _pad: 0,
     };
-    if EVENTS.output(close, 0).is_err() {
+    if EVENTS.output(close, crate::emit::wakeup_flags()).is_err() {
         count(Counter::RingbufFull, 1);
     }
 }
@@ -540,7 +540,7 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
         first,
         last,
     };
-    if EVENTS.output(event, 0).is_err() {
+    if EVENTS.output(event, crate::emit::wakeup_flags()).is_err() {
         count(Counter::RingbufFull, 1);
     }
     0

@@ -99,7 +99,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
                 local: tuple.local,
                 remote: tuple.remote,
             };
-            if EVENTS.output(event, 0).is_err() {
+            if EVENTS.output(event, crate::emit::wakeup_flags()).is_err() {
                 count(Counter::RingbufFull, 1);
             }
             Some(())

@@ -316,7 +316,7 @@ fn bind(tgid: u32, ssl: u64, socket_conn_id: u64, fd: i32, binding: TlsBinding) 
         fd,
         binding: binding as u32,
     };
-    if EVENTS.output(event, 0).is_err() {
+    if EVENTS.output(event, crate::emit::wakeup_flags()).is_err() {
         count(Counter::RingbufFull, 1);
     }
 }
@@ -370,7 +370,7 @@ fn close_stream(stream: &TlsStream) {
         fd: stream.fd,
         _pad: 0,
     };
-    if EVENTS.output(close, 0).is_err() {
+    if EVENTS.output(close, crate::emit::wakeup_flags()).is_err() {
         count(Counter::RingbufFull, 1);
     }
 }

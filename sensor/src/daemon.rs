@@ -24,7 +24,7 @@ use crate::{
     },
     export::{Exporter, StdoutFormat, otlp::OtlpSettings},
     http::HttpSettings,
-    metrics::Metrics,
+    metrics::{Metrics, Refresh},
     overload::{Budgets, Overload},
     ratelimit::RateLimit,
     redact::{Decision, Policy, parser_settings},
@@ -203,6 +203,9 @@ pub struct Pipeline {
     unresolved: HashSet<u64>,
     /// OpenSSL symbol tables already read.
     tls_symbols: tls::SymbolCache,
+    /// Per watched process, its mapped files that may hold OpenSSL when it was last probed:
+    /// the periodic rescan probes again only when they change.
+    tls_mapped: HashMap<u32, Vec<String>>,
     /// The CPU and memory budget, and what is shed beyond it.
     overload: Overload,
     /// The kernel's ring-buffer-full count when last looked at, and its rate-limited warning.
@@ -261,6 +264,8 @@ impl Pipeline {
 
     /// Probes the OpenSSL a watched process has mapped or would load (new files only).
     fn probe_tls(&mut self, capture: &mut Capture, pid: u32) {
+        self.tls_mapped
+            .insert(pid, tls::mapped_candidates(self.procs.proc_root(), pid));
         let libraries = tls::libraries(self.procs.proc_root(), pid, &mut self.tls_symbols);
         let known = capture.tls_libraries(pid);
         if libraries.iter().all(|l| known.contains(&l.id)) {
@@ -272,11 +277,16 @@ impl Pipeline {
         }
     }
 
-    /// Periodic: libraries a watched process mapped from places not probed in advance.
+    /// Periodic: libraries a watched process mapped from places not probed in advance. Only a
+    /// process whose mapped candidates changed since its last probe is probed again.
     fn rescan_tls(&mut self, capture: &mut Capture) {
+        self.tls_mapped.retain(|pid, _| self.watched.contains(pid));
         let pids: Vec<u32> = self.watched.iter().copied().collect();
         for pid in pids {
-            self.probe_tls(capture, pid);
+            let mapped = tls::mapped_candidates(self.procs.proc_root(), pid);
+            if self.tls_mapped.get(&pid) != Some(&mapped) {
+                self.probe_tls(capture, pid);
+            }
         }
     }
 
@@ -847,6 +857,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         ignored_conns: HashSet::new(),
         unresolved: HashSet::new(),
         tls_symbols: tls::SymbolCache::default(),
+        tls_mapped: HashMap::new(),
         overload: Overload::new(Budgets::from_settings(&options.policy.sensor)),
         ringbuf_full: (0, RateLimit::new(RINGBUF_FULL_LOG_INTERVAL)),
         stats: DaemonStats::default(),
@@ -884,16 +895,12 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let metrics = Arc::new(Metrics::default());
+    // Kept here so that, with no metrics server, the refresh branch below simply never fires.
+    let (refresh_sender, mut refresh_requests) = crate::metrics::refresh_channel();
     if let Some(addr) = options.metrics_addr {
-        metrics.clone().serve(addr).await?;
+        metrics.clone().serve(addr, refresh_sender.clone()).await?;
     }
-    publish_metrics(
-        &metrics,
-        &capture,
-        capture.counters().ok().as_ref(),
-        &pipeline,
-    );
-    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut ring_check = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut overload_tick = tokio::time::interval(options.policy.sensor.overload_interval());
@@ -908,13 +915,14 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.threads.expire(now);
                 pipeline.decide_deferred(&mut capture);
             }
-            _ = publish.tick() => {
-                // One read of the kernel's counters serves the metrics and the warning.
-                let kernel = capture.counters().ok();
-                publish_metrics(&metrics, &capture, kernel.as_ref(), &pipeline);
-                if let Some(kernel) = &kernel {
-                    warn_ring_buffer_full(kernel, capture.ring_bytes(), &mut pipeline);
+            _ = ring_check.tick() => {
+                if let Ok(full) = capture.counter(sensor_common::maps::Counter::RingbufFull) {
+                    warn_ring_buffer_full(full, capture.ring_bytes(), &mut pipeline);
                 }
+            }
+            Some(Refresh(published)) = refresh_requests.recv() => {
+                publish_metrics(&metrics, &capture, capture.counters().ok().as_ref(), &pipeline);
+                let _ = published.send(());
             }
             _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
             _ = overload_tick.tick() => pipeline.overload_tick(&mut capture),
@@ -946,8 +954,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 /// Warns (at most every [`RINGBUF_FULL_LOG_INTERVAL`]) when the kernel dropped records because
 /// the ring buffer was full since the last look: the loss is in `kernel_ringbuf_full`, the
 /// application never waits for the sensor.
-fn warn_ring_buffer_full(kernel: &KernelCounters, ring_buffer_bytes: u32, pipeline: &mut Pipeline) {
-    let total = kernel.get(sensor_common::maps::Counter::RingbufFull);
+fn warn_ring_buffer_full(total: u64, ring_buffer_bytes: u32, pipeline: &mut Pipeline) {
     let (seen, log) = &mut pipeline.ringbuf_full;
     let new = total.saturating_sub(*seen);
     *seen = total;

@@ -1,13 +1,16 @@
 //! Prometheus metrics: every counter of every stage (kernel losses, connection tracking, HTTP
 //! reassembly, export), served as text on `/metrics`.
 //!
-//! Stages keep their own counters as plain numbers; the daemon publishes their current values
-//! here periodically ([`Metrics::publish`]), and the counters advance by the difference.
+//! Stages keep their own counters as plain numbers. They are read when someone asks: each
+//! `GET /metrics` sends a [`Refresh`] to the daemon's loop, which publishes the current values
+//! here ([`Metrics::publish`]) and answers; the counters advance by the difference. A sensor
+//! nobody scrapes reads no counters (each kernel counter read is a `bpf()` call).
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -19,8 +22,22 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
+    sync::{mpsc, oneshot},
 };
 use tracing::{debug, info};
+
+/// How long a scrape waits for the daemon to publish current values.
+pub const REFRESH_WAIT: Duration = Duration::from_secs(1);
+
+/// A scrape's request for current values: the daemon publishes them, then drops or answers
+/// the sender.
+pub struct Refresh(pub oneshot::Sender<()>);
+
+/// The channel scrapes ask for current values on. Bounded: when it is full, a scrape serves
+/// the values last published.
+pub fn refresh_channel() -> (mpsc::Sender<Refresh>, mpsc::Receiver<Refresh>) {
+    mpsc::channel(4)
+}
 
 /// The metric registry and the last published value of each counter and gauge.
 pub struct Metrics {
@@ -84,8 +101,14 @@ impl Metrics {
         text
     }
 
-    /// Serves `GET /metrics` on `addr` until the process ends.
-    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> Result<()> {
+    /// Serves `GET /metrics` on `addr` until the process ends. Each scrape first asks the daemon
+    /// to publish current values through `refresh` and waits for its answer up to
+    /// [`REFRESH_WAIT`]; past that (the loop busy), the last published values are served.
+    pub async fn serve(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        refresh: mpsc::Sender<Refresh>,
+    ) -> Result<()> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
@@ -96,6 +119,7 @@ impl Metrics {
                     continue;
                 };
                 let metrics = self.clone();
+                let refresh = refresh.clone();
                 tokio::spawn(async move {
                     let mut request = [0u8; 1024];
                     let n = match stream.read(&mut request).await {
@@ -104,6 +128,10 @@ impl Metrics {
                     };
                     let head = String::from_utf8_lossy(&request[..n]);
                     let response = if head.starts_with("GET /metrics") {
+                        let (done, published) = oneshot::channel();
+                        if refresh.try_send(Refresh(done)).is_ok() {
+                            let _ = tokio::time::timeout(REFRESH_WAIT, published).await;
+                        }
                         let body = metrics.render();
                         format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -148,9 +148,13 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     /// Size of the ring buffer in bytes.
     ring_bytes: u32,
-    /// How long the next wait for records lasts at most: [`RING_POLL`] under traffic, backing
-    /// off to [`RING_POLL_IDLE`] while drains find nothing.
+    /// The interval between drains without a wakeup: [`RING_POLL`] under traffic, backing off
+    /// to [`RING_POLL_IDLE`] while drains find nothing.
     poll: std::time::Duration,
+    /// When the ring is drained next if no wakeup comes first: a deadline, not a timeout, so
+    /// that the daemon's other events (timers, metric scrapes), which cancel and restart
+    /// [`Self::next_batch`], cannot keep putting the drain off.
+    drain_at: tokio::time::Instant,
     /// Whether the OpenSSL probes loaded (uprobes work here).
     tls_loaded: bool,
     /// Whether the payload syscalls' arguments are read at exit (one program per call) rather
@@ -268,25 +272,27 @@ impl Capture {
             detacher: spawn_detacher(),
             decode_errors: 0,
             poll: RING_POLL,
+            drain_at: tokio::time::Instant::now() + RING_POLL,
             tls_attach_errors: 0,
         })
     }
 
-    /// Waits until records are available (a wakeup), or at most the poll interval (payload
-    /// records are written without a wakeup while few bytes wait), then hands each decoded
-    /// record to `handle`. Returns after draining what was there, so the caller can interleave
-    /// timers.
+    /// Waits until records are available (a wakeup), or until the next drain is due (records
+    /// are written without a wakeup while few bytes wait), then hands each decoded record to
+    /// `handle`. Returns after draining what was there, so the caller can interleave timers;
+    /// cancelled while waiting, it keeps its deadline.
     pub async fn next_batch(
         &mut self,
         handle: impl FnMut(&mut Self, CaptureEvent<'_>),
     ) -> Result<()> {
         if let Some(ring) = self.ring.as_mut()
-            && let Ok(guard) = tokio::time::timeout(self.poll, ring.readable_mut()).await
+            && let Ok(guard) = tokio::time::timeout_at(self.drain_at, ring.readable_mut()).await
         {
             guard?.clear_ready();
         }
         let read = self.read_available(handle);
         self.poll = next_poll(self.poll, read);
+        self.drain_at = tokio::time::Instant::now() + self.poll;
         Ok(())
     }
 
@@ -471,7 +477,12 @@ impl Capture {
         self.args_at_exit
     }
 
-    /// Reads the kernel counters.
+    /// Reads one kernel counter (one `bpf()` call).
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+    }
+
+    /// Reads the kernel counters (one `bpf()` call each).
     pub fn counters(&self) -> Result<KernelCounters> {
         let mut values = Vec::with_capacity(COUNTER_COUNT as usize);
         for index in 0..COUNTER_COUNT {
@@ -645,7 +656,7 @@ mod tests {
             poll = next_poll(poll, 0);
             seen.push(poll.as_millis());
         }
-        assert_eq!(seen, [20, 40, 80, 100, 100, 100]);
+        assert_eq!(seen, [200, 400, 800, 1000, 1000, 1000]);
         assert_eq!(next_poll(poll, 3), RING_POLL);
     }
 }
