@@ -172,6 +172,62 @@ mod tests {
         );
     }
 
+    /// One scrape over TCP: the page's body.
+    async fn scrape(addr: SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).await.unwrap();
+        page
+    }
+
+    /// A free loopback address for a server.
+    fn free_addr() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_scrape_serves_the_values_published_for_it() {
+        let metrics = Arc::new(Metrics::default());
+        let (refresh, mut requests) = refresh_channel();
+        let addr = free_addr();
+        metrics.clone().serve(addr, refresh).await.unwrap();
+        let daemon = metrics.clone();
+        tokio::spawn(async move {
+            let mut scrapes = 0;
+            while let Some(Refresh(published)) = requests.recv().await {
+                scrapes += 1;
+                daemon.publish("exchanges", "exchange records built", scrapes * 10);
+                let _ = published.send(());
+            }
+        });
+        assert!(scrape(addr).await.contains("pysensor_exchanges_total 10\n"));
+        assert!(scrape(addr).await.contains("pysensor_exchanges_total 20\n"));
+    }
+
+    #[tokio::test]
+    async fn a_scrape_nobody_refreshes_serves_the_last_values_after_the_wait() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.publish("exchanges", "exchange records built", 7);
+        // The daemon's loop is busy: the request is queued, never answered.
+        let (refresh, _requests) = refresh_channel();
+        let addr = free_addr();
+        metrics.serve(addr, refresh).await.unwrap();
+        let started = std::time::Instant::now();
+        let page = scrape(addr).await;
+        assert!(page.contains("pysensor_exchanges_total 7\n"), "{page}");
+        assert!(
+            started.elapsed() >= REFRESH_WAIT,
+            "the scrape waited for a refresh"
+        );
+    }
+
     #[test]
     fn gauges_go_up_and_down() {
         let metrics = Metrics::default();

@@ -936,6 +936,36 @@ mod tests {
     }
 
     #[test]
+    fn mapped_candidates_are_the_openssl_like_files_each_once_in_map_order() {
+        let root = std::env::temp_dir().join(format!("pysensor-maps-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("42")).unwrap();
+        std::fs::write(
+            root.join("42/maps"),
+            "\
+55d0-55d1 r--p 00000000 fe:00 1 /usr/bin/python3.11
+7f00-7f01 r--p 00000000 fe:00 2 /venv/lib/libssl-1a2b.so.3
+7f01-7f02 r-xp 00001000 fe:00 2 /venv/lib/libssl-1a2b.so.3
+7f02-7f03 r--p 00000000 fe:00 3 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f03-7f04 r--p 00000000 fe:00 4 /usr/lib/libcrypto.so.3 (deleted)
+7f04-7f05 rw-p 00000000 00:00 0 [heap]
+7f05-7f06 r--p 00000000 fe:00 5 /usr/lib/python3.11/lib-dynload/_ssl.cpython-311.so
+",
+        )
+        .unwrap();
+        let found = mapped_candidates(&root, 42);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            found,
+            [
+                "/usr/bin/python3.11",
+                "/venv/lib/libssl-1a2b.so.3",
+                "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311.so",
+            ]
+        );
+        assert!(mapped_candidates(Path::new("/nonexistent"), 42).is_empty());
+    }
+
+    #[test]
     fn garbage_is_not_a_library() {
         assert!(offsets(b"not an elf file").is_empty());
         assert!(offsets(&[]).is_empty());
