@@ -264,9 +264,15 @@ impl Pipeline {
 
     /// Probes the OpenSSL a watched process has mapped or would load (new files only).
     fn probe_tls(&mut self, capture: &mut Capture, pid: u32) {
-        self.tls_mapped
-            .insert(pid, tls::mapped_candidates(self.procs.proc_root(), pid));
-        let libraries = tls::libraries(self.procs.proc_root(), pid, &mut self.tls_symbols);
+        let mapped = tls::mapped_candidates(self.procs.proc_root(), pid);
+        self.probe_tls_mapped(capture, pid, mapped);
+    }
+
+    /// [`Self::probe_tls`], given the process's mapped candidates already read.
+    fn probe_tls_mapped(&mut self, capture: &mut Capture, pid: u32, mapped: Vec<String>) {
+        let libraries =
+            tls::libraries_from(self.procs.proc_root(), pid, &mapped, &mut self.tls_symbols);
+        self.tls_mapped.insert(pid, mapped);
         let known = capture.tls_libraries(pid);
         if libraries.iter().all(|l| known.contains(&l.id)) {
             return;
@@ -285,7 +291,7 @@ impl Pipeline {
         for pid in pids {
             let mapped = tls::mapped_candidates(self.procs.proc_root(), pid);
             if self.tls_mapped.get(&pid) != Some(&mapped) {
-                self.probe_tls(capture, pid);
+                self.probe_tls_mapped(capture, pid, mapped);
             }
         }
     }

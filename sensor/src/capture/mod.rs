@@ -17,10 +17,7 @@ use aya::{
     },
 };
 use sensor_common::{
-    maps::{
-        self as names, COUNTER_COUNT, ConnControl, ConnState, Counter, FdEntry, SocketKey,
-        WatchState,
-    },
+    maps::{self as names, ConnControl, ConnState, Counter, FdEntry, SocketKey, WatchState},
     settings::Settings,
 };
 use std::collections::HashMap as StdHashMap;
@@ -484,11 +481,10 @@ impl Capture {
 
     /// Reads the kernel counters (one `bpf()` call each).
     pub fn counters(&self) -> Result<KernelCounters> {
-        let mut values = Vec::with_capacity(COUNTER_COUNT as usize);
-        for index in 0..COUNTER_COUNT {
-            let per_cpu = self.counters.get(&index, 0)?;
-            values.push(per_cpu.iter().sum());
-        }
+        let values = Counter::ALL
+            .iter()
+            .map(|counter| self.counter(*counter))
+            .collect::<Result<_>>()?;
         Ok(KernelCounters { values })
     }
 

@@ -549,12 +549,20 @@ pub fn mapped_candidates(proc_root: &Path, pid: u32) -> Vec<String> {
 /// The files of process `pid` that hold OpenSSL functions: mapped ones, and the ones it would
 /// load. Each file once; unreadable or foreign files are left out.
 pub fn libraries(proc_root: &Path, pid: u32, cache: &mut SymbolCache) -> Vec<TlsLibrary> {
+    libraries_from(proc_root, pid, &mapped_candidates(proc_root, pid), cache)
+}
+
+/// [`libraries`], given the process's [`mapped_candidates`] already read.
+pub fn libraries_from(
+    proc_root: &Path,
+    pid: u32,
+    mapped: &[String],
+    cache: &mut SymbolCache,
+) -> Vec<TlsLibrary> {
     let proc_dir = proc_root.join(pid.to_string());
     let root = proc_dir.join("root");
-    let mut candidates: Vec<(String, bool)> = mapped_candidates(proc_root, pid)
-        .into_iter()
-        .map(|path| (path, true))
-        .collect();
+    let mut candidates: Vec<(String, bool)> =
+        mapped.iter().map(|path| (path.clone(), true)).collect();
     for dir in LIBRARY_DIRS {
         for name in LIBRARY_NAMES {
             candidates.push((format!("/{dir}/{name}"), false));
