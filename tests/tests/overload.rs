@@ -358,7 +358,7 @@ fn unlimited_budgets_shed_nothing() {
 /// The memory budget: a resident size over it (any, for a budget of 1 byte) sheds bodies, and
 /// memory is handed back to the system while shedding near the budget. A budget of 1 byte
 /// stays exceeded, so the level goes on to shed exchanges four readings later; the metrics,
-/// published once a second, may show either level.
+/// read when the test scrapes them, may show either level.
 #[test]
 fn over_the_memory_budget_bodies_are_shed() {
     let dir = scratch_dir("overload-memory");
