@@ -13,11 +13,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mimalloc.h`; `libmimalloc-sys` names no constant for it).
 const PURGE_DELAY_OPTION: libmimalloc_sys::mi_option_t = 15;
 
-/// How long freed memory stays committed before it is handed back: long enough that a steady
-/// stream of bodies reuses it instead of faulting fresh pages in each time (with mimalloc's
-/// 1 s, page faults were 5 % of the sensor's samples under 16 KB POSTs; with 5 s, 1 %).
-/// [`trim`] hands back what is free at once when the sensor goes quiet.
-const PURGE_DELAY_MS: std::ffi::c_long = 5000;
+/// How long freed memory stays committed before it is handed back. mimalloc keeps one
+/// deadline per arena and, when it passes, hands back everything free at that moment, however
+/// recently it was freed; under a steady stream of 16 KB bodies a 5 s delay still meant a
+/// purge of the export buffers every 5 s and about 2 page faults per exchange as they were
+/// taken again (7 % of the sensor's CPU). With a minute, about one in twelve of those is left.
+/// [`trim`] hands back what is free at once when traffic stops (see `overload`).
+const PURGE_DELAY_MS: std::ffi::c_long = 60_000;
 
 /// Sets the allocator's options. Call first thing in `main`, before any other thread exists
 /// (mimalloc's option setters are not thread-safe).
