@@ -1291,6 +1291,90 @@ fn json_batch_bytes_are_the_request_encoded_at_once() {
     batch_bytes_are_the_request_encoded_at_once(Protocol::HttpJson);
 }
 
+/// Large bodies are spliced into protobuf spans (sent as they are, after the span's other
+/// fields): the request decodes to the same spans, with those bodies as their last attributes.
+#[test]
+fn large_bodies_are_spliced_into_protobuf_spans_as_their_last_attributes() {
+    use super::batch::{Added, Batch, PendingSpan, Sizer};
+    use prost::Message as _;
+
+    const SPLICED: usize = 4 * 1024;
+    let records: Vec<ExchangeRecord> = mixed_records()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            r.attributes.insert(
+                convert::TRACE_ID_ATTRIBUTE.into(),
+                format!("{:032x}", i + 1).into(),
+            );
+            r.attributes.insert(
+                convert::SPAN_ID_ATTRIBUTE.into(),
+                format!("{:016x}", i + 1).into(),
+            );
+            // Request bodies on either side of the threshold, and one of 70 KiB.
+            let len = [SPLICED - 1, SPLICED, 16 * 1024, 70 * 1024, 10][i % 5];
+            let body: String = "{\"k\": 1}".chars().cycle().take(len).collect();
+            r.attributes.insert("http.request.body".into(), body.into());
+            r
+        })
+        .collect();
+    let expected: Vec<(Attributes, Span)> = records
+        .iter()
+        .cloned()
+        .map(|record| {
+            let (resource, mut span) = convert::span(record);
+            for key in ["http.request.body", "http.response.body"] {
+                let at = span.attributes.iter().position(|kv| kv.key == key);
+                if let Some(at) = at {
+                    let large = matches!(
+                        &span.attributes[at].value,
+                        Some(AnyValue { value: Some(any_value::Value::StringValue(s)) })
+                            if s.len() >= SPLICED
+                    );
+                    if large {
+                        let kv = span.attributes.remove(at);
+                        span.attributes.push(kv);
+                    }
+                }
+            }
+            (resource, span)
+        })
+        .collect();
+    let spliced_spans = expected
+        .iter()
+        .filter(|(_, span)| {
+            span.attributes
+                .last()
+                .is_some_and(|kv| kv.key.ends_with(".body"))
+        })
+        .count();
+    assert!(
+        spliced_spans > 100,
+        "the fixture has spans with large bodies ({spliced_spans})"
+    );
+
+    let mut sizer = Sizer::new(Protocol::HttpProtobuf, BTreeMap::new());
+    let mut batch = Batch::new(&sizer, usize::MAX);
+    for record in records {
+        let pending = PendingSpan::new(Protocol::HttpProtobuf, record);
+        assert!(matches!(batch.add(&mut sizer, pending), Added::Yes));
+    }
+    let estimate = batch.size();
+    let sent: Vec<u8> = batch.into_parts(&sizer).concat();
+    assert!(estimate >= sent.len(), "{estimate} bounds {}", sent.len());
+    let decoded = ExportTraceServiceRequest::decode(sent.as_slice()).expect("a valid request");
+    let reference = reference_request(&expected, &BTreeMap::new());
+    assert_eq!(decoded.resource_spans.len(), reference.resource_spans.len());
+    for (got, want) in decoded.resource_spans.iter().zip(&reference.resource_spans) {
+        assert_eq!(got.resource, want.resource);
+        let (got, want) = (&got.scope_spans[0].spans, &want.scope_spans[0].spans);
+        assert_eq!(got.len(), want.len());
+        for (got, want) in got.iter().zip(want) {
+            assert!(got == want, "span {} differs", want.name);
+        }
+    }
+}
+
 #[test]
 fn an_empty_json_batch_is_an_empty_object() {
     use super::batch::{Batch, Sizer};
