@@ -9,6 +9,7 @@
 //! bodies.)
 
 use std::{
+    future::Future,
     io,
     path::Path,
     pin::Pin,
@@ -305,13 +306,11 @@ fn grpc_prefix(len: usize) -> Bytes {
 /// OTLP/gRPC: unary calls of the export method over one HTTP/2 connection, reopened when it
 /// breaks.
 pub(super) struct Grpc {
-    uri: Uri,
+    link: Link<http2::SendRequest<PiecesBody>>,
     /// The export method's URL (its scheme and authority are the call's pseudo-headers).
     method: Uri,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The call's headers: content type, `te: trailers`, user agent, configured metadata.
     headers: HeaderMap,
-    sender: Option<http2::SendRequest<PiecesBody>>,
 }
 
 impl Grpc {
@@ -346,72 +345,24 @@ impl Grpc {
         headers.insert(TE, HeaderValue::from_static("trailers"));
         headers.insert(USER_AGENT, HeaderValue::from_str(&user_agent())?);
         Ok(Grpc {
-            uri,
+            link: Link::new(uri, tls),
             method,
-            tls,
             headers,
-            sender: None,
         })
-    }
-
-    /// The open connection (true), else a new one (false).
-    async fn connection(&mut self) -> anyhow::Result<(http2::SendRequest<PiecesBody>, bool)> {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
-        {
-            return Ok((sender, true));
-        }
-        let io = open(&self.uri, self.tls.as_ref()).await?;
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "OTLP gRPC connection ended");
-            }
-        });
-        Ok((sender, false))
     }
 
     /// Sends one `ExportTraceServiceRequest`.
     async fn send(&mut self, payload: &Payload) -> Outcome {
-        let (sender, response) = loop {
-            let (mut sender, reused) = match self.connection().await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    return Outcome::Retry {
-                        reason: format!("connecting to {}: {error:#}", self.uri),
-                        after: None,
-                    };
-                }
-            };
-            let mut request = Request::new(payload.body());
-            *request.method_mut() = http::Method::POST;
-            *request.uri_mut() = self.method.clone();
-            *request.version_mut() = http::Version::HTTP_2;
-            *request.headers_mut() = self.headers.clone();
-            let sent = match sender.ready().await {
-                Ok(()) => sender.send_request(request).await,
-                Err(error) => Err(error),
-            };
-            match sent {
-                Ok(response) => break (sender, response),
-                // The collector closed the open connection: try once on a new one.
-                Err(error) if reused => {
-                    debug!(%error, "open OTLP gRPC connection failed; reconnecting");
-                }
-                Err(error) => {
-                    return Outcome::Retry {
-                        reason: format!("gRPC call to {} failed: {error}", self.uri),
-                        after: None,
-                    };
-                }
-            }
+        let response = match self.link.post(&self.method, &self.headers, payload).await {
+            Ok(response) => response,
+            Err(outcome) => return outcome,
         };
         // One call's answer, whatever it is, leaves the connection usable for the next.
-        self.sender = Some(sender);
+        self.link.keep();
         match grpc_answer(response).await {
             Ok(response) => accepted(response),
             Err(GrpcError::Transport(error)) => Outcome::Retry {
-                reason: format!("gRPC call to {} failed: {error}", self.uri),
+                reason: format!("gRPC call to {} failed: {error}", self.link.uri),
                 after: None,
             },
             Err(GrpcError::Status(status)) => {
@@ -542,6 +493,155 @@ fn accepted(response: ExportTraceServiceResponse) -> Outcome {
     }
 }
 
+/// The request sender of one HTTP version's client connection.
+trait Sender: Sized {
+    /// The HTTP version of its requests.
+    const VERSION: http::Version;
+    /// Starts the protocol on a new connection and spawns its driver.
+    fn handshake(
+        io: TokioIo<Box<dyn Connection>>,
+    ) -> impl Future<Output = hyper::Result<Self>> + Send;
+    /// Whether the connection is gone.
+    fn is_closed(&self) -> bool;
+    /// Waits until a request can be sent, then sends it.
+    fn request(
+        &mut self,
+        request: Request<PiecesBody>,
+    ) -> impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send;
+}
+
+impl Sender for http1::SendRequest<PiecesBody> {
+    const VERSION: http::Version = http::Version::HTTP_11;
+
+    async fn handshake(io: TokioIo<Box<dyn Connection>>) -> hyper::Result<Self> {
+        let (sender, connection) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "OTLP HTTP connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn is_closed(&self) -> bool {
+        http1::SendRequest::is_closed(self)
+    }
+
+    async fn request(
+        &mut self,
+        request: Request<PiecesBody>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        self.ready().await?;
+        self.send_request(request).await
+    }
+}
+
+impl Sender for http2::SendRequest<PiecesBody> {
+    const VERSION: http::Version = http::Version::HTTP_2;
+
+    async fn handshake(io: TokioIo<Box<dyn Connection>>) -> hyper::Result<Self> {
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "OTLP gRPC connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn is_closed(&self) -> bool {
+        http2::SendRequest::is_closed(self)
+    }
+
+    async fn request(
+        &mut self,
+        request: Request<PiecesBody>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        self.ready().await?;
+        self.send_request(request).await
+    }
+}
+
+/// One connection to the collector, opened when a request needs it and reopened when it
+/// breaks.
+struct Link<S> {
+    uri: Uri,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The connection the last request went out on, until it is known to be reusable.
+    last: Option<S>,
+    /// The connection the next request goes out on.
+    open: Option<S>,
+}
+
+impl<S: Sender> Link<S> {
+    fn new(uri: Uri, tls: Option<(TlsConnector, ServerName<'static>)>) -> Self {
+        Link {
+            uri,
+            tls,
+            last: None,
+            open: None,
+        }
+    }
+
+    /// POSTs the payload to `target` on the open connection, or a new one; a request that
+    /// fails on a connection that was kept open is tried once more on a new one (the collector
+    /// may have closed it). A failure is a retryable outcome.
+    async fn post(
+        &mut self,
+        target: &Uri,
+        headers: &HeaderMap,
+        payload: &Payload,
+    ) -> Result<http::Response<hyper::body::Incoming>, Outcome> {
+        let request = || {
+            let mut request = Request::new(payload.body());
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = target.clone();
+            *request.version_mut() = S::VERSION;
+            *request.headers_mut() = headers.clone();
+            request
+        };
+        loop {
+            let (mut sender, reused) = match self.open.take().filter(|s| !s.is_closed()) {
+                Some(sender) => (sender, true),
+                None => match self.connect().await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(Outcome::Retry {
+                            reason: format!("connecting to {}: {error:#}", self.uri),
+                            after: None,
+                        });
+                    }
+                },
+            };
+            match sender.request(request()).await {
+                Ok(response) => {
+                    self.last = Some(sender);
+                    return Ok(response);
+                }
+                Err(error) if reused => {
+                    debug!(%error, uri = %self.uri, "open OTLP connection failed; reconnecting");
+                }
+                Err(error) => {
+                    return Err(Outcome::Retry {
+                        reason: format!("request to {} failed: {error}", self.uri),
+                        after: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Keeps the last request's connection open for the next one.
+    fn keep(&mut self) {
+        self.open = self.last.take();
+    }
+
+    async fn connect(&self) -> anyhow::Result<S> {
+        let io = open(&self.uri, self.tls.as_ref()).await?;
+        Ok(S::handshake(io).await?)
+    }
+}
+
 /// A connection to the collector: TCP, or TLS over it.
 trait Connection: AsyncRead + AsyncWrite + Send + Unpin {}
 
@@ -600,11 +700,9 @@ async fn connect(uri: &Uri) -> io::Result<TcpStream> {
 
 /// OTLP/HTTP over one kept-alive HTTP/1.1 connection, reopened when it breaks.
 pub(super) struct Http {
-    uri: Uri,
+    link: Link<http1::SendRequest<PiecesBody>>,
     target: Uri,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
     headers: HeaderMap,
-    sender: Option<http1::SendRequest<PiecesBody>>,
 }
 
 impl Http {
@@ -645,63 +743,16 @@ impl Http {
         );
         headers.insert(HOST, host);
         Ok(Http {
-            uri,
+            link: Link::new(uri, tls),
             target,
-            tls,
             headers,
-            sender: None,
         })
     }
 
-    /// The kept-alive connection if it is still open (true), else a new one (false).
-    async fn connection(&mut self) -> anyhow::Result<(http1::SendRequest<PiecesBody>, bool)> {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
-        {
-            return Ok((sender, true));
-        }
-        let io = open(&self.uri, self.tls.as_ref()).await?;
-        let (sender, connection) = http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "OTLP HTTP connection ended");
-            }
-        });
-        Ok((sender, false))
-    }
-
     async fn send(&mut self, payload: &Payload) -> Outcome {
-        let (sender, response) = loop {
-            let (mut sender, reused) = match self.connection().await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    return Outcome::Retry {
-                        reason: format!("connecting to {}: {error:#}", self.uri),
-                        after: None,
-                    };
-                }
-            };
-            let mut request = Request::new(payload.body());
-            *request.method_mut() = http::Method::POST;
-            *request.uri_mut() = self.target.clone();
-            *request.headers_mut() = self.headers.clone();
-            let sent = match sender.ready().await {
-                Ok(()) => sender.send_request(request).await,
-                Err(error) => Err(error),
-            };
-            match sent {
-                Ok(response) => break (sender, response),
-                // The collector closed the kept-alive connection: try once on a new one.
-                Err(error) if reused => {
-                    debug!(%error, "kept-alive OTLP connection failed; reconnecting");
-                }
-                Err(error) => {
-                    return Outcome::Retry {
-                        reason: format!("HTTP request to {} failed: {error}", self.uri),
-                        after: None,
-                    };
-                }
-            }
+        let response = match self.link.post(&self.target, &self.headers, payload).await {
+            Ok(response) => response,
+            Err(outcome) => return outcome,
         };
         let status = response.status();
         let retry_after = response
@@ -721,7 +772,7 @@ impl Http {
             .map(|b| b.to_bytes());
         if body.is_ok() {
             // The answer was read whole: the connection can carry the next request.
-            self.sender = Some(sender);
+            self.link.keep();
         }
         let body = body.unwrap_or_default();
         if status.is_success() {
