@@ -6,11 +6,12 @@
 //! freed there at once, so the next record reuses that memory; batches keep bytes, not
 //! structs. (A batch of thousands of small spans held for up to a second used to be encoded
 //! string by string when it was sent, each string long out of the cache by then, and freed on
-//! the exporter's thread.) Sending copies each group's bytes once into the request.
+//! the exporter's thread.) A batch is sent as its groups' pieces, never joined (see
+//! `transport`).
 //!
 //! Large bodies are not copied into the encoded span: they follow it as shared pieces (see
-//! [`SPLICED_BODY_BYTES`]), so a body's bytes are copied once between the record and the
-//! request (tonic's frame, or the HTTP body).
+//! [`SPLICED_BODY_BYTES`]), so a body's bytes are not copied between the record and the
+//! socket.
 
 use std::{
     collections::{BTreeMap, HashMap},

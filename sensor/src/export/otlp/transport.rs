@@ -515,11 +515,7 @@ impl Sender for http1::SendRequest<PiecesBody> {
 
     async fn handshake(io: TokioIo<Box<dyn Connection>>) -> hyper::Result<Self> {
         let (sender, connection) = http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "OTLP HTTP connection ended");
-            }
-        });
+        drive(connection, "HTTP");
         Ok(sender)
     }
 
@@ -541,11 +537,7 @@ impl Sender for http2::SendRequest<PiecesBody> {
 
     async fn handshake(io: TokioIo<Box<dyn Connection>>) -> hyper::Result<Self> {
         let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "OTLP gRPC connection ended");
-            }
-        });
+        drive(connection, "gRPC");
         Ok(sender)
     }
 
@@ -560,6 +552,18 @@ impl Sender for http2::SendRequest<PiecesBody> {
         self.ready().await?;
         self.send_request(request).await
     }
+}
+
+/// Runs a client connection's driver until the connection ends.
+fn drive<C>(connection: C, protocol: &'static str)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, protocol, "OTLP connection ended");
+        }
+    });
 }
 
 /// One connection to the collector, opened when a request needs it and reopened when it
