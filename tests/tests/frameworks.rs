@@ -415,12 +415,18 @@ fn summary(records: &[&Value]) -> Vec<Value> {
         .collect()
 }
 
-/// Starts `serve_uvicorn.py fastapi_app:app`; returns it and its port.
+/// Starts `serve_uvicorn.py fastapi_app:app`; returns it and its port. Idle keep-alive
+/// connections stay open two minutes rather than uvicorn's 5 s: tests that open a connection
+/// before the sensor starts (which may take longer than that on a fresh machine) use it after.
 fn uvicorn(env: &[(&str, &str)]) -> (Py, u16) {
+    let env: Vec<(&str, &str)> = [("UVICORN_TIMEOUT_KEEP_ALIVE", "120")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
     let server = Py::spawn(
         "uvicorn fastapi",
         &["serve_uvicorn.py", "fastapi_app:app"],
-        env,
+        &env,
     );
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     (server, port)
