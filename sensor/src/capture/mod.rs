@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        TracePoint, UProbe,
+        Program, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
     },
 };
@@ -20,7 +20,10 @@ use sensor_common::{
     maps::{self as names, ConnControl, ConnState, Counter, FdEntry, SocketKey, WatchState},
     settings::Settings,
 };
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    sync::{Mutex, PoisonError},
+};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
@@ -225,12 +228,52 @@ impl Capture {
                 .ok_or_else(|| anyhow!("no SETTINGS map"))?,
         )?;
         settings_map.set(0, settings, 0)?;
+        let args_at_exit_wanted = !options.syscall_args_at_entry && cfg!(target_arch = "x86_64");
+        let payload_at_exit: Vec<String> = if args_at_exit_wanted {
+            PAYLOAD_SYSCALLS
+                .iter()
+                .map(|syscall| format!("sys_exit_{syscall}_regs"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tracepoints: Vec<String> = TRACEPOINTS.iter().map(|(p, _, _)| p.to_string()).collect();
+        let tls_programs: Vec<String> = tls::TLS_PROGRAMS
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let mut loaded = load_programs(
+            &mut ebpf,
+            payload_at_exit
+                .iter()
+                .chain(&tracepoints)
+                .chain(&tls_programs)
+                .cloned()
+                .collect(),
+        );
         for (program, category, name) in TRACEPOINTS {
-            load_tracepoint(&mut ebpf, program)?;
+            outcome(&mut loaded, program)?;
             attach_tracepoint(&mut ebpf, program, category, name)?;
         }
-        let args_at_exit = attach_payload_programs(&mut ebpf, options.syscall_args_at_entry)?;
-        let tls_loaded = load_tls_programs(&mut ebpf);
+        let payload_loaded = args_at_exit_wanted.then(|| {
+            payload_at_exit
+                .iter()
+                .try_for_each(|program| outcome(&mut loaded, program))
+        });
+        let args_at_exit = attach_payload_programs(&mut ebpf, payload_loaded)?;
+        let tls_loaded = match tls_programs
+            .iter()
+            .try_for_each(|program| outcome(&mut loaded, program))
+        {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "OpenSSL probes unavailable: HTTPS plaintext will not be captured"
+                );
+                false
+            }
+        };
         let ring = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         let watched = HashMap::try_from(take(&mut ebpf, names::WATCHED_PROCESSES)?)?;
         let fds = HashMap::try_from(take(&mut ebpf, names::FDS)?)?;
@@ -503,16 +546,70 @@ impl Capture {
     }
 }
 
-/// Loads the OpenSSL probe programs (attached later, per process). `false` when this kernel
-/// refuses them: capture then works without TLS plaintext, and says so.
-fn load_tracepoint(ebpf: &mut Ebpf, program: &str) -> Result<()> {
-    let tracepoint: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
-        .try_into()?;
-    tracepoint
-        .load()
-        .with_context(|| format!("verifier rejected {program}"))
+/// Verifies and loads `names` side by side, one thread per core, biggest first (the order
+/// given): the verifier spends most of a second on each vectored-I/O program, so one at a time
+/// the sensor took about 4 s to start on a 2-core machine, capturing nothing meanwhile.
+/// Returns each program's outcome by name.
+fn load_programs(ebpf: &mut Ebpf, names: Vec<String>) -> StdHashMap<String, Result<()>> {
+    let mut outcomes = StdHashMap::new();
+    let mut by_name: StdHashMap<&str, &mut Program> = ebpf.programs_mut().collect();
+    let mut queue = std::collections::VecDeque::new();
+    for name in names {
+        match by_name.remove(name.as_str()) {
+            Some(program) => queue.push_back((name, program)),
+            None => {
+                let error = anyhow!("program {name} missing from the object");
+                outcomes.insert(name, Err(error));
+            }
+        }
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(queue.len())
+        .max(1);
+    let queue = Mutex::new(queue);
+    let outcomes = Mutex::new(outcomes);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front();
+                    let Some((name, program)) = next else {
+                        break;
+                    };
+                    let loaded =
+                        load_program(program).with_context(|| format!("verifier rejected {name}"));
+                    outcomes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(name, loaded);
+                }
+            });
+        }
+    });
+    outcomes
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Loads one program into the kernel (the verifier's pass).
+fn load_program(program: &mut Program) -> Result<()> {
+    match program {
+        Program::TracePoint(tracepoint) => tracepoint.load()?,
+        Program::UProbe(uprobe) => uprobe.load()?,
+        other => bail!("unexpected program type {:?}", other.prog_type()),
+    }
+    Ok(())
+}
+
+/// The outcome [`load_programs`] reported for `program` (an error if it was not asked for).
+fn outcome(loaded: &mut StdHashMap<String, Result<()>>, program: &str) -> Result<()> {
+    loaded
+        .remove(program)
+        .unwrap_or_else(|| Err(anyhow!("program {program} was not loaded")))
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
@@ -527,58 +624,37 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str)
 }
 
 /// Attaches the payload syscalls' programs: one exit program per call reading the arguments
-/// from the saved registers, unless `at_entry` asks otherwise or the kernel refuses any of them
-/// (no BTF task helpers: before Linux 5.15, or no vmlinux BTF), in which case the entry/exit
-/// pairs. Every exit program is loaded before any is attached, so the two kinds never both
-/// capture. Returns whether the arguments are read at exit. Only x86-64's saved registers are
-/// read (the programs are built for the sensor's own architecture).
-fn attach_payload_programs(ebpf: &mut Ebpf, at_entry: bool) -> Result<bool> {
-    if !at_entry && cfg!(target_arch = "x86_64") {
-        let loaded = PAYLOAD_SYSCALLS
-            .iter()
-            .try_for_each(|syscall| load_tracepoint(ebpf, &format!("sys_exit_{syscall}_regs")));
-        match loaded {
-            Ok(()) => {
-                for syscall in PAYLOAD_SYSCALLS {
-                    let tracepoint = format!("sys_exit_{syscall}");
-                    attach_tracepoint(
-                        ebpf,
-                        &format!("{tracepoint}_regs"),
-                        "syscalls",
-                        &tracepoint,
-                    )?;
-                }
-                return Ok(true);
+/// from the saved registers when `at_exit` says they loaded (`None`: not wanted, because the
+/// configuration asks for entry programs or this is not x86-64, whose saved registers are the
+/// only ones read), else, or when the kernel refused any of them (no BTF task helpers: before
+/// Linux 5.15, or no vmlinux BTF), the entry/exit pairs. Every exit program is loaded before any
+/// is attached, so the two kinds never both capture. Returns whether the arguments are read at
+/// exit.
+fn attach_payload_programs(ebpf: &mut Ebpf, at_exit: Option<Result<()>>) -> Result<bool> {
+    match at_exit {
+        Some(Ok(())) => {
+            for syscall in PAYLOAD_SYSCALLS {
+                let tracepoint = format!("sys_exit_{syscall}");
+                attach_tracepoint(ebpf, &format!("{tracepoint}_regs"), "syscalls", &tracepoint)?;
             }
-            Err(error) => warn!(
-                error = format!("{error:#}"),
-                "payload syscalls' arguments cannot be read at exit here (needs Linux 5.15 with BTF); remembering them at entry instead, which costs each call a second program and misses a read already blocked when capture starts"
-            ),
+            return Ok(true);
         }
+        Some(Err(error)) => warn!(
+            error = format!("{error:#}"),
+            "payload syscalls' arguments cannot be read at exit here (needs Linux 5.15 with BTF); remembering them at entry instead, which costs each call a second program and misses a read already blocked when capture starts"
+        ),
+        None => {}
     }
-    for syscall in PAYLOAD_SYSCALLS {
-        for side in ["enter", "exit"] {
-            let program = format!("sys_{side}_{syscall}");
-            load_tracepoint(ebpf, &program)?;
-            attach_tracepoint(ebpf, &program, "syscalls", &program)?;
-        }
+    let pairs: Vec<String> = PAYLOAD_SYSCALLS
+        .iter()
+        .flat_map(|syscall| ["enter", "exit"].map(|side| format!("sys_{side}_{syscall}")))
+        .collect();
+    let mut loaded = load_programs(ebpf, pairs.clone());
+    for program in &pairs {
+        outcome(&mut loaded, program)?;
+        attach_tracepoint(ebpf, program, "syscalls", program)?;
     }
     Ok(false)
-}
-
-fn load_tls_programs(ebpf: &mut Ebpf) -> bool {
-    for (name, _) in tls::TLS_PROGRAMS {
-        let loaded = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the object"))
-            .and_then(|program| <&mut UProbe>::try_from(program).map_err(anyhow::Error::from))
-            .and_then(|uprobe| uprobe.load().map_err(anyhow::Error::from));
-        if let Err(error) = loaded {
-            warn!(program = name, %error, "OpenSSL probes unavailable: HTTPS plaintext will not be captured");
-            return false;
-        }
-    }
-    true
 }
 
 fn attach_uprobe(
