@@ -136,6 +136,9 @@ pub enum Config {
     Bare,
     /// (b) The sensor watching the app's pid, exporting OTLP/gRPC.
     Sensor,
+    /// (b2) Another build of the sensor (`PYSENSOR_BENCH_COMPARE`), run like (b) right after
+    /// it in every round, so that two builds are compared run by run.
+    Compared,
     /// (c) The Hypertrace agent in the app, body capture on, exporting OTLP/gRPC.
     Agent,
     /// (d) `opentelemetry-instrument`, exporting OTLP/HTTP.
@@ -143,15 +146,68 @@ pub enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 4] = [Config::Bare, Config::Sensor, Config::Agent, Config::Otel];
+    /// Every configuration, in the order they run within a round.
+    const ALL: [Config; 5] = [
+        Config::Bare,
+        Config::Sensor,
+        Config::Compared,
+        Config::Agent,
+        Config::Otel,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Config::Bare => "(a) bare",
             Config::Sensor => "(b) sensor",
+            Config::Compared => "(b2) compared build",
             Config::Agent => "(c) hypertrace agent",
             Config::Otel => "(d) opentelemetry",
         }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::Sensor => "sensor",
+            Config::Compared => "compared",
+            Config::Agent => "agent",
+            Config::Otel => "otel",
+        }
+    }
+
+    /// Whether a sensor runs beside the app.
+    fn has_sensor(self) -> bool {
+        matches!(self, Config::Sensor | Config::Compared)
+    }
+
+    /// The configurations to run: those `PYSENSOR_BENCH_CONFIGS` names (`bare`, `sensor`,
+    /// `agent`, `otel`; all by default) plus bare, which the ratios need, and (b2) when
+    /// `compared` (a second sensor binary) is given.
+    fn selected(compared: bool) -> Result<Vec<Config>> {
+        let named = std::env::var("PYSENSOR_BENCH_CONFIGS").ok();
+        let words: Vec<String> = named
+            .iter()
+            .flat_map(|v| v.split([',', ' ']))
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if let Some(unknown) = words.iter().find(|w| {
+            !Config::ALL
+                .iter()
+                .any(|c| c.word() == w.as_str() && *c != Config::Compared)
+        }) {
+            bail!(
+                "PYSENSOR_BENCH_CONFIGS: unknown configuration {unknown:?} (bare, sensor, agent, otel)"
+            );
+        }
+        Ok(Config::ALL
+            .into_iter()
+            .filter(|c| match c {
+                Config::Bare => true,
+                Config::Compared => compared,
+                _ => words.is_empty() || words.iter().any(|w| w == c.word()),
+            })
+            .collect())
     }
 }
 
@@ -159,6 +215,8 @@ impl Config {
 pub struct Bench<'a> {
     /// The sensor binary.
     pub binary: &'a Path,
+    /// A second sensor binary to compare with `binary` (`PYSENSOR_BENCH_COMPARE`).
+    pub compared: Option<PathBuf>,
     /// Python environments.
     pub env: &'a Env,
     /// Run length and rounds.
@@ -568,8 +626,13 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
         receiver.as_ref(),
         &[],
     )?;
-    let sensor = match (config, &receiver) {
-        (Config::Sensor, Some(receiver)) => Some(Sensor::start(bench.binary, app.pid(), receiver)?),
+    let binary = match config {
+        Config::Compared => bench.compared.as_deref(),
+        Config::Sensor => Some(bench.binary),
+        _ => None,
+    };
+    let sensor = match (binary, &receiver) {
+        (Some(binary), Some(receiver)) => Some(Sensor::start(binary, app.pid(), receiver)?),
         _ => None,
     };
     app.probe(case.https)?;
@@ -628,6 +691,83 @@ pub fn run_once(bench: &Bench, case: Case, config: Config, load: &hey::Load) -> 
     })
 }
 
+/// The sensor's cost over the runs of one configuration of one case (medians over rounds).
+struct SensorCost {
+    /// CPU, cores.
+    cores: f64,
+    /// CPU, cores per 1,000 exchanges/s.
+    per_k: f64,
+    /// Its BPF programs' run time per request, µs.
+    bpf_us: f64,
+    /// Resident set after the load, MB.
+    rss_mb: f64,
+    /// Ring-buffer records lost, summed.
+    ring_full: u64,
+}
+
+impl SensorCost {
+    fn of(runs: &[Run]) -> SensorCost {
+        let these: Vec<(&Run, SensorUsage)> = runs
+            .iter()
+            .filter_map(|r| r.sensor.map(|u| (r, u)))
+            .collect();
+        let over = |f: &dyn Fn(&Run, &SensorUsage) -> f64| {
+            median(these.iter().map(|(r, u)| f(r, u)).collect())
+        };
+        SensorCost {
+            cores: over(&|_, u| u.cpu_seconds / u.window),
+            per_k: over(&|r, u| {
+                let rate = r.load.sent() as f64 / u.window;
+                if rate > 0.0 {
+                    u.cpu_seconds / u.window / (rate / 1000.0)
+                } else {
+                    0.0
+                }
+            }),
+            bpf_us: over(&|r, u| u.bpf_ns as f64 / r.load.sent().max(1) as f64 / 1e3),
+            rss_mb: over(&|_, u| u.rss_kib as f64 / 1024.0),
+            ring_full: these.iter().map(|(_, u)| u.ring_full).sum(),
+        }
+    }
+}
+
+/// Which parts run after the matrix (`PYSENSOR_BENCH_PARTS`: words `control`, `memory`,
+/// `open-loop`; all by default, `none` for the matrix alone).
+struct Parts {
+    control: bool,
+    memory: bool,
+    open_loop: bool,
+}
+
+impl Parts {
+    fn from_env() -> Result<Parts> {
+        let Ok(value) = std::env::var("PYSENSOR_BENCH_PARTS") else {
+            return Ok(Parts {
+                control: true,
+                memory: true,
+                open_loop: true,
+            });
+        };
+        let mut parts = Parts {
+            control: false,
+            memory: false,
+            open_loop: false,
+        };
+        for word in value.split([',', ' ']).filter(|w| !w.is_empty()) {
+            match word.to_ascii_lowercase().as_str() {
+                "control" => parts.control = true,
+                "memory" => parts.memory = true,
+                "open-loop" => parts.open_loop = true,
+                "none" => {}
+                other => bail!(
+                    "PYSENSOR_BENCH_PARTS: unknown part {other:?} (control, memory, open-loop, none)"
+                ),
+            }
+        }
+        Ok(parts)
+    }
+}
+
 fn ms(seconds: f64) -> String {
     format!("{:.2}", seconds * 1e3)
 }
@@ -669,6 +809,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     std::fs::write(&post_body, json_document(POST_BYTES))?;
     let bench = Bench {
         binary,
+        compared: std::env::var_os("PYSENSOR_BENCH_COMPARE").map(PathBuf::from),
         env,
         settings,
         cert,
@@ -699,10 +840,11 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     println!(
         "   app user/sys us: the app core's user and system (with irq) time per request during the load (/proc/stat); steal: its share taken by the hypervisor"
     );
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); Config::ALL.len()]; cases.len()];
+    let configs = Config::selected(bench.compared.is_some())?;
+    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); configs.len()]; cases.len()];
     for round in 0..rounds {
         for (c, case) in cases.iter().enumerate() {
-            for (k, config) in Config::ALL.iter().enumerate() {
+            for (k, config) in configs.iter().enumerate() {
                 let load = bench.closed_loop(*case);
                 let run = run_once(&bench, *case, *config, &load).with_context(|| {
                     format!("round {}: {}, {}", round + 1, case.label(), config.label())
@@ -739,7 +881,7 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
             "steal"
         );
         let bare = median(runs[c][0].iter().map(|r| r.load.rps).collect());
-        for (k, config) in Config::ALL.iter().enumerate() {
+        for (k, config) in configs.iter().enumerate() {
             let these = &runs[c][k];
             let rps = median(these.iter().map(|r| r.load.rps).collect());
             let sent: u64 = these.iter().map(|r| r.load.sent()).sum();
@@ -772,73 +914,49 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
             );
         }
     }
-    println!();
-    println!(
-        "== the sensor's own cost during the load windows above (medians over rounds): CPU (user+system, each thread's /proc/PID/task/TID/schedstat) in cores and per 1,000 exchanges/s; BPF run time of all its programs (kernel.bpf_stats_enabled) per request; RSS after the load"
-    );
-    println!(
-        "{:<44} {:>8} {:>14} {:>12} {:>9} {:>10}",
-        "case", "cores", "cores/1k rps", "BPF us/req", "RSS MB", "ring full"
-    );
-    let sensor = Config::ALL
-        .iter()
-        .position(|c| *c == Config::Sensor)
-        .expect("listed");
     let mut sensor_cores = Vec::new();
-    for (c, case) in cases.iter().enumerate() {
-        let these: Vec<(&Run, SensorUsage)> = runs[c][sensor]
-            .iter()
-            .filter_map(|r| r.sensor.map(|u| (r, u)))
-            .collect();
-        let cores = median(
-            these
-                .iter()
-                .map(|(_, u)| u.cpu_seconds / u.window)
-                .collect(),
-        );
-        let per_k = median(
-            these
-                .iter()
-                .map(|(r, u)| {
-                    let rate = r.load.sent() as f64 / u.window;
-                    if rate > 0.0 {
-                        u.cpu_seconds / u.window / (rate / 1000.0)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect(),
-        );
-        let bpf = median(
-            these
-                .iter()
-                .map(|(r, u)| u.bpf_ns as f64 / r.load.sent().max(1) as f64 / 1e3)
-                .collect(),
-        );
-        let rss = median(
-            these
-                .iter()
-                .map(|(_, u)| u.rss_kib as f64 / 1024.0)
-                .collect(),
-        );
-        let ring_full: u64 = these.iter().map(|(_, u)| u.ring_full).sum();
-        sensor_cores.push(cores);
+    if configs.iter().any(|c| c.has_sensor()) {
+        println!();
         println!(
-            "{:<44} {:>8.3} {:>14.3} {:>12.1} {:>9.1} {:>10}",
-            case.label(),
-            cores,
-            per_k,
-            bpf,
-            rss,
-            ring_full
+            "== the sensor's own cost during the load windows above (medians over rounds): CPU (user+system, each thread's /proc/PID/task/TID/schedstat) in cores and per 1,000 exchanges/s; BPF run time of all its programs (kernel.bpf_stats_enabled) per request; RSS after the load"
+        );
+        println!(
+            "{:<44} {:>8} {:>14} {:>12} {:>9} {:>10}",
+            "case", "cores", "cores/1k rps", "BPF us/req", "RSS MB", "ring full"
+        );
+        for (c, case) in cases.iter().enumerate() {
+            for (k, config) in configs.iter().enumerate() {
+                if !config.has_sensor() {
+                    continue;
+                }
+                let usage = SensorCost::of(&runs[c][k]);
+                if *config == Config::Sensor {
+                    sensor_cores.push(usage.cores);
+                }
+                let label = match config {
+                    Config::Compared => format!("{} {}", case.label(), config.label()),
+                    _ => case.label(),
+                };
+                println!(
+                    "{:<44} {:>8.3} {:>14.3} {:>12.1} {:>9.1} {:>10}",
+                    label, usage.cores, usage.per_k, usage.bpf_us, usage.rss_mb, usage.ring_full
+                );
+            }
+        }
+        println!(
+            "targets (shown, not asserted): throughput with the sensor >= 98% of bare; sensor CPU <= 0.05 core per 1,000 exchanges/s"
         );
     }
-    println!(
-        "targets (shown, not asserted): throughput with the sensor >= 98% of bare; sensor CPU <= 0.05 core per 1,000 exchanges/s"
-    );
-    neighbour::bench(&bench, &cases, &sensor_cores)?;
-    memory::bench(&bench)?;
-    open_loop::bench(&bench, &cases)?;
+    let parts = Parts::from_env()?;
+    if parts.control && sensor_cores.len() == cases.len() {
+        neighbour::bench(&bench, &cases, &sensor_cores)?;
+    }
+    if parts.memory {
+        memory::bench(&bench)?;
+    }
+    if parts.open_loop {
+        open_loop::bench(&bench, &cases)?;
+    }
     if !empty.is_empty() {
         bail!("configurations exported nothing: {}", empty.join("; "));
     }
