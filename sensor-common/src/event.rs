@@ -34,6 +34,10 @@ pub enum EventKind {
     /// A TLS stream (the plaintext of one OpenSSL `SSL` object) was tied to the socket
     /// connection carrying its ciphertext ([`TlsBindEvent`]).
     TlsBind = 11,
+    /// A watched process mapped a file executable (`mmap` with `PROT_EXEC` and a descriptor):
+    /// it may have loaded an OpenSSL the sensor has not probed yet ([`ProcessEvent`], `value`
+    /// the descriptor).
+    ExecMapping = 12,
 }
 
 impl EventKind {
@@ -51,6 +55,7 @@ impl EventKind {
             9 => Self::CloseRange,
             10 => Self::ConnAddress,
             11 => Self::TlsBind,
+            12 => Self::ExecMapping,
             _ => return None,
         })
     }
@@ -356,14 +361,14 @@ pub struct TlsBindEvent {
     pub binding: u32,
 }
 
-/// A watched process forked, or a watched process ended.
+/// A watched process forked, ended, or mapped a file executable.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ProcessEvent {
-    /// Kind [`EventKind::ProcessFork`] or [`EventKind::ProcessExit`]; `tgid` is the parent
-    /// (fork) or the process that ended (exit).
+    /// Kind [`EventKind::ProcessFork`], [`EventKind::ProcessExit`] or
+    /// [`EventKind::ExecMapping`]; `tgid` is the parent (fork) or the process itself.
     pub header: EventHeader,
-    /// Fork: the child's pid. Exit: the exit code.
+    /// Fork: the child's pid. Exit: the exit code. Executable mapping: the file's descriptor.
     pub value: i32,
     /// Explicit padding (zero).
     pub _pad: u32,

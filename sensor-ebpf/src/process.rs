@@ -9,6 +9,9 @@
 //! - `sched_process_exec`: under discovery, every new program is watched provisionally until
 //!   userspace decides whether it is Python.
 //! - `sched_process_exit`: the whole process is gone; userspace finishes its connections.
+//! - `sys_enter_mmap` with `PROT_EXEC` and a descriptor: a library loaded; userspace looks for
+//!   an OpenSSL it has not probed (e.g. `import ssl` of one outside the standard directories)
+//!   at once, instead of reading every watched process's mappings on a timer.
 
 use aya_ebpf::{
     EbpfContext,
@@ -33,6 +36,30 @@ use crate::state::{
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+const PROT_EXEC: u64 = 0x4;
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let tgid = current_tgid();
+    if !is_watched(tgid) {
+        return 0;
+    }
+    let prot = syscall_arg(&ctx, 2);
+    let fd = syscall_arg(&ctx, 4) as i32;
+    if prot & PROT_EXEC == 0 || fd < 0 {
+        return 0;
+    }
+    let event = ProcessEvent {
+        header: header(EventKind::ExecMapping),
+        value: fd,
+        _pad: 0,
+    };
+    // The library's first calls may follow at once: wake userspace to probe it now.
+    if EVENTS.output(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+        count(Counter::RingbufFull, 1);
+    }
+    0
+}
 
 #[tracepoint]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {

@@ -33,6 +33,12 @@ use crate::{
 /// Shortest time between two warnings about a full ring buffer.
 const RINGBUF_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often every watched process's mappings are read for OpenSSL files. A process that maps
+/// a file executable is looked at right away (a kernel record says so); this only covers such
+/// a record lost to a full ring buffer. Reading `/proc/PID/maps` of a Python app every 2 s was
+/// a third of an idle sensor's CPU.
+const TLS_RESCAN_ALL_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What the daemon watches and how it reports.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -204,8 +210,11 @@ pub struct Pipeline {
     /// OpenSSL symbol tables already read.
     tls_symbols: tls::SymbolCache,
     /// Per watched process, its mapped files that may hold OpenSSL when it was last probed:
-    /// the periodic rescan probes again only when they change.
+    /// a rescan probes again only when they change.
     tls_mapped: HashMap<u32, Vec<String>>,
+    /// Watched processes that mapped a file executable since the last batch of records: their
+    /// mappings are looked at once the batch is handled.
+    tls_rescan_due: HashSet<u32>,
     /// The CPU and memory budget, and what is shed beyond it.
     overload: Overload,
     /// The kernel's ring-buffer-full count when last looked at, and its rate-limited warning.
@@ -283,11 +292,21 @@ impl Pipeline {
         }
     }
 
-    /// Periodic: libraries a watched process mapped from places not probed in advance. Only a
-    /// process whose mapped candidates changed since its last probe is probed again.
-    fn rescan_tls(&mut self, capture: &mut Capture) {
-        self.tls_mapped.retain(|pid, _| self.watched.contains(pid));
-        let pids: Vec<u32> = self.watched.iter().copied().collect();
+    /// Libraries watched processes mapped from places not probed in advance: those that
+    /// mapped a file executable since the last batch, or (`all`, on the slow timer that covers
+    /// a lost record) every watched process. Only a process whose mapped candidates changed
+    /// since its last probe is probed again.
+    fn rescan_tls(&mut self, capture: &mut Capture, all: bool) {
+        let pids: Vec<u32> = if all {
+            self.tls_mapped.retain(|pid, _| self.watched.contains(pid));
+            self.tls_rescan_due.clear();
+            self.watched.iter().copied().collect()
+        } else {
+            self.tls_rescan_due
+                .drain()
+                .filter(|pid| self.watched.contains(pid))
+                .collect()
+        };
         for pid in pids {
             let mapped = tls::mapped_candidates(self.procs.proc_root(), pid);
             if self.tls_mapped.get(&pid) != Some(&mapped) {
@@ -470,6 +489,11 @@ impl Pipeline {
                         capture.forget_fd(SocketKey { tgid: pid, fd });
                         self.tracker.forget(conn_id, time_ns, &mut self.completed);
                     }
+                }
+            }
+            CaptureEvent::ExecMapping { pid } => {
+                if self.watched.contains(&pid) {
+                    self.tls_rescan_due.insert(pid);
                 }
             }
             CaptureEvent::Exit { pid, time_ns } => {
@@ -864,6 +888,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         unresolved: HashSet::new(),
         tls_symbols: tls::SymbolCache::default(),
         tls_mapped: HashMap::new(),
+        tls_rescan_due: HashSet::new(),
         overload: Overload::new(Budgets::from_settings(&options.policy.sensor)),
         ringbuf_full: (0, RateLimit::new(RINGBUF_FULL_LOG_INTERVAL)),
         stats: DaemonStats::default(),
@@ -908,12 +933,15 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     }
     let mut ring_check = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
-    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut rescan = tokio::time::interval(TLS_RESCAN_ALL_INTERVAL);
     let mut overload_tick = tokio::time::interval(options.policy.sensor.overload_interval());
     overload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => result?,
+            result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => {
+                result?;
+                pipeline.rescan_tls(&mut capture, false);
+            }
             _ = tick.tick() => {
                 let now = Clock::monotonic_now();
                 pipeline.tracker.tick(now, &mut pipeline.completed);
@@ -930,7 +958,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 publish_metrics(&metrics, &capture, capture.counters().ok().as_ref(), &pipeline);
                 let _ = published.send(());
             }
-            _ = rescan.tick() => pipeline.rescan_tls(&mut capture),
+            _ = rescan.tick() => pipeline.rescan_tls(&mut capture, true),
             _ = overload_tick.tick() => pipeline.overload_tick(&mut capture),
             _ = report.tick() => {
                 capture.sweep(|pid| proc_root.join(pid.to_string()).exists());

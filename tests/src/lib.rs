@@ -234,7 +234,8 @@ impl Sensor {
         Self::start_with_env(name, args, &[])
     }
 
-    /// As [`Sensor::start`], with extra environment variables.
+    /// As [`Sensor::start`], with extra environment variables (a `RUST_LOG` among them wins
+    /// over the default, `SENSOR_TEST_LOG` or `info`).
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Sensor {
         require_root();
         let dir = scratch_dir(&format!("sensor-{name}"));
@@ -242,11 +243,11 @@ impl Sensor {
         let stderr = dir.join("stderr");
         let child = Command::new(sensor_bin())
             .args(args)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("SENSOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))

@@ -496,3 +496,121 @@ fn ssl_imported_after_the_sensor_started_and_a_connection_opened_before_it() {
         "nothing from before the sensor started"
     );
 }
+
+/// The files of OpenSSL (`libssl`, `libcrypto`) the test Python's `ssl` module maps.
+fn openssl_files() -> Vec<std::path::PathBuf> {
+    let out = std::process::Command::new(sensor_e2e::python())
+        .args(["-c", "import ssl; print(open('/proc/self/maps').read())"])
+        .output()
+        .expect("run python");
+    let maps = String::from_utf8_lossy(&out.stdout).into_owned();
+    let files: BTreeSet<std::path::PathBuf> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            name.starts_with("libssl.so") || name.starts_with("libcrypto.so")
+        })
+        .map(std::path::PathBuf::from)
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "libssl and libcrypto mapped by `import ssl`:\n{maps}"
+    );
+    files.into_iter().collect()
+}
+
+/// A client whose OpenSSL is a copy outside every directory the sensor probes in advance
+/// (`LD_LIBRARY_PATH`), loaded by `import ssl` after the sensor started: the kernel reports the
+/// executable mapping, the sensor probes the copy within seconds (its full rescan of every
+/// process's mappings runs only once a minute), and the client's HTTPS exchanges from then on
+/// are captured exactly.
+#[test]
+fn openssl_mapped_from_an_unusual_directory_after_the_sensor_started() {
+    let (server, port) = uvicorn_tls();
+    let tls = tls_files();
+    let dir = sensor_e2e::scratch_dir("private-openssl");
+    for file in openssl_files() {
+        std::fs::copy(&file, dir.join(file.file_name().expect("file name"))).expect("copy");
+    }
+    let dir_text = dir.to_str().expect("utf-8 path");
+    let mut env = tls.client_env().to_vec();
+    env.push(("LD_LIBRARY_PATH", dir_text));
+    let mut lazy = Py::spawn("lazy tls client", &["lazy_tls_client.py"], &env);
+    lazy.expect_line("READY", LONG);
+    let sensor = Sensor::start_with_env(
+        "tls-private-openssl",
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &lazy.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+        &[("RUST_LOG", "info,sensor::capture=debug")],
+    );
+    // `import ssl` with nothing to request yet: the copy is mapped, then probed.
+    lazy.send_line(
+        &json!({"base": format!("https://127.0.0.1:{port}"), "targets": []}).to_string(),
+    );
+    let copy = dir.join("libssl.so.3");
+    let copy_text = copy.to_str().expect("utf-8 path");
+    assert!(
+        sensor_e2e::wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{}/maps", lazy.pid()))
+                .unwrap_or_default()
+                .contains(copy_text)
+        }),
+        "the client maps its own copy of OpenSSL"
+    );
+    assert!(
+        sensor_e2e::wait_until(Duration::from_secs(10), || {
+            sensor_e2e::without_colours(&sensor.stderr_so_far())
+                .lines()
+                .any(|line| {
+                    line.contains("probing OpenSSL")
+                        && line.contains(&format!("pid={}", lazy.pid()))
+                        && line.contains(copy_text)
+                })
+        }),
+        "the sensor did not probe the OpenSSL the client mapped from {copy_text} within 10 s; its log:\n{}",
+        sensor.stderr_so_far()
+    );
+    let targets = ["/items/41?own=1", "/items/42?own=2"];
+    lazy.send_line(
+        &json!({"base": format!("https://127.0.0.1:{port}"), "targets": targets}).to_string(),
+    );
+    let mut sent = Vec::new();
+    for target in targets {
+        let res = result(&lazy);
+        let mut exchange = Exchange::from_client(&res, "GET", target, port, "GET /items/{id}");
+        exchange.scheme = "https";
+        sent.push(exchange);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let clients = records_of(&records, "client", lazy.pid());
+    let servers = records_of(&records, "server", server.pid());
+    assert_eq!(clients.len(), 2, "client records: {clients:#?}");
+    assert_eq!(servers.len(), 2, "server records: {servers:#?}");
+    for exchange in &sent {
+        check(
+            find(&clients, exchange, "client"),
+            exchange,
+            "client",
+            lazy.pid(),
+            "lazy_tls_client",
+        );
+        check(
+            find(&servers, exchange, "server"),
+            exchange,
+            "server",
+            server.pid(),
+            "fastapi_app",
+        );
+    }
+}

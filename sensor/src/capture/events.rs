@@ -32,6 +32,8 @@ pub enum CaptureEvent<'a> {
     ExecArg(ExecArg),
     /// A watched process ended.
     Exit { pid: u32, time_ns: u64 },
+    /// A watched process mapped a file executable: a library loaded, maybe an OpenSSL.
+    ExecMapping { pid: u32 },
     /// A client connection's addresses, known once it was established.
     Address {
         conn_id: u64,
@@ -319,6 +321,10 @@ pub fn decode(bytes: &[u8]) -> Result<CaptureEvent<'_>, DecodeError> {
             pid: header.tgid,
             time_ns: header.timestamp_ns,
         },
+        EventKind::ExecMapping => {
+            let _: ProcessEvent = read(bytes)?;
+            CaptureEvent::ExecMapping { pid: header.tgid }
+        }
         EventKind::ProcessExec => {
             let event: ExecEvent = read(bytes)?;
             CaptureEvent::Exec(ExecInfo {
@@ -426,6 +432,30 @@ mod tests {
         event.binding = 7;
         assert_eq!(decode(&as_bytes(&event)), Err(DecodeError::Invalid));
         assert_eq!(decode(&as_bytes(&event)[..40]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn executable_mapping_record() {
+        let event = ProcessEvent {
+            header: EventHeader {
+                kind: EventKind::ExecMapping as u32,
+                tgid: 31,
+                tid: 32,
+                cpu: 0,
+                timestamp_ns: 5,
+            },
+            value: 4,
+            _pad: 0,
+        };
+        let bytes = as_bytes(&event);
+        assert_eq!(
+            decode(&bytes).unwrap(),
+            CaptureEvent::ExecMapping { pid: 31 }
+        );
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]

@@ -82,6 +82,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
     ("sys_enter_execve", "syscalls", "sys_enter_execve"),
     ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("sys_enter_mmap", "syscalls", "sys_enter_mmap"),
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
