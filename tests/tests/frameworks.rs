@@ -8,7 +8,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{Exchange, LONG, ask, check, children, find, request, result};
+use common::{Exchange, LONG, Side, ask, check, check_both, children, find, request, result};
 use sensor_e2e::{Py, Sensor, attr, metric, records_of};
 use serde_json::{Value, json};
 
@@ -517,21 +517,18 @@ fn fastapi_uvicorn_started_after_the_sensor_with_discovery() {
         "client records: {:#?}",
         summary(&clients)
     );
+    let client_side = Side {
+        records: &clients,
+        pid: client.pid(),
+        service: "httpx-orders-client",
+    };
+    let server_side = Side {
+        records: &servers,
+        pid: server.pid(),
+        service: "fastapi_app",
+    };
     for exchange in &sent {
-        check(
-            find(&servers, exchange, "server"),
-            exchange,
-            "server",
-            server.pid(),
-            "fastapi_app",
-        );
-        check(
-            find(&clients, exchange, "client"),
-            exchange,
-            "client",
-            client.pid(),
-            "httpx-orders-client",
-        );
+        check_both(exchange, &client_side, &server_side);
     }
     assert!(!output.stdout.contains("key-123"), "x-api-key is redacted");
 }

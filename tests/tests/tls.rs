@@ -9,7 +9,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{Exchange, LONG, ask_scheme, check, children, find, result};
+use common::{Exchange, LONG, Side, ask_scheme, check, check_both, children, find, result};
 use sensor_e2e::{Py, Sensor, attr, records_of, tls_files};
 use serde_json::{Value, json};
 
@@ -281,21 +281,18 @@ fn aiohttp_handler_calling_an_https_server() {
         outbound.len(),
         "{upstream_servers:#?}"
     );
+    let client_side = Side {
+        records: &front_clients,
+        pid: front.pid(),
+        service: "aio-front",
+    };
+    let server_side = Side {
+        records: &upstream_servers,
+        pid: upstream.pid(),
+        service: "fastapi_app",
+    };
     for exchange in &outbound {
-        check(
-            find(&front_clients, exchange, "client"),
-            exchange,
-            "client",
-            front.pid(),
-            "aio-front",
-        );
-        check(
-            find(&upstream_servers, exchange, "server"),
-            exchange,
-            "server",
-            upstream.pid(),
-            "fastapi_app",
-        );
+        check_both(exchange, &client_side, &server_side);
     }
 }
 
@@ -597,20 +594,17 @@ fn openssl_mapped_from_an_unusual_directory_after_the_sensor_started() {
     let servers = records_of(&records, "server", server.pid());
     assert_eq!(clients.len(), 2, "client records: {clients:#?}");
     assert_eq!(servers.len(), 2, "server records: {servers:#?}");
+    let client_side = Side {
+        records: &clients,
+        pid: lazy.pid(),
+        service: "lazy_tls_client",
+    };
+    let server_side = Side {
+        records: &servers,
+        pid: server.pid(),
+        service: "fastapi_app",
+    };
     for exchange in &sent {
-        check(
-            find(&clients, exchange, "client"),
-            exchange,
-            "client",
-            lazy.pid(),
-            "lazy_tls_client",
-        );
-        check(
-            find(&servers, exchange, "server"),
-            exchange,
-            "server",
-            server.pid(),
-            "fastapi_app",
-        );
+        check_both(exchange, &client_side, &server_side);
     }
 }

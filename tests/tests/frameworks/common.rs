@@ -350,6 +350,30 @@ pub fn check(record: &Value, exchange: &Exchange, kind: &str, pid: u32, service:
     );
 }
 
+/// One side's records of the sensor's output: those of one process and kind, with the pid and
+/// service name they must carry.
+pub struct Side<'a, 'r> {
+    /// The records.
+    pub records: &'a [&'r Value],
+    /// The process that made them.
+    pub pid: u32,
+    /// Its expected service name.
+    pub service: &'a str,
+}
+
+/// Checks that `exchange` is among the client's and the server's records, exact on each side.
+pub fn check_both(exchange: &Exchange, client: &Side, server: &Side) {
+    for (side, kind) in [(client, "client"), (server, "server")] {
+        check(
+            find(side.records, exchange, kind),
+            exchange,
+            kind,
+            side.pid,
+            side.service,
+        );
+    }
+}
+
 /// The record among `records` whose target and peer/host port match `exchange` on `kind`'s
 /// side; panics unless there is exactly one.
 pub fn find<'a>(records: &[&'a Value], exchange: &Exchange, kind: &str) -> &'a Value {
