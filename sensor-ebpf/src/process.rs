@@ -49,16 +49,22 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     if prot & PROT_EXEC == 0 || fd < 0 {
         return 0;
     }
+    // The library's first calls may follow at once: wake userspace to probe it now.
+    send_process_event(EventKind::ExecMapping, fd, BPF_RB_FORCE_WAKEUP as u64);
+    0
+}
+
+/// Sends a [`ProcessEvent`] of `kind` about the current process, counting a full ring buffer.
+#[inline(always)]
+fn send_process_event(kind: EventKind, value: i32, flags: u64) {
     let event = ProcessEvent {
-        header: header(EventKind::ExecMapping),
-        value: fd,
+        header: header(kind),
+        value,
         _pad: 0,
     };
-    // The library's first calls may follow at once: wake userspace to probe it now.
-    if EVENTS.output(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+    if EVENTS.output(event, flags).is_err() {
         count(Counter::RingbufFull, 1);
     }
-    0
 }
 
 #[tracepoint]
@@ -100,15 +106,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         count(Counter::WatchedFull, 1);
         return 1;
     }
-    let event = ProcessEvent {
-        header: header(EventKind::ProcessFork),
-        value: child,
-        _pad: 0,
-    };
     // Userspace probes the child's OpenSSL on this record: wake it now, whatever waits.
-    if EVENTS.output(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
-        count(Counter::RingbufFull, 1);
-    }
+    send_process_event(EventKind::ProcessFork, child, BPF_RB_FORCE_WAKEUP as u64);
     0
 }
 
@@ -253,13 +252,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = WATCHED_PROCESSES.remove(tgid);
-    let event = ProcessEvent {
-        header: header(EventKind::ProcessExit),
-        value: 0,
-        _pad: 0,
-    };
-    if EVENTS.output(event, crate::emit::wakeup_flags()).is_err() {
-        count(Counter::RingbufFull, 1);
-    }
+    send_process_event(EventKind::ProcessExit, 0, crate::emit::wakeup_flags());
     0
 }

@@ -517,16 +517,8 @@ fn fastapi_uvicorn_started_after_the_sensor_with_discovery() {
         "client records: {:#?}",
         summary(&clients)
     );
-    let client_side = Side {
-        records: &clients,
-        pid: client.pid(),
-        service: "httpx-orders-client",
-    };
-    let server_side = Side {
-        records: &servers,
-        pid: server.pid(),
-        service: "fastapi_app",
-    };
+    let client_side = Side::new(&clients, client.pid(), "httpx-orders-client");
+    let server_side = Side::new(&servers, server.pid(), "fastapi_app");
     for exchange in &sent {
         check_both(exchange, &client_side, &server_side);
     }

@@ -281,16 +281,8 @@ fn aiohttp_handler_calling_an_https_server() {
         outbound.len(),
         "{upstream_servers:#?}"
     );
-    let client_side = Side {
-        records: &front_clients,
-        pid: front.pid(),
-        service: "aio-front",
-    };
-    let server_side = Side {
-        records: &upstream_servers,
-        pid: upstream.pid(),
-        service: "fastapi_app",
-    };
+    let client_side = Side::new(&front_clients, front.pid(), "aio-front");
+    let server_side = Side::new(&upstream_servers, upstream.pid(), "fastapi_app");
     for exchange in &outbound {
         check_both(exchange, &client_side, &server_side);
     }
@@ -594,16 +586,8 @@ fn openssl_mapped_from_an_unusual_directory_after_the_sensor_started() {
     let servers = records_of(&records, "server", server.pid());
     assert_eq!(clients.len(), 2, "client records: {clients:#?}");
     assert_eq!(servers.len(), 2, "server records: {servers:#?}");
-    let client_side = Side {
-        records: &clients,
-        pid: lazy.pid(),
-        service: "lazy_tls_client",
-    };
-    let server_side = Side {
-        records: &servers,
-        pid: server.pid(),
-        service: "fastapi_app",
-    };
+    let client_side = Side::new(&clients, lazy.pid(), "lazy_tls_client");
+    let server_side = Side::new(&servers, server.pid(), "fastapi_app");
     for exchange in &sent {
         check_both(exchange, &client_side, &server_side);
     }

@@ -361,6 +361,17 @@ pub struct Side<'a, 'r> {
     pub service: &'a str,
 }
 
+impl<'a, 'r> Side<'a, 'r> {
+    /// The side of process `pid`, named `service`, whose records are `records`.
+    pub fn new(records: &'a [&'r Value], pid: u32, service: &'a str) -> Self {
+        Side {
+            records,
+            pid,
+            service,
+        }
+    }
+}
+
 /// Checks that `exchange` is among the client's and the server's records, exact on each side.
 pub fn check_both(exchange: &Exchange, client: &Side, server: &Side) {
     for (side, kind) in [(client, "client"), (server, "server")] {
