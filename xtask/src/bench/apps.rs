@@ -184,7 +184,14 @@ impl Config {
     /// `agent`, `otel`; all by default) plus bare, which the ratios need, and (b2) when
     /// `compared` (a second sensor binary) is given.
     fn selected(compared: bool) -> Result<Vec<Config>> {
-        let named = std::env::var("PYSENSOR_BENCH_CONFIGS").ok();
+        Config::selected_from(
+            std::env::var("PYSENSOR_BENCH_CONFIGS").ok().as_deref(),
+            compared,
+        )
+    }
+
+    /// [`Config::selected`], given the variable's value.
+    fn selected_from(named: Option<&str>, compared: bool) -> Result<Vec<Config>> {
         let words: Vec<String> = named
             .iter()
             .flat_map(|v| v.split([',', ' ']))
@@ -741,7 +748,12 @@ struct Parts {
 
 impl Parts {
     fn from_env() -> Result<Parts> {
-        let Ok(value) = std::env::var("PYSENSOR_BENCH_PARTS") else {
+        Parts::parse(std::env::var("PYSENSOR_BENCH_PARTS").ok().as_deref())
+    }
+
+    /// [`Parts::from_env`], given the variable's value.
+    fn parse(value: Option<&str>) -> Result<Parts> {
+        let Some(value) = value else {
             return Ok(Parts {
                 control: true,
                 memory: true,
@@ -966,6 +978,28 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configurations_named_plus_bare_and_the_compared_build() {
+        use Config::*;
+        let all = Config::selected_from(None, false).unwrap();
+        assert_eq!(all, vec![Bare, Sensor, Agent, Otel]);
+        let some = Config::selected_from(Some("Sensor, otel"), true).unwrap();
+        assert_eq!(some, vec![Bare, Sensor, Compared, Otel]);
+        assert!(Config::selected_from(Some("sensor,compared"), true).is_err());
+        assert!(Config::selected_from(Some("tracer"), false).is_err());
+    }
+
+    #[test]
+    fn parts_named_or_all() {
+        let all = Parts::parse(None).unwrap();
+        assert!(all.control && all.memory && all.open_loop);
+        let none = Parts::parse(Some("none")).unwrap();
+        assert!(!none.control && !none.memory && !none.open_loop);
+        let some = Parts::parse(Some("memory open-loop")).unwrap();
+        assert!(!some.control && some.memory && some.open_loop);
+        assert!(Parts::parse(Some("memory,cpu")).is_err());
+    }
 
     #[test]
     fn thread_times_count_growth_and_new_threads_but_not_ended_ones() {
