@@ -122,11 +122,17 @@ impl Case {
         let Ok(only) = std::env::var("PYSENSOR_BENCH_ONLY") else {
             return true;
         };
-        let words = [self.framework.word(), self.endpoint.word(), self.scheme()];
-        only.split([',', ' '])
-            .filter(|w| !w.is_empty())
-            .all(|w| words.contains(&w.to_ascii_lowercase().as_str()))
+        let names = [self.framework.word(), self.endpoint.word(), self.scheme()];
+        words(&only).all(|w| names.contains(&w.as_str()))
     }
+}
+
+/// The words of a selection variable's value (separated by commas or spaces), lower-cased.
+fn words(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split([',', ' '])
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
 }
 
 /// How the app is instrumented.
@@ -192,12 +198,7 @@ impl Config {
 
     /// [`Config::selected`], given the variable's value.
     fn selected_from(named: Option<&str>, compared: bool) -> Result<Vec<Config>> {
-        let words: Vec<String> = named
-            .iter()
-            .flat_map(|v| v.split([',', ' ']))
-            .filter(|w| !w.is_empty())
-            .map(str::to_ascii_lowercase)
-            .collect();
+        let words: Vec<String> = named.map(words).into_iter().flatten().collect();
         if let Some(unknown) = words.iter().find(|w| {
             !Config::ALL
                 .iter()
@@ -765,8 +766,8 @@ impl Parts {
             memory: false,
             open_loop: false,
         };
-        for word in value.split([',', ' ']).filter(|w| !w.is_empty()) {
-            match word.to_ascii_lowercase().as_str() {
+        for word in words(value) {
+            match word.as_str() {
                 "control" => parts.control = true,
                 "memory" => parts.memory = true,
                 "open-loop" => parts.open_loop = true,
@@ -852,7 +853,10 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
     println!(
         "   app user/sys us: the app core's user and system (with irq) time per request during the load (/proc/stat); steal: its share taken by the hypervisor"
     );
+    // Both selections are read before the first run: a mistyped word fails at once, not after
+    // the matrix.
     let configs = Config::selected(bench.compared.is_some())?;
+    let parts = Parts::from_env()?;
     let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); configs.len()]; cases.len()];
     for round in 0..rounds {
         for (c, case) in cases.iter().enumerate() {
@@ -959,9 +963,15 @@ pub fn bench(binary: &Path, env: &Env, settings: Settings) -> Result<()> {
             "targets (shown, not asserted): throughput with the sensor >= 98% of bare; sensor CPU <= 0.05 core per 1,000 exchanges/s"
         );
     }
-    let parts = Parts::from_env()?;
-    if parts.control && sensor_cores.len() == cases.len() {
-        neighbour::bench(&bench, &cases, &sensor_cores)?;
+    if parts.control {
+        if sensor_cores.len() == cases.len() {
+            neighbour::bench(&bench, &cases, &sensor_cores)?;
+        } else {
+            println!();
+            println!(
+                "== control skipped: its busy loop uses the CPU measured for (b), which PYSENSOR_BENCH_CONFIGS left out"
+            );
+        }
     }
     if parts.memory {
         memory::bench(&bench)?;
