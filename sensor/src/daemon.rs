@@ -267,8 +267,15 @@ impl Pipeline {
     fn unwatch(&mut self, capture: &mut Capture, pid: u32) {
         self.deferred.remove(&pid);
         capture.unwatch(pid);
-        capture.detach_tls(pid);
+        self.forget_tls(capture, pid);
         self.watched.remove(&pid);
+    }
+
+    /// Detaches a process's OpenSSL probes and forgets what was known of its mappings.
+    fn forget_tls(&mut self, capture: &mut Capture, pid: u32) {
+        capture.detach_tls(pid);
+        self.tls_mapped.remove(&pid);
+        self.tls_rescan_due.remove(&pid);
     }
 
     /// Probes the OpenSSL a watched process has mapped or would load (new files only).
@@ -468,7 +475,7 @@ impl Pipeline {
                 self.flush_completed();
                 let info = self.procs.exec(&exec);
                 // The new program maps its own libraries.
-                capture.detach_tls(exec.pid);
+                self.forget_tls(capture, exec.pid);
                 if self.watched.contains(&exec.pid) {
                     self.probe_tls(capture, exec.pid);
                 }
@@ -500,7 +507,7 @@ impl Pipeline {
                 self.tracker.process_exit(pid, time_ns, &mut self.completed);
                 self.flush_completed();
                 self.forget_process_sockets(capture, pid, time_ns);
-                capture.detach_tls(pid);
+                self.forget_tls(capture, pid);
                 self.watched.remove(&pid);
                 self.deferred.remove(&pid);
                 self.procs.remove(pid);

@@ -256,16 +256,9 @@ impl Capture {
             outcome(&mut loaded, program)?;
             attach_tracepoint(&mut ebpf, program, category, name)?;
         }
-        let payload_loaded = args_at_exit_wanted.then(|| {
-            payload_at_exit
-                .iter()
-                .try_for_each(|program| outcome(&mut loaded, program))
-        });
+        let payload_loaded = args_at_exit_wanted.then(|| all_loaded(&mut loaded, &payload_at_exit));
         let args_at_exit = attach_payload_programs(&mut ebpf, payload_loaded)?;
-        let tls_loaded = match tls_programs
-            .iter()
-            .try_for_each(|program| outcome(&mut loaded, program))
-        {
+        let tls_loaded = match all_loaded(&mut loaded, &tls_programs) {
             Ok(()) => true,
             Err(error) => {
                 warn!(
@@ -594,6 +587,13 @@ fn load_programs(ebpf: &mut Ebpf, names: Vec<String>) -> StdHashMap<String, Resu
     outcomes
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether every one of `programs` loaded: the first failure [`load_programs`] reported.
+fn all_loaded(loaded: &mut StdHashMap<String, Result<()>>, programs: &[String]) -> Result<()> {
+    programs
+        .iter()
+        .try_for_each(|program| outcome(loaded, program))
 }
 
 /// Loads one program into the kernel (the verifier's pass).
