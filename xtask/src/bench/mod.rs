@@ -1,7 +1,8 @@
 //! `cargo xtask bench [all|micro|capture|tls|apps]`: numbers measured side by side in one run.
 //!
-//! - `micro`: parser throughput on byte fixtures (the `parser_bench` example) and redaction cost
-//!   per exchange (the `redaction_bench` example).
+//! - `micro`: parser throughput on byte fixtures (the `parser_bench` example), redaction cost
+//!   per exchange (the `redaction_bench` example) and the userspace pipeline's cost per exchange,
+//!   stage by stage (the `pipeline_bench` example).
 //! - `capture`: the capture path under a loopback load against an asyncio server, with and
 //!   without the sensor ([`capture`]).
 //! - `tls`: what the OpenSSL probes cost a process ([`tls`]).
@@ -40,7 +41,7 @@ use crate::{run, setup::Env, workspace_root};
 pub enum Which {
     /// Every part below, in this order.
     All,
-    /// Parser throughput and redaction cost (no root needed).
+    /// Parser throughput, redaction cost and the userspace pipeline per exchange (no root needed).
     Micro,
     /// The capture path under a loopback load, with and without the sensor.
     Capture,
@@ -190,7 +191,12 @@ fn micro() -> Result<()> {
     println!(
         "== redaction per exchange (request and response JSON bodies of the size shown; CPU µs): no rule, default header rules, headers + JSONPaths + card/e-mail patterns; cost = full - baseline"
     );
-    example("redaction_bench")
+    example("redaction_bench")?;
+    println!();
+    println!(
+        "== userspace work per exchange (the bench's exchanges through reassembly, record, policy and OTLP/gRPC encoding; CPU µs, stage shares of wall time)"
+    );
+    example("pipeline_bench")
 }
 
 /// Runs the chosen parts of the benchmark with the sensor binary `binary` and the venvs of

@@ -150,7 +150,7 @@ impl PendingSpan {
     }
 
     /// Its share of the encoded request in bytes.
-    fn size(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.encoded.len()
             + self
                 .spliced
