@@ -80,6 +80,41 @@ pub fn lower_hex(byte: u8) -> [u8; 2] {
 /// Flat attribute map, sorted by key so every output is deterministic.
 pub type Attributes = BTreeMap<String, AttributeValue>;
 
+/// The attribute keys about one message's body, written by the record stage and read or
+/// rewritten by the policy stage: named once, not formatted from a prefix per exchange.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyKeys {
+    /// The body text (`http.request.body`).
+    pub body: &'static str,
+    /// Set when the overload policy shed the body.
+    pub shed: &'static str,
+    /// Set when the body was cut to the capture limit.
+    pub truncated: &'static str,
+    /// Set when the body was dropped for it could not be redacted.
+    pub redaction_failed: &'static str,
+    /// The message's `Content-Type` header.
+    pub content_type: &'static str,
+}
+
+impl BodyKeys {
+    /// The request's.
+    pub const REQUEST: BodyKeys = BodyKeys {
+        body: "http.request.body",
+        shed: "http.request.body.shed",
+        truncated: "http.request.body.truncated",
+        redaction_failed: "http.request.body.redaction_failed",
+        content_type: "http.request.header.content-type",
+    };
+    /// The response's.
+    pub const RESPONSE: BodyKeys = BodyKeys {
+        body: "http.response.body",
+        shed: "http.response.body.shed",
+        truncated: "http.response.body.truncated",
+        redaction_failed: "http.response.body.redaction_failed",
+        content_type: "http.response.header.content-type",
+    };
+}
+
 /// Which side of the exchange the watched process was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -43,13 +43,14 @@ pub struct SpanIds {
 impl SpanIds {
     /// Writes the ids as hex attributes (into a map, or a list of pairs being gathered).
     pub fn write(&self, attributes: &mut impl Extend<(String, AttributeValue)>) {
-        attributes.extend([
-            (TRACE_ID.into(), AttributeValue::String(hex(&self.trace_id))),
-            (SPAN_ID.into(), AttributeValue::String(hex(&self.span_id))),
-        ]);
+        // In key order: a record's attributes are gathered sorted (see `record::gather`).
         if let Some(parent) = self.parent_span_id {
             attributes.extend([(PARENT_SPAN_ID.into(), AttributeValue::String(hex(&parent)))]);
         }
+        attributes.extend([
+            (SPAN_ID.into(), AttributeValue::String(hex(&self.span_id))),
+            (TRACE_ID.into(), AttributeValue::String(hex(&self.trace_id))),
+        ]);
     }
 }
 

@@ -34,7 +34,7 @@ use serde_json::Value;
 use serde_json_path::JsonPath;
 
 use crate::config::DataCapture;
-use crate::record::{AttributeValue, Attributes, ExchangeRecord};
+use crate::record::{AttributeValue, Attributes, BodyKeys, ExchangeRecord};
 
 pub use patterns::{Patterns, luhn_valid, redact_cards};
 pub use policy::{Decision, PathPattern, Policy, PolicyStats, parser_settings};
@@ -84,10 +84,10 @@ enum Direction {
 }
 
 impl Direction {
-    fn prefix(self) -> &'static str {
+    fn keys(self) -> BodyKeys {
         match self {
-            Direction::Request => "http.request",
-            Direction::Response => "http.response",
+            Direction::Request => BodyKeys::REQUEST,
+            Direction::Response => BodyKeys::RESPONSE,
         }
     }
 }
@@ -264,18 +264,18 @@ impl Redactor {
     /// Redacts, then truncates, one body attribute; drops and flags it when it cannot be
     /// redacted.
     fn redact_body(&self, attrs: &mut Attributes, direction: Direction, out: &mut Outcome) {
-        let prefix = direction.prefix();
-        let body_key = format!("{prefix}.body");
-        let Some(body) = attrs.remove(&body_key) else {
-            return;
+        let keys = direction.keys();
+        // The text is taken out of its slot and put back: no key is built or reinserted.
+        let text = match attrs.get_mut(keys.body) {
+            None => return,
+            Some(AttributeValue::String(text)) => std::mem::take(text),
+            Some(_) => {
+                // Bodies are text; anything else is not exported.
+                drop_body(attrs, keys, out);
+                return;
+            }
         };
-        let AttributeValue::String(text) = body else {
-            // Bodies are text; anything else is not exported.
-            drop_body(attrs, prefix, out);
-            return;
-        };
-        let truncated_key = format!("{prefix}.body.truncated");
-        let cut_by_parser = matches!(attrs.get(&truncated_key), Some(AttributeValue::Bool(true)));
+        let cut_by_parser = matches!(attrs.get(keys.truncated), Some(AttributeValue::Bool(true)));
         // Bytes were lost somewhere in the exchange: a value the rules look for may have been
         // split by the gap, where no rule can see it.
         let lost_bytes = matches!(
@@ -283,7 +283,7 @@ impl Redactor {
             Some(AttributeValue::Bool(true))
         );
         let content_type = attrs
-            .get(&format!("{prefix}.header.content-type"))
+            .get(keys.content_type)
             .and_then(AttributeValue::as_str)
             .unwrap_or_default()
             .to_ascii_lowercase();
@@ -303,7 +303,7 @@ impl Redactor {
         } else if cut_by_parser || lost_bytes || text.len() > self.body_max_processing_size {
             // Only part of the body was kept: what was cut may hold what the rules look for,
             // and a JSON document cut short cannot be parsed.
-            drop_body(attrs, prefix, out);
+            drop_body(attrs, keys, out);
             return;
         } else if is_form {
             self.redact_pairs(&text, &self.form_fields, out)
@@ -320,14 +320,14 @@ impl Redactor {
                         match serde_json::to_string(&doc) {
                             Ok(s) => s,
                             Err(_) => {
-                                drop_body(attrs, prefix, out);
+                                drop_body(attrs, keys, out);
                                 return;
                             }
                         }
                     }
                 }
                 Err(_) if !paths.is_empty() => {
-                    drop_body(attrs, prefix, out);
+                    drop_body(attrs, keys, out);
                     return;
                 }
                 Err(_) => self.redact_text(text, out),
@@ -336,10 +336,12 @@ impl Redactor {
             self.redact_text(text, out)
         };
         let (body, cut) = truncate(redacted, self.body_max_size);
-        attrs.insert(body_key, AttributeValue::String(body));
+        if let Some(slot) = attrs.get_mut(keys.body) {
+            *slot = AttributeValue::String(body);
+        }
         if cut {
             out.bodies_truncated += 1;
-            attrs.insert(truncated_key, AttributeValue::Bool(true));
+            attrs.insert(keys.truncated.to_owned(), AttributeValue::Bool(true));
         }
     }
 
@@ -405,12 +407,9 @@ fn apply_paths(paths: &[JsonPath], doc: &mut Value) -> u64 {
 }
 
 /// Removes a body that cannot be redacted and flags it.
-fn drop_body(attrs: &mut Attributes, prefix: &str, out: &mut Outcome) {
-    attrs.remove(&format!("{prefix}.body"));
-    attrs.insert(
-        format!("{prefix}.body.redaction_failed"),
-        AttributeValue::Bool(true),
-    );
+fn drop_body(attrs: &mut Attributes, keys: BodyKeys, out: &mut Outcome) {
+    attrs.remove(keys.body);
+    attrs.insert(keys.redaction_failed.to_owned(), AttributeValue::Bool(true));
     out.bodies_dropped += 1;
 }
 

@@ -8,7 +8,7 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use super::{Outcome, Redactor};
 use crate::config::{CaptureToggle, Config, DataCapture};
 use crate::http::HttpSettings;
-use crate::record::{AttributeValue, ExchangeRecord, SpanKind};
+use crate::record::{AttributeValue, BodyKeys, ExchangeRecord, SpanKind};
 
 /// What the policy decided for one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,27 +204,23 @@ impl Policy {
                 return Decision::SampledOut;
             }
         }
-        for (prefix, on) in [
-            ("http.request", policy.body.request),
-            ("http.response", policy.body.response),
+        for (keys, on) in [
+            (BodyKeys::REQUEST, policy.body.request),
+            (BodyKeys::RESPONSE, policy.body.response),
         ] {
-            let body_key = format!("{prefix}.body");
             // A body the overload policy shed is flagged only where it would have been kept.
-            let shed_key = format!("{prefix}.body.shed");
-            let has_body = record.attributes.contains_key(&body_key);
-            if !has_body && !record.attributes.contains_key(&shed_key) {
+            let has_body = record.attributes.contains_key(keys.body);
+            if !has_body && !record.attributes.contains_key(keys.shed) {
                 continue;
             }
             let allowed = record
-                .attr_str(&format!("{prefix}.header.content-type"))
+                .attr_str(keys.content_type)
                 .is_none_or(|ct| policy.settings.content_type_allowed(ct));
             if !on || !allowed {
-                record.attributes.remove(&shed_key);
+                record.attributes.remove(keys.shed);
                 if has_body {
-                    record.attributes.remove(&body_key);
-                    record
-                        .attributes
-                        .remove(&format!("{prefix}.body.truncated"));
+                    record.attributes.remove(keys.body);
+                    record.attributes.remove(keys.truncated);
                     stats.bodies_not_captured += 1;
                 }
             }
