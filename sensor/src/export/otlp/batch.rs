@@ -19,12 +19,12 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use opentelemetry_proto::tonic::{
-    common::v1::InstrumentationScope, resource::v1::Resource, trace::v1::Span,
-};
+#[cfg(test)]
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
 use prost::Message as _;
 
-use super::{convert, json};
+use super::{convert, json, proto};
 use crate::{
     config::Protocol,
     record::{AttributeValue, Attributes, ExchangeRecord},
@@ -82,61 +82,19 @@ struct Spliced {
 impl PendingSpan {
     /// Converts a record into its span and encodes it for `protocol`.
     pub fn new(protocol: Protocol, mut record: ExchangeRecord) -> PendingSpan {
-        let bodies = match protocol {
-            Protocol::Grpc | Protocol::HttpProtobuf => take_large_bodies(&mut record.attributes),
-            Protocol::HttpJson => Vec::new(),
-        };
-        let (resource, span) = convert::span(record);
-        PendingSpan::encode(protocol, resource, span, bodies)
-    }
-
-    /// Encodes a span of the process of `resource` for `protocol`.
-    #[cfg(test)]
-    pub(super) fn of_span(protocol: Protocol, resource: Attributes, span: Span) -> PendingSpan {
-        PendingSpan::encode(protocol, resource, span, Vec::new())
-    }
-
-    /// Encodes a span for `protocol`, with `bodies` (protobuf only) spliced in after it as
-    /// attributes.
-    fn encode(
-        protocol: Protocol,
-        resource: Attributes,
-        span: Span,
-        bodies: Vec<(&'static str, String)>,
-    ) -> PendingSpan {
         match protocol {
             Protocol::Grpc | Protocol::HttpProtobuf => {
-                let heads: Vec<Vec<u8>> = bodies
-                    .iter()
-                    .map(|(key, body)| spliced_attribute_head(key, body.len()))
-                    .collect();
-                let spliced_len: usize = heads
-                    .iter()
-                    .zip(&bodies)
-                    .map(|(head, (_, body))| head.len() + body.len())
-                    .sum();
-                let span_len = span.encoded_len() + spliced_len;
-                let mut heads = heads.into_iter();
-                let first_head = heads.next().unwrap_or_default();
-                let mut encoded =
-                    Vec::with_capacity(field_len(span_len) - spliced_len + first_head.len());
-                field_head(&mut encoded, SPANS_FIELD, span_len);
-                span.encode_raw(&mut encoded);
-                encoded.extend_from_slice(&first_head);
-                let spliced = bodies
-                    .into_iter()
-                    .map(|(_, body)| Spliced {
-                        body: Bytes::from(body.into_bytes()),
-                        after: heads.next().unwrap_or_default(),
-                    })
-                    .collect();
-                PendingSpan {
-                    resource,
-                    encoded,
-                    spliced,
-                }
+                let bodies = take_large_bodies(&mut record.attributes);
+                let mut span = convert::prepare(record);
+                PendingSpan::protobuf(
+                    std::mem::take(&mut span.resource),
+                    proto::span_len(&span),
+                    |out| proto::write_span(out, &span),
+                    bodies,
+                )
             }
             Protocol::HttpJson => {
+                let (resource, span) = convert::span(record);
                 // The comma that separates it from the span before it in its group.
                 let mut encoded = vec![b','];
                 json::encode_span(&mut encoded, &span);
@@ -146,6 +104,66 @@ impl PendingSpan {
                     spliced: Vec::new(),
                 }
             }
+        }
+    }
+
+    /// Encodes a span of the process of `resource` for `protocol`, the way prost would.
+    #[cfg(test)]
+    pub(super) fn of_span(protocol: Protocol, resource: Attributes, span: Span) -> PendingSpan {
+        match protocol {
+            Protocol::Grpc | Protocol::HttpProtobuf => PendingSpan::protobuf(
+                resource,
+                span.encoded_len(),
+                |out| span.encode_raw(out),
+                Vec::new(),
+            ),
+            Protocol::HttpJson => {
+                let mut encoded = vec![b','];
+                json::encode_span(&mut encoded, &span);
+                PendingSpan {
+                    resource,
+                    encoded,
+                    spliced: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// A protobuf span of `span_len` bytes that `write` writes (its fields), with `bodies`
+    /// spliced in after it as attributes.
+    fn protobuf(
+        resource: Attributes,
+        span_len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+        bodies: Vec<(&'static str, String)>,
+    ) -> PendingSpan {
+        let heads: Vec<Vec<u8>> = bodies
+            .iter()
+            .map(|(key, body)| spliced_attribute_head(key, body.len()))
+            .collect();
+        let spliced_len: usize = heads
+            .iter()
+            .zip(&bodies)
+            .map(|(head, (_, body))| head.len() + body.len())
+            .sum();
+        let span_len = span_len + spliced_len;
+        let mut heads = heads.into_iter();
+        let first_head = heads.next().unwrap_or_default();
+        let mut encoded = Vec::with_capacity(field_len(span_len) - spliced_len + first_head.len());
+        field_head(&mut encoded, SPANS_FIELD, span_len);
+        write(&mut encoded);
+        encoded.extend_from_slice(&first_head);
+        let spliced = bodies
+            .into_iter()
+            .map(|(_, body)| Spliced {
+                body: Bytes::from(body.into_bytes()),
+                after: heads.next().unwrap_or_default(),
+            })
+            .collect();
+        PendingSpan {
+            resource,
+            encoded,
+            spliced,
         }
     }
 

@@ -67,12 +67,38 @@ pub(super) fn scope() -> InstrumentationScope {
     }
 }
 
-/// Turns a record into its span; returns the record's resource attributes beside it.
+/// A record made ready to be a span: ids and status decided, the id attributes taken out and
+/// `error.type` added. Both encodings start from it: [`span`] (prost's `Span`, for JSON) and
+/// [`super::proto`] (protobuf written straight from it).
+pub(super) struct Prepared {
+    /// The record's resource attributes.
+    pub resource: Attributes,
+    /// The span's trace.
+    pub trace_id: [u8; 16],
+    /// The span's own id.
+    pub span_id: [u8; 8],
+    /// Its parent's id, if it has one.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The span's name (the record's).
+    pub name: String,
+    /// OTLP's span kind.
+    pub kind: ProtoSpanKind,
+    /// The record's start time.
+    pub start_time_unix_nano: u64,
+    /// The record's end time.
+    pub end_time_unix_nano: u64,
+    /// Status ERROR (else unset).
+    pub error: bool,
+    /// The span's attributes, in key order.
+    pub attributes: Attributes,
+}
+
+/// Decides a record's span ids and status.
 ///
 /// Ids come from the `sensor.*` id attributes when they are valid, else they are random.
 /// The status is ERROR for server spans with a status code of at least 500 and client spans
 /// with one of at least 400, and `error.type` then holds the code (unless the record set it).
-pub(super) fn span(record: ExchangeRecord) -> (Attributes, Span) {
+pub(super) fn prepare(record: ExchangeRecord) -> Prepared {
     let ExchangeRecord {
         resource,
         name,
@@ -91,9 +117,7 @@ pub(super) fn span(record: ExchangeRecord) -> (Attributes, Span) {
         .unwrap_or_else(random_id::<8>);
     let parent_span_id = attributes
         .remove(PARENT_SPAN_ID_ATTRIBUTE)
-        .and_then(|v| parse_id::<8>(&v))
-        .map(|id| id.to_vec())
-        .unwrap_or_default();
+        .and_then(|v| parse_id::<8>(&v));
 
     let status_code = attributes
         .get("http.response.status_code")
@@ -103,28 +127,53 @@ pub(super) fn span(record: ExchangeRecord) -> (Attributes, Span) {
         SpanKind::Server => *code >= 500,
         SpanKind::Client => *code >= 400,
     });
-    let status = error.map(|code| {
+    if let Some(code) = error {
         attributes
             .entry("error.type".to_owned())
             .or_insert_with(|| AttributeValue::String(code.to_string()));
-        Status {
-            code: StatusCode::Error as i32,
-            message: String::new(),
-        }
-    });
-
-    let span = Span {
-        trace_id: trace_id.to_vec(),
-        span_id: span_id.to_vec(),
+    }
+    Prepared {
+        resource,
+        trace_id,
+        span_id,
         parent_span_id,
         name,
         kind: match kind {
-            SpanKind::Server => ProtoSpanKind::Server as i32,
-            SpanKind::Client => ProtoSpanKind::Client as i32,
+            SpanKind::Server => ProtoSpanKind::Server,
+            SpanKind::Client => ProtoSpanKind::Client,
         },
         start_time_unix_nano,
         end_time_unix_nano,
-        attributes: attributes
+        error: error.is_some(),
+        attributes,
+    }
+}
+
+/// The span's status: ERROR, or none.
+pub(super) fn status(error: bool) -> Option<Status> {
+    error.then(|| Status {
+        code: StatusCode::Error as i32,
+        message: String::new(),
+    })
+}
+
+/// Turns a record into its span (see [`prepare`]); returns the record's resource attributes
+/// beside it.
+pub(super) fn span(record: ExchangeRecord) -> (Attributes, Span) {
+    let prepared = prepare(record);
+    let span = Span {
+        trace_id: prepared.trace_id.to_vec(),
+        span_id: prepared.span_id.to_vec(),
+        parent_span_id: prepared
+            .parent_span_id
+            .map(|id| id.to_vec())
+            .unwrap_or_default(),
+        name: prepared.name,
+        kind: prepared.kind as i32,
+        start_time_unix_nano: prepared.start_time_unix_nano,
+        end_time_unix_nano: prepared.end_time_unix_nano,
+        attributes: prepared
+            .attributes
             .into_iter()
             .map(|(key, value)| KeyValue {
                 key,
@@ -132,10 +181,10 @@ pub(super) fn span(record: ExchangeRecord) -> (Attributes, Span) {
                 ..KeyValue::default()
             })
             .collect(),
-        status,
+        status: status(prepared.error),
         ..Span::default()
     };
-    (resource, span)
+    (prepared.resource, span)
 }
 
 fn any_value(value: AttributeValue) -> AnyValue {

@@ -14,6 +14,7 @@
 mod batch;
 mod convert;
 mod json;
+mod proto;
 mod transport;
 
 #[cfg(test)]
