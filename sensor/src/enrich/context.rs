@@ -147,9 +147,13 @@ pub struct Link {
 /// connection on this host are seen by the same sensor).
 fn derive<const N: usize>(salt: u64, key: &ExchangeKey, role: &str) -> [u8; N] {
     let mut out = [0u8; N];
+    // The key is hashed once; each 8 bytes continue from there with their index (the same
+    // values as hashing `(salt, key, role, i)` afresh for each).
+    let mut prefix = std::collections::hash_map::DefaultHasher::new();
+    (salt, key, role).hash(&mut prefix);
     for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (salt, key, role, i).hash(&mut hasher);
+        let mut hasher = prefix.clone();
+        i.hash(&mut hasher);
         let value = hasher.finish().to_be_bytes();
         chunk.copy_from_slice(&value[..chunk.len()]);
     }

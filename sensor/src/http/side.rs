@@ -242,14 +242,17 @@ fn content_type_allowed(settings: &HttpSettings, headers: &[(String, Vec<u8>)]) 
         return false;
     };
     let v = String::from_utf8_lossy(v);
-    let media = v.split(';').next().unwrap_or_default().trim();
-    settings.allowed_content_types.iter().any(|a| {
-        a.split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .eq_ignore_ascii_case(media)
-    })
+    let media = media_type(&v);
+    settings
+        .allowed_content_types
+        .iter()
+        .any(|a| media_type(a).eq_ignore_ascii_case(media))
+}
+
+/// A Content-Type's media type: what comes before its parameters, trimmed.
+fn media_type(content_type: &str) -> &str {
+    let end = content_type.find(';').unwrap_or(content_type.len());
+    content_type[..end].trim()
 }
 
 /// The codings to undo: content codings, then transfer codings other than chunked.
