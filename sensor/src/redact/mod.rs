@@ -30,6 +30,8 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Bound;
+
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
@@ -169,16 +171,17 @@ impl Redactor {
     /// truncated).
     pub fn apply(&self, record: &mut ExchangeRecord) -> Outcome {
         let mut out = Outcome::default();
-        for (key, value) in record.attributes.iter_mut() {
-            let name = key
-                .strip_prefix("http.request.header.")
-                .or_else(|| key.strip_prefix("http.response.header."));
-            if let Some(name) = name
-                && self.headers.iter().any(|h| h == name)
-                && value.as_str() != Some(REDACTED)
-            {
-                *value = AttributeValue::String(REDACTED.to_owned());
-                out.values += 1;
+        for prefix in ["http.request.header.", "http.response.header."] {
+            // The map is sorted: a message's headers are the keys from its prefix on.
+            let headers = record
+                .attributes
+                .range_mut::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .map_while(|(key, value)| Some((key.strip_prefix(prefix)?, value)));
+            for (name, value) in headers {
+                if self.headers.iter().any(|h| h == name) && value.as_str() != Some(REDACTED) {
+                    *value = AttributeValue::String(REDACTED.to_owned());
+                    out.values += 1;
+                }
             }
         }
         if !self.query_params.is_empty() || !self.patterns.is_empty() {
@@ -265,9 +268,24 @@ impl Redactor {
     /// redacted.
     fn redact_body(&self, attrs: &mut Attributes, direction: Direction, out: &mut Outcome) {
         let keys = direction.keys();
+        let paths = match direction {
+            Direction::Request => &self.request_paths,
+            Direction::Response => &self.response_paths,
+        };
+        let no_rules = paths.is_empty() && self.form_fields.is_empty() && self.patterns.is_empty();
         // The text is taken out of its slot and put back: no key is built or reinserted.
         let text = match attrs.get_mut(keys.body) {
             None => return,
+            Some(AttributeValue::String(text)) if no_rules => {
+                // Nothing to look for: only the size limit applies, in place.
+                if text.len() <= self.body_max_size {
+                    return;
+                }
+                (*text, _) = truncate(std::mem::take(text), self.body_max_size);
+                out.bodies_truncated += 1;
+                attrs.insert(keys.truncated.to_owned(), AttributeValue::Bool(true));
+                return;
+            }
             Some(AttributeValue::String(text)) => std::mem::take(text),
             Some(_) => {
                 // Bodies are text; anything else is not exported.
@@ -288,10 +306,6 @@ impl Redactor {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let is_form = content_type.contains("application/x-www-form-urlencoded");
-        let paths = match direction {
-            Direction::Request => &self.request_paths,
-            Direction::Response => &self.response_paths,
-        };
         let structural = if is_form {
             !self.form_fields.is_empty()
         } else {

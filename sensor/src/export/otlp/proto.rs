@@ -8,7 +8,7 @@
 //! one-of whenever present.
 
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_varint, encoded_len_varint};
 
 use super::convert::Prepared;
 use crate::record::{AttributeValue, Attributes};
@@ -41,10 +41,25 @@ fn delimited_len(len: usize) -> usize {
     TAG_LEN + encoded_len_varint(len as u64) + len
 }
 
+/// Writes a field's tag: one byte, every field number here being below 16.
+fn tag(out: &mut Vec<u8>, field: u32, wire_type: WireType) {
+    debug_assert!(field < 16);
+    out.push(((field << 3) | wire_type as u32) as u8);
+}
+
+/// Writes a varint; most are lengths below 128, one byte, written without a call.
+fn varint(out: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        encode_varint(value, out);
+    }
+}
+
 /// Writes a length-delimited field's tag and length.
 fn delimited_head(out: &mut Vec<u8>, field: u32, len: usize) {
-    encode_key(field, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
+    tag(out, field, WireType::LengthDelimited);
+    varint(out, len as u64);
 }
 
 /// Writes a length-delimited field.
@@ -120,15 +135,15 @@ pub(super) fn write_span(out: &mut Vec<u8>, span: &Prepared) {
         delimited(out, NAME, span.name.as_bytes());
     }
     if span.kind as i32 != 0 {
-        encode_key(KIND, WireType::Varint, out);
-        encode_varint(span.kind as u64, out);
+        tag(out, KIND, WireType::Varint);
+        varint(out, span.kind as u64);
     }
     for (field, time) in [
         (START_TIME, span.start_time_unix_nano),
         (END_TIME, span.end_time_unix_nano),
     ] {
         if time != 0 {
-            encode_key(field, WireType::SixtyFourBit, out);
+            tag(out, field, WireType::SixtyFourBit);
             out.extend_from_slice(&time.to_le_bytes());
         }
     }
@@ -141,19 +156,19 @@ pub(super) fn write_span(out: &mut Vec<u8>, span: &Prepared) {
         match value {
             AttributeValue::String(s) => delimited(out, STRING_VALUE, s.as_bytes()),
             AttributeValue::Bool(b) => {
-                encode_key(BOOL_VALUE, WireType::Varint, out);
-                encode_varint(u64::from(*b), out);
+                tag(out, BOOL_VALUE, WireType::Varint);
+                varint(out, u64::from(*b));
             }
             AttributeValue::Int(i) => {
-                encode_key(INT_VALUE, WireType::Varint, out);
-                encode_varint(*i as u64, out);
+                tag(out, INT_VALUE, WireType::Varint);
+                varint(out, *i as u64);
             }
         }
     }
     if span.error {
         delimited_head(out, STATUS, ERROR_STATUS_LEN);
-        encode_key(STATUS_CODE, WireType::Varint, out);
-        encode_varint(ERROR_CODE, out);
+        tag(out, STATUS_CODE, WireType::Varint);
+        varint(out, ERROR_CODE);
     }
 }
 
