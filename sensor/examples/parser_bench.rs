@@ -6,21 +6,8 @@ use std::{sync::Arc, time::Instant};
 
 use sensor::http::{HttpConnection, HttpSettings, Stream};
 
-/// One fixture: a request and its response, repeated on one keep-alive connection.
-struct Fixture {
-    name: &'static str,
-    request: Vec<u8>,
-    response: Vec<u8>,
-}
-
-fn json_body(size: usize) -> Vec<u8> {
-    let mut body = b"{\"items\": [".to_vec();
-    while body.len() + 40 < size {
-        body.extend_from_slice(b"{\"id\": 12345, \"name\": \"widget-abc\"},");
-    }
-    body.extend_from_slice(b"{\"id\": 0}]}");
-    body
-}
+mod common;
+use common::{Fixture, json_body};
 
 fn fixtures() -> Vec<Fixture> {
     let small = br#"{"hello": "world"}"#.to_vec();

@@ -27,6 +27,9 @@ use sensor::{
 };
 use sensor_common::event::{DATA_CHUNK_MAX, DataSource, Direction, Family, Role};
 
+mod common;
+use common::{Fixture, json_body, thread_cpu};
+
 /// CPU time of one measuring round.
 const ROUND: Duration = Duration::from_millis(150);
 /// Rounds per exchange kind; the fastest is reported (other processes only ever slow a round).
@@ -34,25 +37,6 @@ const ROUNDS: usize = 7;
 
 /// The watched process.
 const PID: u32 = 4242;
-
-/// One exchange kind: the bytes of a request and its response.
-struct Fixture {
-    name: &'static str,
-    request: Vec<u8>,
-    response: Vec<u8>,
-}
-
-/// A JSON document of `size` bytes, like the bench's POST body.
-fn json_body(size: usize) -> Vec<u8> {
-    let mut body = b"{\"items\": [".to_vec();
-    while body.len() + 60 < size {
-        body.extend_from_slice(b"{\"id\": 12345, \"name\": \"widget-abc\", \"qty\": 3},");
-    }
-    body.extend_from_slice(b"{\"id\": 0}]}");
-    body.resize(size - 1, b' ');
-    body.push(b'\n');
-    body
-}
 
 /// A uvicorn response head and body.
 fn response(body: &[u8]) -> Vec<u8> {
@@ -210,17 +194,6 @@ impl Pipeline {
         stages.encode += encoded - processed;
         size
     }
-}
-
-/// CPU time of this thread: unlike the wall clock, not inflated while other processes run.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// `pipeline_bench get|post N`: runs exactly N exchanges of one kind and prints nothing, for a

@@ -11,6 +11,9 @@ use sensor::config::Config;
 use sensor::record::{AttributeValue, Attributes, ExchangeRecord, SpanKind};
 use sensor::redact::Policy;
 
+mod common;
+use common::thread_cpu;
+
 /// CPU time each configuration is measured for, per body size.
 const MEASURE: Duration = Duration::from_millis(300);
 
@@ -100,17 +103,6 @@ fn policy(yaml: &str) -> Policy {
     Policy::from_config(&config)
         .expect("valid policy")
         .with_seed(1)
-}
-
-/// CPU time of this thread: unlike the wall clock, not inflated while other processes run.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// CPU µs per exchange: clone the record and run the policy on it, repeated for [`MEASURE`]

@@ -535,6 +535,24 @@ mod tests {
         assert_eq!(attributes.get("h.x-id"), None);
     }
 
+    /// The context of the first exchange on a connection of host `h` over plain HTTP.
+    fn context_for<'a>(
+        to_unix: &'a dyn Fn(u64) -> u64,
+        link: Option<context::Link>,
+    ) -> RecordContext<'a> {
+        RecordContext {
+            host_name: "h",
+            scheme: "http",
+            to_unix_nanos: to_unix,
+            seq: 0,
+            client_watched: false,
+            link,
+            salt: 1,
+            pod: None,
+            configured_service_name: None,
+        }
+    }
+
     #[test]
     fn shed_bodies_are_flagged_without_a_body() {
         use crate::http::{HttpRequest, HttpResponse};
@@ -585,18 +603,7 @@ mod tests {
         let process =
             ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
         let to_unix = |ns: u64| ns;
-        let ctx = RecordContext {
-            host_name: "h",
-            scheme: "http",
-            to_unix_nanos: &to_unix,
-            seq: 0,
-            client_watched: false,
-            link: None,
-            salt: 1,
-            pod: None,
-            configured_service_name: None,
-        };
-        let record = build_record(exchange, &meta, &process, &ctx).unwrap();
+        let record = build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
         assert_eq!(
             record.attributes.get("http.request.body.shed"),
             Some(&AttributeValue::Bool(true))
@@ -688,20 +695,11 @@ mod tests {
         process.container_id = Some("abc".into());
         let to_unix = |ns: u64| ns;
         for role in [Role::Server, Role::Client] {
-            let ctx = RecordContext {
-                host_name: "h",
-                scheme: "http",
-                to_unix_nanos: &to_unix,
-                seq: 0,
-                client_watched: false,
-                link: Some(context::Link {
-                    trace_id: [1; 16],
-                    parent_span_id: [2; 8],
-                }),
-                salt: 1,
-                pod: None,
-                configured_service_name: None,
+            let link = context::Link {
+                trace_id: [1; 16],
+                parent_span_id: [2; 8],
             };
+            let ctx = context_for(&to_unix, Some(link));
             let (exchange, meta) = full_exchange(role);
             let gathered = gather(exchange, &meta, &process, &ctx).unwrap();
             for (what, list) in [
