@@ -1,7 +1,8 @@
 //! A span's protobuf written straight from its prepared record: the bytes prost writes for the
 //! `Span` that [`convert::span`] builds, without building it. Building one (a `KeyValue` and an
 //! `AnyValue` per attribute, every string moved in), measuring it at each level of nesting and
-//! dropping it was over a quarter of the userspace work for a small exchange.
+//! dropping it was about a fifth of the userspace work for a small exchange; written directly,
+//! that exchange takes 8 % fewer instructions.
 //!
 //! Fields are written as prost writes them: in field-number order, scalar fields and bytes
 //! only when not their default, message fields (`KeyValue.value`, `Span.status`) and `AnyValue`'s
