@@ -1,6 +1,6 @@
 //! The console format: one readable line per exchange.
 
-use crate::record::{ExchangeRecord, SpanKind};
+use crate::record::{BodyKeys, ExchangeRecord, SpanKind};
 
 /// Formats a record as one line: time, side, service and pid, method, target, status,
 /// duration, peer, body sizes and flags.
@@ -43,10 +43,10 @@ pub fn line(record: &ExchangeRecord) -> String {
     };
     let mut flags = String::new();
     for (key, label) in [
-        ("http.request.body.truncated", " req-truncated"),
-        ("http.response.body.truncated", " resp-truncated"),
-        ("http.request.body.shed", " req-shed"),
-        ("http.response.body.shed", " resp-shed"),
+        (BodyKeys::REQUEST.truncated, " req-truncated"),
+        (BodyKeys::RESPONSE.truncated, " resp-truncated"),
+        (BodyKeys::REQUEST.shed, " req-shed"),
+        (BodyKeys::RESPONSE.shed, " resp-shed"),
         ("sensor.incomplete", " incomplete"),
     ] {
         if record.attributes.contains_key(key) {
@@ -56,7 +56,7 @@ pub fn line(record: &ExchangeRecord) -> String {
     let body_len = |key: &str| record.attr_str(key).map_or(0, str::len);
     format!(
         "{h:02}:{m:02}:{s:02}.{millis:03} {kind} {service}[{pid}] {method} {target} -> {status} {duration_ms:.1}ms{peer} req_body={}B resp_body={}B{flags}",
-        body_len("http.request.body"),
-        body_len("http.response.body"),
+        body_len(BodyKeys::REQUEST.body),
+        body_len(BodyKeys::RESPONSE.body),
     )
 }

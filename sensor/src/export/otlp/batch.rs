@@ -19,15 +19,15 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-#[cfg(test)]
-use opentelemetry_proto::tonic::trace::v1::Span;
-use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
+use opentelemetry_proto::tonic::{
+    common::v1::InstrumentationScope, resource::v1::Resource, trace::v1::Span,
+};
 use prost::Message as _;
 
 use super::{convert, json, proto};
 use crate::{
     config::Protocol,
-    record::{AttributeValue, Attributes, ExchangeRecord},
+    record::{AttributeValue, Attributes, BodyKeys, ExchangeRecord},
 };
 
 /// Protobuf field numbers of the messages a request nests the spans in:
@@ -59,7 +59,7 @@ const PART_BYTES: usize = 64 * 1024;
 const SPLICED_BODY_BYTES: usize = 4 * 1024;
 
 /// The record attributes that are spliced when large.
-const SPLICED_ATTRIBUTES: [&str; 2] = ["http.request.body", "http.response.body"];
+const SPLICED_ATTRIBUTES: [&str; 2] = [BodyKeys::REQUEST.body, BodyKeys::RESPONSE.body];
 
 /// A record converted into its span and encoded, on its way to a batch.
 pub struct PendingSpan {
@@ -95,14 +95,7 @@ impl PendingSpan {
             }
             Protocol::HttpJson => {
                 let (resource, span) = convert::span(record);
-                // The comma that separates it from the span before it in its group.
-                let mut encoded = vec![b','];
-                json::encode_span(&mut encoded, &span);
-                PendingSpan {
-                    resource,
-                    encoded,
-                    spliced: Vec::new(),
-                }
+                PendingSpan::json(resource, &span)
             }
         }
     }
@@ -117,15 +110,19 @@ impl PendingSpan {
                 |out| span.encode_raw(out),
                 Vec::new(),
             ),
-            Protocol::HttpJson => {
-                let mut encoded = vec![b','];
-                json::encode_span(&mut encoded, &span);
-                PendingSpan {
-                    resource,
-                    encoded,
-                    spliced: Vec::new(),
-                }
-            }
+            Protocol::HttpJson => PendingSpan::json(resource, &span),
+        }
+    }
+
+    /// An OTLP/JSON span of the process of `resource`.
+    fn json(resource: Attributes, span: &Span) -> PendingSpan {
+        // The comma that separates it from the span before it in its group.
+        let mut encoded = vec![b','];
+        json::encode_span(&mut encoded, span);
+        PendingSpan {
+            resource,
+            encoded,
+            spliced: Vec::new(),
         }
     }
 

@@ -150,7 +150,7 @@ pub(super) fn prepare(record: ExchangeRecord) -> Prepared {
 }
 
 /// The span's status: ERROR, or none.
-pub(super) fn status(error: bool) -> Option<Status> {
+fn status(error: bool) -> Option<Status> {
     error.then(|| Status {
         code: StatusCode::Error as i32,
         message: String::new(),
