@@ -61,8 +61,8 @@ fn json_body(size: usize) -> String {
 fn exchange(size: usize) -> ExchangeRecord {
     let body = json_body(size);
     let mut attributes = Attributes::new();
-    let mut put = |key: &str, value: AttributeValue| {
-        attributes.insert(key.to_owned(), value);
+    let mut put = |key: &'static str, value: AttributeValue| {
+        attributes.insert(key.into(), value);
     };
     put("http.method", "POST".into());
     put("http.target", "/api/orders?id=42".into());

@@ -9,7 +9,7 @@
 //! ```
 //! Fields may be added (extend, don't break); none is ever renamed or removed.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,8 +77,12 @@ pub fn lower_hex(byte: u8) -> [u8; 2] {
     ]
 }
 
+/// An attribute's key: the names the sensor writes itself are borrowed, not allocated again for
+/// every exchange (about thirty per record); header and pod keys are built per record.
+pub type AttributeKey = Cow<'static, str>;
+
 /// Flat attribute map, sorted by key so every output is deterministic.
-pub type Attributes = BTreeMap<String, AttributeValue>;
+pub type Attributes = BTreeMap<AttributeKey, AttributeValue>;
 
 /// The attribute keys about one message's body, written by the record stage and read or
 /// rewritten by the policy stage: named once, not formatted from a prefix per exchange.

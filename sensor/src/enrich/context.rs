@@ -20,7 +20,7 @@ use std::{
 
 use sensor_common::event::Role;
 
-use crate::record::AttributeValue;
+use crate::record::{AttributeKey, AttributeValue};
 
 /// Attribute names the OTLP exporter reads ids from (and does not export).
 pub const TRACE_ID: &str = "sensor.trace_id";
@@ -42,7 +42,7 @@ pub struct SpanIds {
 
 impl SpanIds {
     /// Writes the ids as hex attributes (into a map, or a list of pairs being gathered).
-    pub fn write(&self, attributes: &mut impl Extend<(String, AttributeValue)>) {
+    pub fn write(&self, attributes: &mut impl Extend<(AttributeKey, AttributeValue)>) {
         // In key order: a record's attributes are gathered sorted (see `record::gather`).
         if let Some(parent) = self.parent_span_id {
             attributes.extend([(PARENT_SPAN_ID.into(), AttributeValue::String(hex(&parent)))]);

@@ -1,7 +1,7 @@
 //! Builds the exchange record from a reassembled exchange, its connection and its process:
 //! the span name, both attribute naming schemes, captured headers and bodies.
 
-use std::net::SocketAddr;
+use std::{borrow::Cow, net::SocketAddr};
 
 use sensor_common::event::Role;
 
@@ -13,7 +13,7 @@ use super::{
 use crate::{
     conntrack::ConnMeta,
     http::{Body, HttpExchange, HttpVersion},
-    record::{AttributeValue, BodyKeys, ExchangeRecord, SpanKind},
+    record::{AttributeKey, AttributeValue, BodyKeys, ExchangeRecord, SpanKind},
 };
 
 /// Per-record context that is not in the exchange itself.
@@ -167,7 +167,7 @@ impl HeaderAttributes {
         attrs.extend(
             self.fields
                 .into_iter()
-                .map(|(key, value)| (key, AttributeValue::String(value))),
+                .map(|(key, value)| (Cow::Owned(key), AttributeValue::String(value))),
         );
     }
 }
@@ -192,10 +192,11 @@ pub fn header_value(headers: &[(String, Vec<u8>)], name: &str) -> Option<String>
 /// (sorted and built in bulk, the last value of a repeated key kept, as `insert` would). A
 /// record has about 40; inserting them one by one into the map, each a search and a shift
 /// within a node, was a tenth of the sensor's time under small GETs.
-type Gathered = Vec<(String, AttributeValue)>;
+type Gathered = Vec<(AttributeKey, AttributeValue)>;
 
-fn put(attrs: &mut Gathered, key: &str, value: impl Into<AttributeValue>) {
-    attrs.push((key.to_owned(), value.into()));
+/// Puts an attribute the sensor names itself: its key is borrowed.
+fn put(attrs: &mut Gathered, key: &'static str, value: impl Into<AttributeValue>) {
+    attrs.push((Cow::Borrowed(key), value.into()));
 }
 
 /// Puts a body's attributes; its bytes move into the record.
@@ -430,7 +431,7 @@ fn gather(
     put(&mut resource, "host.name", ctx.host_name);
     if let Some(pod) = ctx.pod {
         for (key, value) in pod.attributes() {
-            put(&mut resource, &key, value);
+            resource.push((Cow::Owned(key), value.into()));
         }
     }
     put(
@@ -718,7 +719,7 @@ mod tests {
             let keys: Vec<&str> = gathered
                 .attributes
                 .iter()
-                .map(|(k, _)| k.as_str())
+                .map(|(k, _)| k.as_ref())
                 .collect();
             for expected in [
                 "http.request.body.truncated",

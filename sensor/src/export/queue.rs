@@ -178,13 +178,10 @@ mod tests {
     fn record_with_body(body_len: usize) -> ExchangeRecord {
         let mut attributes = Attributes::new();
         attributes.insert(
-            "http.request.body".to_owned(),
+            "http.request.body".into(),
             AttributeValue::String("x".repeat(body_len)),
         );
-        attributes.insert(
-            "http.response.status_code".to_owned(),
-            AttributeValue::Int(200),
-        );
+        attributes.insert("http.response.status_code".into(), AttributeValue::Int(200));
         ExchangeRecord {
             resource: Attributes::new(),
             name: "POST /echo".to_owned(),

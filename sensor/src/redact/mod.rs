@@ -283,7 +283,7 @@ impl Redactor {
                 }
                 (*text, _) = truncate(std::mem::take(text), self.body_max_size);
                 out.bodies_truncated += 1;
-                attrs.insert(keys.truncated.to_owned(), AttributeValue::Bool(true));
+                attrs.insert(keys.truncated.into(), AttributeValue::Bool(true));
                 return;
             }
             Some(AttributeValue::String(text)) => std::mem::take(text),
@@ -355,7 +355,7 @@ impl Redactor {
         }
         if cut {
             out.bodies_truncated += 1;
-            attrs.insert(keys.truncated.to_owned(), AttributeValue::Bool(true));
+            attrs.insert(keys.truncated.into(), AttributeValue::Bool(true));
         }
     }
 
@@ -423,7 +423,7 @@ fn apply_paths(paths: &[JsonPath], doc: &mut Value) -> u64 {
 /// Removes a body that cannot be redacted and flags it.
 fn drop_body(attrs: &mut Attributes, keys: BodyKeys, out: &mut Outcome) {
     attrs.remove(keys.body);
-    attrs.insert(keys.redaction_failed.to_owned(), AttributeValue::Bool(true));
+    attrs.insert(keys.redaction_failed.into(), AttributeValue::Bool(true));
     out.bodies_dropped += 1;
 }
 

@@ -49,7 +49,7 @@ fn record(service: &str, target: &str, extra: &[(&str, AttributeValue)]) -> Exch
         attributes.insert("url.query".into(), q.into());
     }
     for (k, v) in extra {
-        attributes.insert((*k).to_owned(), v.clone());
+        attributes.insert((*k).to_owned().into(), v.clone());
     }
     let mut resource = Attributes::new();
     resource.insert("service.name".into(), service.into());

@@ -129,7 +129,7 @@ pub(super) fn prepare(record: ExchangeRecord) -> Prepared {
     });
     if let Some(code) = error {
         attributes
-            .entry("error.type".to_owned())
+            .entry("error.type".into())
             .or_insert_with(|| AttributeValue::String(code.to_string()));
     }
     Prepared {
@@ -176,7 +176,7 @@ pub(super) fn span(record: ExchangeRecord) -> (Attributes, Span) {
             .attributes
             .into_iter()
             .map(|(key, value)| KeyValue {
-                key,
+                key: key.into_owned(),
                 value: Some(any_value(value)),
                 ..KeyValue::default()
             })

@@ -204,7 +204,7 @@ mod tests {
                 "caf\u{e9} \"q\"".repeat(i as usize * 50).into(),
             );
             if i == 3 {
-                attributes.insert(String::new(), "no key".into());
+                attributes.insert("".into(), "no key".into());
             }
             attributes.insert(
                 convert::TRACE_ID_ATTRIBUTE.into(),

@@ -71,7 +71,7 @@ fn start(
 fn attrs(pairs: &[(&str, AttributeValue)]) -> Attributes {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .map(|(k, v)| ((*k).to_owned().into(), v.clone()))
         .collect()
 }
 
@@ -199,7 +199,7 @@ fn check_round_trip(records: &[ExchangeRecord], spans: &[ReceivedSpan]) {
         // Resource: the record's, the extra attributes (the record's own win), telemetry.sdk.*.
         for (key, value) in &record.resource {
             assert_eq!(
-                span.resource.get(key),
+                span.resource.get(key.as_ref()),
                 Some(&attribute_json(value)),
                 "{key}"
             );
@@ -223,7 +223,7 @@ fn check_round_trip(records: &[ExchangeRecord], spans: &[ReceivedSpan]) {
             .attributes
             .iter()
             .filter(|(k, _)| !k.starts_with("sensor.") || *k == "sensor.incomplete")
-            .map(|(k, v)| (k.clone(), attribute_json(v)))
+            .map(|(k, v)| (k.to_string(), attribute_json(v)))
             .collect();
         if error && !expected.contains_key("error.type") {
             expected.insert(
