@@ -54,6 +54,9 @@ pub(super) struct PartialHead {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Header slots the parser gets on the stack; a head with more lines gets them on the heap.
+const HEADERS_ON_STACK: usize = 32;
+
 /// Bytes reserved when a head begins (at most what the chunk still holds): most heads fit.
 const HEAD_INITIAL_CAPACITY: usize = 1024;
 
@@ -316,10 +319,17 @@ impl HeadReader {
     /// Parses the complete head held. `None` when httparse rejects it.
     pub(super) fn parse(&self) -> Option<ParsedHead> {
         let n_lines = self.buf.iter().filter(|&&b| b == b'\n').count();
-        let mut storage = vec![httparse::EMPTY_HEADER; n_lines];
+        let mut on_stack = [httparse::EMPTY_HEADER; HEADERS_ON_STACK];
+        let mut on_heap = Vec::new();
+        let storage: &mut [httparse::Header<'_>] = if n_lines <= HEADERS_ON_STACK {
+            &mut on_stack
+        } else {
+            on_heap.resize(n_lines, httparse::EMPTY_HEADER);
+            &mut on_heap
+        };
         let mut out = ParsedHead::default();
         let headers: &[httparse::Header<'_>] = if self.response {
-            let mut resp = httparse::Response::new(&mut storage);
+            let mut resp = httparse::Response::new(storage);
             let mut config = httparse::ParserConfig::default();
             config
                 .allow_spaces_after_header_name_in_responses(true)
@@ -333,7 +343,7 @@ impl HeadReader {
             out.minor = resp.version?;
             resp.headers
         } else {
-            let mut req = httparse::Request::new(&mut storage);
+            let mut req = httparse::Request::new(storage);
             match req.parse(&self.buf) {
                 Ok(httparse::Status::Complete(n)) if n == self.buf.len() => {}
                 _ => return None,
@@ -402,6 +412,40 @@ mod tests {
             let h = r.parse().unwrap();
             assert_eq!(h.target, "/b");
             assert_eq!(h.headers, vec![("Host".to_owned(), b"h".to_vec())]);
+        }
+    }
+
+    #[test]
+    fn heads_with_more_lines_than_the_stack_slots_parse_whole() {
+        for count in [
+            HEADERS_ON_STACK - 2,
+            HEADERS_ON_STACK - 1,
+            HEADERS_ON_STACK,
+            60,
+        ] {
+            for response in [false, true] {
+                let mut head = if response {
+                    b"HTTP/1.1 200 OK\r\n".to_vec()
+                } else {
+                    b"GET / HTTP/1.1\r\n".to_vec()
+                };
+                for i in 0..count {
+                    head.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+                }
+                head.extend_from_slice(b"\r\n");
+                let mut r = HeadReader::new(response);
+                let (used, event, _) = feed_all(&mut r, &head, head.len());
+                assert_eq!((used, event), (head.len(), HeadEvent::Complete), "{count}");
+                let parsed = r.parse().unwrap_or_else(|| panic!("{count} headers"));
+                assert_eq!(parsed.headers.len(), count);
+                assert_eq!(
+                    parsed.headers.last(),
+                    Some(&(
+                        format!("X-{}", count - 1),
+                        (count - 1).to_string().into_bytes()
+                    ))
+                );
+            }
         }
     }
 
