@@ -27,7 +27,7 @@ use crate::{
     metrics::{Metrics, Refresh},
     overload::{Budgets, Overload},
     ratelimit::RateLimit,
-    redact::{Decision, Policy, parser_settings},
+    redact::{Decision, Policy, parser_needs_restart, parser_settings},
 };
 
 /// Shortest time between two warnings about a full ring buffer.
@@ -656,15 +656,7 @@ impl Pipeline {
                     warn!("SIGHUP: a new overload interval takes effect at restart");
                 }
                 let need = parser_settings(&loaded.config, options.http.clone());
-                let have = &options.http;
-                if need.body_max_size > have.body_max_size
-                    || (need.capture_request_body && !have.capture_request_body)
-                    || (need.capture_response_body && !have.capture_response_body)
-                    || need
-                        .allowed_content_types
-                        .iter()
-                        .any(|t| !have.allowed_content_types.contains(t))
-                {
+                if parser_needs_restart(&need, &options.http) {
                     warn!(
                         "SIGHUP: larger body limits, body capture turned on or new content types take effect at restart"
                     );

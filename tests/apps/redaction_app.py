@@ -8,6 +8,7 @@ GET  /search  -> 200 application/json with an e-mail address and a card number i
 GET  /health  -> 200 application/json (excluded by the test's configuration)
 GET  /big?n=N -> 200 application/json, N items each with a token, and a secret at the end
 GET  /fail    -> 500 application/json
+POST /typed   -> 200, the request body echoed under the request's Content-Type (none if none)
 """
 import json
 
@@ -57,6 +58,15 @@ def big():
 @app.get("/fail")
 def fail():
     return as_json({"error": "boom"}, status=500)
+
+
+@app.post("/typed")
+def typed():
+    response = Response(request.get_data())
+    del response.headers["Content-Type"]
+    if request.content_type:
+        response.headers["Content-Type"] = request.content_type
+    return response
 
 
 if __name__ == "__main__":

@@ -416,3 +416,116 @@ data_capture:
     assert_no_secret("the trace output", &output.stdout, &secrets);
     assert_no_secret("the sensor's log", &output.stderr, &secrets);
 }
+
+/// `allowed_content_types` entries are substrings of the Content-Type, ignoring case, and an
+/// empty list keeps every body: two services under one sensor, one with the base list, one
+/// with an empty list in its service override. Each body is either exported exactly, in both
+/// directions, or not at all.
+#[test]
+fn allowed_content_types_are_substrings_and_empty_allows_every_type() {
+    let dir = scratch_dir("content-types");
+    let config = dir.join("sensor.yaml");
+    std::fs::write(
+        &config,
+        "\
+data_capture:
+  allowed_content_types: [json, Text/Plain]
+  service_overrides:
+    raw:
+      allowed_content_types: []
+",
+    )
+    .unwrap();
+    let typed = Py::spawn(
+        "content_types_typed",
+        &["redaction_app.py"],
+        &[("HT_SERVICE_NAME", "typed")],
+    );
+    let raw = Py::spawn(
+        "content_types_raw",
+        &["redaction_app.py"],
+        &[("HT_SERVICE_NAME", "raw")],
+    );
+    let typed_port: u16 = typed.expect_line("READY", LONG).parse().unwrap();
+    let raw_port: u16 = raw.expect_line("READY", LONG).parse().unwrap();
+    let sensor = Sensor::start(
+        "content-types",
+        &[
+            "run",
+            "--pid",
+            &typed.pid().to_string(),
+            "--pid",
+            &raw.pid().to_string(),
+            "--output",
+            "jsonl",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+
+    // (case, Content-Type, body, kept for "typed"); "raw" keeps every one.
+    let cases: &[(&str, Option<&str>, &str, bool)] = &[
+        (
+            "vnd",
+            Some("application/vnd.api+json; charset=utf-8"),
+            r#"{"a":1}"#,
+            true,
+        ),
+        (
+            "ndjson",
+            Some("application/x-ndjson"),
+            "{\"n\":1}\n{\"n\":2}\n",
+            true,
+        ),
+        (
+            "plain",
+            Some("text/plain; charset=utf-8"),
+            "plain words",
+            true,
+        ),
+        (
+            "octets",
+            Some("application/octet-stream"),
+            "octets-Q1",
+            false,
+        ),
+        ("untyped", None, "untyped-Z9", false),
+    ];
+    for port in [typed_port, raw_port] {
+        for (case, content_type, body) in cases.iter().map(|c| (c.0, c.1, c.2)) {
+            let headers: Vec<(&str, &str)> = content_type
+                .map(|ct| ("Content-Type", ct))
+                .into_iter()
+                .collect();
+            let target = format!("/typed?case={case}");
+            assert_eq!(request(port, "POST", &target, &headers, body), 200);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let output = sensor.stop();
+    let records = output.records();
+    for (service, pid, keeps_all) in [("typed", typed.pid(), false), ("raw", raw.pid(), true)] {
+        let servers = records_of(&records, "server", pid);
+        assert_eq!(servers.len(), cases.len(), "{service}: {records:#?}");
+        for (case, content_type, body, kept) in cases {
+            let target = format!("/typed?case={case}");
+            let record = servers
+                .iter()
+                .find(|r| attr(r, "http.target") == target.as_str())
+                .unwrap_or_else(|| panic!("{service}: no record of {target}: {records:#?}"));
+            let want = if keeps_all || *kept {
+                Value::from(*body)
+            } else {
+                Value::Null
+            };
+            for key in ["http.request.body", "http.response.body"] {
+                assert_eq!(
+                    attr(record, key),
+                    &want,
+                    "{service}, {key} of {content_type:?}: {record:#}"
+                );
+            }
+        }
+    }
+}

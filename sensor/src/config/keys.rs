@@ -239,7 +239,7 @@ pub const KEYS: &[KeyDoc] = &[
         env: "HT_DATA_CAPTURE_ALLOWED_CONTENT_TYPES",
         otel: &[],
         flag: None,
-        description: "Bodies are recorded only when one of these substrings occurs in the Content-Type (ignoring case); a list, or comma-separated. Empty allows every type.",
+        description: "Bodies are recorded only when one of these substrings occurs in the Content-Type (ignoring case: `json` admits `application/vnd.api+json`); a list, or comma-separated. Empty allows every type, and bodies without a Content-Type.",
         setter: Setter::List(|c| &mut c.data_capture.allowed_content_types),
     },
     KeyDoc {

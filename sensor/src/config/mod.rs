@@ -445,13 +445,7 @@ impl DataCapture {
     /// Whether a body with this `Content-Type` value is recorded: some allowed entry is a
     /// substring of it, ignoring case (an empty list allows everything).
     pub fn content_type_allowed(&self, content_type: &str) -> bool {
-        if self.allowed_content_types.is_empty() {
-            return true;
-        }
-        let ct = content_type.to_ascii_lowercase();
-        self.allowed_content_types
-            .iter()
-            .any(|allowed| ct.contains(allowed.as_str()))
+        crate::http::content_type_allowed(&self.allowed_content_types, content_type.as_bytes())
     }
 
     /// Whether the value of this header is redacted (names compare ignoring case).

@@ -58,13 +58,30 @@ use std::sync::Arc;
 use self::core::Core;
 use self::side::Side;
 
+/// Whether a body with this `Content-Type` value is kept: some entry of `allowed` occurs in
+/// it, ignoring ASCII case (`json` admits `application/vnd.api+json; charset=utf-8`); an
+/// empty list admits every type. The one rule for the parser, which decides which bodies to
+/// keep, and the policy stage, which decides per service which to export.
+pub fn content_type_allowed(allowed: &[String], content_type: &[u8]) -> bool {
+    allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|entry| contains_ignore_ascii_case(content_type, entry.as_bytes()))
+}
+
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// What the HTTP layer captures, and its bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Most decoded body bytes kept per message; beyond, the body is marked truncated.
     pub body_max_size: usize,
-    /// Media types whose bodies are kept, matched case-insensitively, parameters ignored on
-    /// both sides (`application/json; charset=utf-8` matches `application/json`).
+    /// Content types whose bodies are kept: see [`content_type_allowed`].
     pub allowed_content_types: Vec<String>,
     /// Keep request header fields.
     pub capture_request_headers: bool,

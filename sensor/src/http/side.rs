@@ -233,26 +233,14 @@ fn response_framing(h: &ParsedHead, req: RequestFlags) -> Framing {
     }
 }
 
-/// Whether the message's Content-Type is one of the allowed ones (parameters ignored).
+/// Whether the message's Content-Type is one the settings allow (a message without one is
+/// kept only when every type is allowed).
 fn content_type_allowed(settings: &HttpSettings, headers: &[(String, Vec<u8>)]) -> bool {
-    let Some((_, v)) = headers
+    let content_type = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-    else {
-        return false;
-    };
-    let v = String::from_utf8_lossy(v);
-    let media = media_type(&v);
-    settings
-        .allowed_content_types
-        .iter()
-        .any(|a| media_type(a).eq_ignore_ascii_case(media))
-}
-
-/// A Content-Type's media type: what comes before its parameters, trimmed.
-fn media_type(content_type: &str) -> &str {
-    let end = content_type.find(';').unwrap_or(content_type.len());
-    content_type[..end].trim()
+        .map_or(&[][..], |(_, v)| v.as_slice());
+    super::content_type_allowed(&settings.allowed_content_types, content_type)
 }
 
 /// The codings to undo: content codings, then transfer codings other than chunked.

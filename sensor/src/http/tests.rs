@@ -1324,6 +1324,51 @@ fn content_type_parameters_and_case() {
     }
 }
 
+/// The allow-list holds substrings of the Content-Type, as the configuration documents.
+#[test]
+fn allowed_content_types_are_substrings_ignoring_case() {
+    let response = |ct: &str| {
+        format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: 2\r\n\r\n{{}}")
+    };
+    let table: &[(&[&str], &str, bool)] = &[
+        (&["json"], "application/vnd.api+json; charset=utf-8", true),
+        (&["json"], "application/x-ndjson", true),
+        (&["JSON"], "application/json", true),
+        (&["json"], "text/plain", false),
+        (&["text/plain", "xml"], "Text/Plain; charset=utf-8", true),
+        (&["text/plain", "xml"], "application/soap+xml", true),
+        (&["text/plain", "xml"], "application/octet-stream", false),
+        (&[], "application/octet-stream", true),
+        (&[], "image/png", true),
+    ];
+    for (allowed, ct, keeps) in table {
+        let f = fx()
+            .settings(|s| {
+                s.allowed_content_types = allowed.iter().map(|a| (*a).to_owned()).collect()
+            })
+            .req(b"GET / HTTP/1.1\r\n\r\n", 100)
+            .resp(response(ct).as_bytes(), 200);
+        let body = check(&f).0[0].response.clone().unwrap().body;
+        let want = if *keeps { kept(b"{}", 2) } else { not_kept(2) };
+        assert_eq!(body, want, "{allowed:?} against {ct}");
+    }
+    // No Content-Type: kept only when every type is.
+    for (allowed, want) in [
+        (vec![], kept(b"{}", 2)),
+        (vec!["json".to_owned()], not_kept(2)),
+    ] {
+        let f = fx()
+            .settings(|s| s.allowed_content_types = allowed.clone())
+            .req(b"GET / HTTP/1.1\r\n\r\n", 100)
+            .resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 200);
+        assert_eq!(
+            check(&f).0[0].response.clone().unwrap().body,
+            want,
+            "{allowed:?}"
+        );
+    }
+}
+
 #[test]
 fn other_content_types_not_captured() {
     let (r2, s2, x2) = get_pair("/j", 300);

@@ -39,7 +39,9 @@ use crate::config::DataCapture;
 use crate::record::{AttributeValue, Attributes, BodyKeys, ExchangeRecord};
 
 pub use patterns::{Patterns, luhn_valid, redact_cards};
-pub use policy::{Decision, PathPattern, Policy, PolicyStats, parser_settings};
+pub use policy::{
+    Decision, PathPattern, Policy, PolicyStats, parser_needs_restart, parser_settings,
+};
 pub use stream::{ConnScrubber, StreamRules};
 
 /// The replacement text for redacted values.

@@ -213,9 +213,10 @@ impl Policy {
             if !has_body && !record.attributes.contains_key(keys.shed) {
                 continue;
             }
-            let allowed = record
-                .attr_str(keys.content_type)
-                .is_none_or(|ct| policy.settings.content_type_allowed(ct));
+            // A message without Content-Type matches only a list allowing every type.
+            let allowed = policy
+                .settings
+                .content_type_allowed(record.attr_str(keys.content_type).unwrap_or(""));
             if !on || !allowed {
                 record.attributes.remove(keys.shed);
                 if has_body {
@@ -306,14 +307,34 @@ pub fn parser_settings(config: &Config, mut base: HttpSettings) -> HttpSettings 
     base.capture_response_headers = true;
     base.capture_request_body = all.iter().any(|dc| dc.http_body.request);
     base.capture_response_body = all.iter().any(|dc| dc.http_body.response);
+    // The union of every service's list; a service allowing every type (an empty list) makes
+    // the parser keep every type.
     let mut types: Vec<String> = Vec::new();
-    for dc in &all {
-        for t in &dc.allowed_content_types {
-            if !types.contains(t) {
-                types.push(t.clone());
+    if all.iter().all(|dc| !dc.allowed_content_types.is_empty()) {
+        for dc in &all {
+            for t in &dc.allowed_content_types {
+                if !types.contains(t) {
+                    types.push(t.clone());
+                }
             }
         }
     }
     base.allowed_content_types = types;
     base
+}
+
+/// Whether the parser settings a reloaded configuration `need`s go beyond those it runs with
+/// (`have`): larger bodies, body capture turned on, or content types it does not keep. The
+/// parser's settings are fixed at start, so such a reload takes effect only at restart.
+pub fn parser_needs_restart(need: &HttpSettings, have: &HttpSettings) -> bool {
+    let more_types = !have.allowed_content_types.is_empty()
+        && (need.allowed_content_types.is_empty()
+            || need
+                .allowed_content_types
+                .iter()
+                .any(|t| !have.allowed_content_types.contains(t)));
+    need.body_max_size > have.body_max_size
+        || (need.capture_request_body && !have.capture_request_body)
+        || (need.capture_response_body && !have.capture_response_body)
+        || more_types
 }

@@ -268,7 +268,14 @@ fn invalid_json_is_dropped_and_flagged() {
     assert_eq!(r.attributes.get("http.request.body"), None);
     assert_no_secret(&r, &["deep-nesting-secret"]);
     // Without JSONPaths for that direction, a non-JSON body is kept.
-    let mut r = record("svc", "/x", &[("http.response.body", "not json".into())]);
+    let mut r = record(
+        "svc",
+        "/x",
+        &[
+            ("http.response.body", "not json".into()),
+            ("http.response.header.content-type", "text/xml".into()),
+        ],
+    );
     p.process(&mut r);
     assert_eq!(r.attr_str("http.response.body"), Some("not json"));
 }
@@ -460,7 +467,10 @@ fn card_numbers_luhn_valid_redacted_invalid_kept() {
     let mut r = record(
         "svc",
         "/pay?card=4242424242424242",
-        &[("http.request.body", "card: 4242 4242 4242 4242.".into())],
+        &[
+            ("http.request.body", "card: 4242 4242 4242 4242.".into()),
+            ("http.request.header.content-type", "text/xml".into()),
+        ],
     );
     p.process(&mut r);
     assert_eq!(r.attr_str("http.request.body"), Some("card: [REDACTED]."));
@@ -615,6 +625,17 @@ fn capture_switches_remove_headers_and_bodies() {
     p.process(&mut r);
     assert_eq!(r.attributes.get("http.request.body"), None);
     assert_eq!(p.stats.bodies_not_captured, 1);
+    // Without Content-Type a body is kept only by a list allowing every type.
+    for (list, kept) in [("[application/json]", false), ("[]", true)] {
+        let mut p = policy(&format!("data_capture:\n  allowed_content_types: {list}\n"));
+        let mut r = record("svc", "/", &[("http.request.body", "raw".into())]);
+        p.process(&mut r);
+        assert_eq!(
+            r.attributes.contains_key("http.request.body"),
+            kept,
+            "{list}"
+        );
+    }
 }
 
 /// A body the overload policy shed is flagged only where the service would have recorded it.
@@ -625,6 +646,10 @@ fn shed_flags_follow_the_services_capture_settings() {
     let flags = [
         (
             "http.request.header.content-type",
+            "application/json".into(),
+        ),
+        (
+            "http.response.header.content-type",
             "application/json".into(),
         ),
         ("http.request.body.shed", true.into()),
@@ -820,6 +845,59 @@ data_capture:
 }
 
 #[test]
+fn a_service_allowing_every_type_makes_the_parser_keep_every_type() {
+    let (config, _) = Config::from_yaml_str(
+        "\
+data_capture:
+  allowed_content_types: [json]
+  service_overrides:
+    raw:
+      allowed_content_types: []
+",
+    )
+    .unwrap();
+    let http = parser_settings(&config, HttpSettings::default());
+    assert!(http.allowed_content_types.is_empty());
+    assert!(crate::http::content_type_allowed(
+        &http.allowed_content_types,
+        b"text/plain"
+    ));
+}
+
+#[test]
+fn reload_needs_restart_only_when_the_parser_would_keep_more() {
+    let have = HttpSettings::default();
+    let with_types = |types: &[&str]| HttpSettings {
+        allowed_content_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        ..HttpSettings::default()
+    };
+    assert!(!parser_needs_restart(&have, &have));
+    assert!(!parser_needs_restart(
+        &with_types(&["application/json"]),
+        &have
+    ));
+    assert!(parser_needs_restart(&with_types(&["text/plain"]), &have));
+    assert!(parser_needs_restart(&with_types(&[]), &have));
+    assert!(!parser_needs_restart(
+        &with_types(&["text/plain"]),
+        &with_types(&[])
+    ));
+    let bigger = HttpSettings {
+        body_max_size: have.body_max_size + 1,
+        ..HttpSettings::default()
+    };
+    assert!(parser_needs_restart(&bigger, &have));
+    assert!(!parser_needs_restart(&have, &bigger));
+    let no_bodies = HttpSettings {
+        capture_request_body: false,
+        capture_response_body: false,
+        ..HttpSettings::default()
+    };
+    assert!(parser_needs_restart(&have, &no_bodies));
+    assert!(!parser_needs_restart(&no_bodies, &have));
+}
+
+#[test]
 fn reload_replaces_rules_and_keeps_counters() {
     let mut p = policy("data_capture:\n  exclude_paths: [/a]\n");
     let mut r = record("svc", "/a", &[]);
@@ -839,6 +917,7 @@ fn bodies_of_exchanges_with_lost_bytes_are_dropped_when_rules_apply() {
         "/x",
         &[
             ("http.request.body", "mail: gap.Yt62Rw@exam".into()),
+            ("http.request.header.content-type", "text/xml".into()),
             ("sensor.incomplete", true.into()),
         ],
     );
@@ -856,6 +935,7 @@ fn bodies_of_exchanges_with_lost_bytes_are_dropped_when_rules_apply() {
         "/x",
         &[
             ("http.request.body", "partial".into()),
+            ("http.request.header.content-type", "text/xml".into()),
             ("sensor.incomplete", true.into()),
         ],
     );
