@@ -420,7 +420,7 @@ data_capture:
 /// `allowed_content_types` entries are substrings of the Content-Type, ignoring case, and an
 /// empty list keeps every body: two services under one sensor, one with the base list, one
 /// with an empty list in its service override. Each body is either exported exactly, in both
-/// directions, or not at all.
+/// directions, or not at all; a request without a body gets no empty one.
 #[test]
 fn allowed_content_types_are_substrings_and_empty_allows_every_type() {
     let dir = scratch_dir("content-types");
@@ -500,6 +500,8 @@ data_capture:
             let target = format!("/typed?case={case}");
             assert_eq!(request(port, "POST", &target, &headers, body), 200);
         }
+        // A request without a body: no (empty) request body, whatever the list.
+        assert_eq!(request(port, "GET", "/health", &[], ""), 200);
     }
     std::thread::sleep(Duration::from_millis(1000));
 
@@ -507,7 +509,21 @@ data_capture:
     let records = output.records();
     for (service, pid, keeps_all) in [("typed", typed.pid(), false), ("raw", raw.pid(), true)] {
         let servers = records_of(&records, "server", pid);
-        assert_eq!(servers.len(), cases.len(), "{service}: {records:#?}");
+        assert_eq!(servers.len(), cases.len() + 1, "{service}: {records:#?}");
+        let health = servers
+            .iter()
+            .find(|r| attr(r, "url.path") == "/health")
+            .unwrap_or_else(|| panic!("{service}: no record of /health: {records:#?}"));
+        assert_eq!(
+            attr(health, "http.request.body"),
+            &Value::Null,
+            "{health:#}"
+        );
+        assert_eq!(
+            attr(health, "http.response.body"),
+            r#"{"status": "ok", "build": "hlth-Sk29Wq"}"#,
+            "{health:#}"
+        );
         for (case, content_type, body, kept) in cases {
             let target = format!("/typed?case={case}");
             let record = servers

@@ -233,14 +233,20 @@ fn response_framing(h: &ParsedHead, req: RequestFlags) -> Framing {
     }
 }
 
-/// Whether the message's Content-Type is one the settings allow (a message without one is
-/// kept only when every type is allowed).
-fn content_type_allowed(settings: &HttpSettings, headers: &[(String, Vec<u8>)]) -> bool {
+/// Whether the message's Content-Type is one the settings allow. A message without one is kept
+/// only when every type is allowed and it has a body (so a bodiless GET gets no empty body).
+fn content_type_allowed(
+    settings: &HttpSettings,
+    headers: &[(String, Vec<u8>)],
+    framing: &Framing,
+) -> bool {
     let content_type = headers
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-        .map_or(&[][..], |(_, v)| v.as_slice());
-    super::content_type_allowed(&settings.allowed_content_types, content_type)
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    match content_type {
+        Some((_, v)) => super::content_type_allowed(&settings.allowed_content_types, v),
+        None => !matches!(framing, Framing::None) && settings.allowed_content_types.is_empty(),
+    }
 }
 
 /// The codings to undo: content codings, then transfer codings other than chunked.
@@ -736,8 +742,8 @@ impl Side {
             return;
         }
         let settings = &core.settings;
-        let captured =
-            settings.capture_request_body && content_type_allowed(settings, &head.headers);
+        let captured = settings.capture_request_body
+            && content_type_allowed(settings, &head.headers, &framing);
         let pause_after = flags.is_connect || has_header(&head.headers, "upgrade");
         let body = body_acc(core, captured, &head.headers);
         let msg = Msg {
@@ -924,7 +930,7 @@ impl Side {
         let settings = &core.settings;
         let captured = entry.is_some()
             && settings.capture_response_body
-            && content_type_allowed(settings, &head.headers);
+            && content_type_allowed(settings, &head.headers, &framing);
         let body = body_acc(core, captured, &head.headers);
         let msg = Msg {
             head,
