@@ -28,7 +28,8 @@ fn command(url: &str, headers: Value) -> String {
 }
 
 /// Both ends watched on this host, exported over OTLP (gRPC and HTTP/JSON): the client span is
-/// the parent of the server span; a request carrying traceparent joins that trace.
+/// the parent of the server span; a request carrying traceparent joins that trace; each
+/// process's own resource attributes join the sensor's configured ones.
 #[test]
 fn spans_are_exported_and_stitched() {
     for protocol in ["grpc", "http/json", "http/protobuf"] {
@@ -41,7 +42,13 @@ fn spans_are_exported_and_stitched() {
         let server = Py::spawn(
             "http_server",
             &["http_server.py"],
-            &[("OTEL_SERVICE_NAME", "hello-otel")],
+            &[
+                ("OTEL_SERVICE_NAME", "hello-otel"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=staging,service.version=3.2",
+                ),
+            ],
         );
         let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
         let mut client = Py::spawn("urllib_client", &["urllib_client.py"], &[]);
@@ -58,6 +65,10 @@ fn spans_are_exported_and_stitched() {
             &[
                 ("HT_REPORTING_ENDPOINT", &endpoint),
                 ("HT_REPORTING_PROTOCOL", protocol),
+                (
+                    "HT_RESOURCE_ATTRIBUTES",
+                    "team=platform,deployment.environment=unset",
+                ),
             ],
         );
         let base = format!("http://127.0.0.1:{port}");
@@ -96,6 +107,16 @@ fn spans_are_exported_and_stitched() {
         assert_eq!(client_plain.parent_span_id, None);
         assert_eq!(server_plain.name, "GET /hello");
         assert_eq!(server_plain.resource["service.name"], "hello-otel");
+        // The server's own resource attributes, over the sensor's configured ones.
+        assert_eq!(
+            server_plain.resource["deployment.environment"], "staging",
+            "{protocol}"
+        );
+        assert_eq!(server_plain.resource["service.version"], "3.2");
+        assert_eq!(server_plain.resource["team"], "platform");
+        assert_eq!(client_plain.resource["deployment.environment"], "unset");
+        assert_eq!(client_plain.resource["team"], "platform");
+        assert!(!client_plain.resource.contains_key("service.version"));
         assert_eq!(server_plain.attr("http.status_code"), Some(&json!(200)));
         assert_eq!(server_plain.status_code, "unset");
         assert!(

@@ -33,6 +33,9 @@ pub struct ProcessInfo {
     pub name_source: NameSource,
     /// The id of the container the process runs in, from its cgroup (resource `container.id`).
     pub container_id: Option<String>,
+    /// The resource attributes the process declares for its telemetry, sorted by key: see
+    /// [`ProcessInfo::resource_attributes`].
+    declared_resource: Vec<(String, String)>,
 }
 
 impl ProcessInfo {
@@ -56,6 +59,7 @@ impl ProcessInfo {
                 NameSource::CommandLine,
             ),
         };
+        let declared_resource = declared_resource(&env);
         ProcessInfo {
             pid,
             executable_name,
@@ -65,6 +69,7 @@ impl ProcessInfo {
             service_name,
             name_source,
             container_id: None,
+            declared_resource,
         }
     }
 
@@ -75,13 +80,23 @@ impl ProcessInfo {
             .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no"))
     }
 
-    /// `OTEL_RESOURCE_ATTRIBUTES` pairs of the process (URL-decoded values).
-    pub fn resource_attributes(&self) -> Vec<(String, String)> {
-        self.env
-            .get("OTEL_RESOURCE_ATTRIBUTES")
-            .map(|raw| parse_key_values(raw))
-            .unwrap_or_default()
+    /// The resource attributes the process declares, as an OpenTelemetry SDK or the Hypertrace
+    /// agent inside it would export them: `OTEL_RESOURCE_ATTRIBUTES`, then
+    /// `HT_RESOURCE_ATTRIBUTES` over it (URL-decoded values), sorted by key.
+    pub fn resource_attributes(&self) -> &[(String, String)] {
+        &self.declared_resource
     }
+}
+
+/// [`ProcessInfo::resource_attributes`] from the process's environment.
+fn declared_resource(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut merged = BTreeMap::new();
+    for var in ["OTEL_RESOURCE_ATTRIBUTES", "HT_RESOURCE_ATTRIBUTES"] {
+        if let Some(raw) = env.get(var) {
+            merged.extend(parse_key_values(raw));
+        }
+    }
+    merged.into_iter().collect()
 }
 
 /// Where a process's own service name came from.
@@ -587,7 +602,11 @@ mod tests {
         env.insert("HT_ENABLED".into(), "False".into());
         env.insert(
             "OTEL_RESOURCE_ATTRIBUTES".into(),
-            "deployment.environment=prod, team = payments".into(),
+            "team = payments,deployment.environment=prod,region=eu%2Dwest".into(),
+        );
+        env.insert(
+            "HT_RESOURCE_ATTRIBUTES".into(),
+            "team=checkout,service.version=1.4".into(),
         );
         let info = ProcessInfo::new(
             1,
@@ -598,9 +617,11 @@ mod tests {
         assert!(info.opted_out());
         assert_eq!(
             info.resource_attributes(),
-            vec![
+            [
                 ("deployment.environment".to_owned(), "prod".to_owned()),
-                ("team".to_owned(), "payments".to_owned())
+                ("region".to_owned(), "eu-west".to_owned()),
+                ("service.version".to_owned(), "1.4".to_owned()),
+                ("team".to_owned(), "checkout".to_owned()),
             ]
         );
         assert_eq!(info.executable_name, "python3");

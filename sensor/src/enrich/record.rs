@@ -13,7 +13,7 @@ use super::{
 use crate::{
     conntrack::ConnMeta,
     http::{Body, HttpExchange, HttpVersion},
-    record::{AttributeKey, AttributeValue, BodyKeys, ExchangeRecord, SpanKind},
+    record::{AttributeKey, AttributeValue, Attributes, BodyKeys, ExchangeRecord, SpanKind},
 };
 
 /// Per-record context that is not in the exchange itself.
@@ -294,8 +294,16 @@ pub fn build_record(
     ctx: &RecordContext<'_>,
 ) -> Option<ExchangeRecord> {
     let gathered = gather(exchange, meta, process, ctx)?;
+    let mut resource: Attributes = gathered.resource.into_iter().collect();
+    // What the process declares for its own telemetry; where the sensor knows a key itself
+    // (pid, host, container, pod, service name) the sensor's value stays.
+    for (key, value) in process.resource_attributes() {
+        resource
+            .entry(Cow::Owned(key.clone()))
+            .or_insert_with(|| value.as_str().into());
+    }
     Some(ExchangeRecord {
-        resource: gathered.resource.into_iter().collect(),
+        resource,
         name: gathered.name,
         kind: gathered.kind,
         start_time_unix_nano: gathered.start_time_unix_nano,
@@ -812,6 +820,48 @@ mod tests {
                 role == Role::Server
             );
         }
+    }
+
+    /// The process's own `OTEL_RESOURCE_ATTRIBUTES` / `HT_RESOURCE_ATTRIBUTES` reach its
+    /// records' resource; keys the sensor knows itself keep the sensor's value.
+    #[test]
+    fn declared_resource_attributes_join_the_resource() {
+        let env = [
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod,process.pid=1,host.name=elsewhere,service.name=svc",
+            ),
+            ("HT_RESOURCE_ATTRIBUTES", "service.version=2.1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut process = ProcessInfo::new(
+            7,
+            "/usr/bin/python3".into(),
+            vec!["python3".into(), "app.py".into()],
+            env,
+        );
+        process.container_id = Some("abc".into());
+        let to_unix = |ns: u64| ns;
+        let (exchange, meta) = full_exchange(Role::Server);
+        let record = build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
+        let resource: Vec<(&str, String)> = record
+            .resource
+            .iter()
+            .map(|(k, v)| (k.as_ref(), format!("{v:?}")))
+            .collect();
+        let get = |key: &str| record.resource.get(key).cloned();
+        assert_eq!(
+            get("deployment.environment"),
+            Some("prod".into()),
+            "{resource:?}"
+        );
+        assert_eq!(get("service.version"), Some("2.1".into()));
+        assert_eq!(get("service.name"), Some("svc".into()));
+        assert_eq!(get("process.pid"), Some(AttributeValue::Int(7)));
+        assert_eq!(get("host.name"), Some("h".into()));
+        assert_eq!(get("container.id"), Some("abc".into()));
     }
 
     #[test]
