@@ -11,6 +11,8 @@ GET  /big?size=N      -> 200 application/json, a JSON document of exactly N byte
 GET  /gzip            -> 200 application/json, Content-Encoding: gzip
 GET  /image.png       -> 200 image/png
 GET  /slow?ms=N       -> 200 application/json {"slept_ms": N}, after N milliseconds
+GET  /file?size=N     -> 200 application/json, a JSON document of exactly N bytes served from a
+                         file with send_file (gunicorn writes it with sendfile(2))
 """
 import gzip
 import json
@@ -99,6 +101,19 @@ def png(width, height):
 @app.get("/image.png")
 def image():
     return Response(png(32, 32), mimetype="image/png")
+
+
+@app.get("/file")
+def file():
+    import tempfile
+
+    from flask import send_file
+
+    size = int(request.args["size"])
+    path = os.path.join(tempfile.gettempdir(), "flask_app_file_%d_%d.json" % (os.getpid(), size))
+    with open(path, "w") as out:
+        out.write(document_of_size(size))
+    return send_file(path, mimetype="application/json")
 
 
 @app.get("/slow")

@@ -187,10 +187,22 @@ fn worker_of(res: &Value) -> u32 {
 
 /// Bodies as the client received them: a chunked streaming response de-chunked, a gzip
 /// response decoded, an image/png response recorded without its body (everything else
-/// present).
+/// present). Before them on the same connection, a file the server sends with `sendfile(2)`
+/// (its bytes never pass through the server's memory): the server's record has no body and
+/// says bytes are missing, the client's has the body, and what follows is exact.
 #[test]
 fn flask_chunked_gzip_and_png_bodies() {
     let (server, mut client, port, sensor) = flask_and_requests("fw-bodies", "1");
+    let (file, file_res) = ask(
+        &mut client,
+        port,
+        "GET",
+        "/file?size=20000",
+        json!({}),
+        None,
+        "GET /file",
+    );
+    assert_eq!(file.response_body.len(), 20000);
     let (stream, stream_res) = ask(
         &mut client,
         port,
@@ -247,8 +259,21 @@ fn flask_chunked_gzip_and_png_bodies() {
     assert_eq!(worker_of(&png_res), worker);
     let servers = records_of(&records, "server", worker);
     let clients = records_of(&records, "client", client.pid());
-    assert_eq!(servers.len(), 3, "server records: {servers:#?}");
-    assert_eq!(clients.len(), 3, "client records: {clients:#?}");
+    assert_eq!(worker_of(&file_res), worker);
+    assert_eq!(servers.len(), 4, "server records: {servers:#?}");
+    assert_eq!(clients.len(), 4, "client records: {clients:#?}");
+    check(
+        find(&clients, &file, "client"),
+        &file,
+        "client",
+        client.pid(),
+        "requests_client",
+    );
+    let sent = find(&servers, &file, "server");
+    assert_eq!(attr(sent, "http.status_code"), 200, "{sent:#}");
+    assert_eq!(attr(sent, "http.response.header.content-length"), "20000");
+    assert_eq!(attr(sent, "http.response.body"), &Value::Null, "{sent:#}");
+    assert_eq!(attr(sent, "sensor.incomplete"), true, "{sent:#}");
     for exchange in [&stream, &gz, &png] {
         check(
             find(&servers, exchange, "server"),

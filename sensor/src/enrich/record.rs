@@ -247,9 +247,12 @@ fn put(attrs: &mut Gathered, key: &'static str, value: impl Into<AttributeValue>
     attrs.push((Cow::Borrowed(key), value.into()));
 }
 
-/// Puts a body's attributes; its bytes move into the record.
+/// Puts a body's attributes; its bytes move into the record. A body none of whose bytes were
+/// seen (sent with `sendfile`, or lost) gets no body attribute rather than an empty one: the
+/// record's `sensor.incomplete` says bytes are missing.
 fn put_body(attrs: &mut Gathered, keys: BodyKeys, body: &mut Body) {
-    if body.captured {
+    let unseen = body.incomplete && body.bytes.is_empty() && body.wire_len > 0;
+    if body.captured && !unseen {
         put(attrs, keys.body, take_text(&mut body.bytes));
     }
     if body.shed {
@@ -631,6 +634,32 @@ mod tests {
             salt: 1,
             pod: None,
             configured_service_name: None,
+        }
+    }
+
+    #[test]
+    fn a_body_none_of_whose_bytes_were_seen_gets_no_body_attribute() {
+        let body = |bytes: &[u8], wire_len: u64, incomplete: bool| Body {
+            captured: true,
+            bytes: bytes.to_vec(),
+            wire_len,
+            incomplete,
+            ..Body::default()
+        };
+        for (mut body, want) in [
+            (body(b"", 100, true), None),
+            (body(b"{\"a\"", 100, true), Some("{\"a\"")),
+            (body(b"", 0, false), Some("")),
+            (body(b"{}", 2, false), Some("{}")),
+        ] {
+            let mut attrs = Gathered::new();
+            put_body(&mut attrs, BodyKeys::RESPONSE, &mut body);
+            let got: Vec<_> = attrs.iter().map(|(k, v)| (k.as_ref(), v.clone())).collect();
+            let want: Vec<_> = want
+                .map(|text| ("http.response.body", AttributeValue::from(text)))
+                .into_iter()
+                .collect();
+            assert_eq!(got, want);
         }
     }
 
