@@ -815,13 +815,7 @@ pub fn all_pids(proc_root: &Path) -> Vec<u32> {
 pub fn with_descendants(proc_root: &Path, pids: &[u32]) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids(proc_root)
         .into_iter()
-        .filter_map(|pid| {
-            let stat =
-                std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-            let after_comm = stat.rsplit_once(')')?.1;
-            let ppid = after_comm.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
-        })
+        .filter_map(|pid| Some((pid, enrich::process::parent_pid(proc_root, pid)?)))
         .collect();
     let mut result: Vec<u32> = pids.to_vec();
     let mut i = 0;

@@ -457,6 +457,92 @@ fn uvicorn(env: &[(&str, &str)]) -> (Py, u16) {
     (server, port)
 }
 
+/// `uvicorn --workers 2`, started after the sensor (discovery): its workers are Python
+/// processes `multiprocessing` spawns (`python -c "from multiprocessing.spawn import …"`), each
+/// exchange is recorded once, in the worker that served it, under the service name of the
+/// uvicorn command line (`fastapi_app`), not that of the worker's own.
+#[test]
+fn uvicorn_spawned_workers_named_after_their_application() {
+    use std::io::{Read as _, Write as _};
+    let sensor = Sensor::start("fw-uvicorn-workers", &["run", "--output", "jsonl"]);
+    let port = sensor_e2e::free_port();
+    let server = Py::spawn(
+        "uvicorn workers",
+        &[
+            "-m",
+            "uvicorn",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--log-level",
+            "warning",
+            "fastapi_app:app",
+        ],
+        &[],
+    );
+    let get = |target: &str| -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(LONG)).ok()?;
+        let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    // Both workers up: the app answers (its readiness probe is not counted below).
+    assert!(
+        sensor_e2e::wait_until(LONG, || get("/items/0?ready=1")
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))),
+        "uvicorn --workers 2 answers"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let workers = children(server.pid());
+    const SENT: usize = 16;
+    for i in 1..=SENT {
+        let response = get(&format!("/items/{i}")).expect("a response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let served: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "server"
+                && attr(r, "url.path")
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/items/") && p != "/items/0")
+        })
+        .collect();
+    assert_eq!(served.len(), SENT, "{:#?}", summary(&served));
+    for record in &served {
+        let pid = record["resource"]["process.pid"].as_u64().unwrap() as u32;
+        assert!(
+            workers.contains(&pid),
+            "served by a worker of {} ({workers:?}): {record:#}",
+            server.pid()
+        );
+        assert_eq!(
+            record["resource"]["service.name"], "fastapi_app",
+            "{record:#}"
+        );
+        assert!(
+            record["resource"]["process.command_line"]
+                .as_str()
+                .is_some_and(|c| c.contains("--multiprocessing-fork")),
+            "{record:#}"
+        );
+    }
+    let targets: BTreeSet<&str> = served
+        .iter()
+        .map(|r| attr(r, "http.target").as_str().unwrap())
+        .collect();
+    assert_eq!(targets.len(), SENT, "each request once");
+}
+
 /// FastAPI under uvicorn and an httpx client, both started after the sensor, which watches
 /// every Python process (no --pid): each exchange exact on both sides, the server named after
 /// its ASGI module, the client after its own OTEL_SERVICE_NAME.

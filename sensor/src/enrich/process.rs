@@ -325,6 +325,24 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
     Some(info)
 }
 
+/// The parent of a live process, from `/proc/PID/stat`.
+pub fn parent_pid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether the command line is a worker Python's `multiprocessing` started with the `spawn` or
+/// `forkserver` method (`python -c "from multiprocessing.spawn import spawn_main; …"
+/// --multiprocessing-fork`), as `uvicorn --workers N` starts its workers: such a process runs
+/// its parent's application, so it takes its parent's service name.
+pub fn is_multiprocessing_child(argv: &[String]) -> bool {
+    argv.iter().any(|a| a == "--multiprocessing-fork")
+        || argv
+            .windows(2)
+            .any(|w| w[0] == "-c" && w[1].trim_start().starts_with("from multiprocessing."))
+}
+
 /// Keeps the `HT_*` and `OTEL_*` entries of an environment.
 pub fn telemetry_env(entries: impl IntoIterator<Item = String>) -> BTreeMap<String, String> {
     entries
@@ -412,9 +430,30 @@ impl ProcessTable {
         if info.container_id.is_none() {
             info.container_id = super::container::container_id(&self.proc_root, exec.pid);
         }
+        // Before the exec the pid had the identity its parent gave it at fork, if seen.
+        let before = self.procs.get(&exec.pid).cloned();
+        self.inherit_service_name(&mut info, before);
         let info = Arc::new(info);
         self.procs.insert(exec.pid, info.clone());
         info
+    }
+
+    /// A `multiprocessing` worker named only by its command line takes the service name of
+    /// its parent (`parent`, else the pid's parent now).
+    fn inherit_service_name(&mut self, info: &mut ProcessInfo, parent: Option<Arc<ProcessInfo>>) {
+        if info.name_source != NameSource::CommandLine || !is_multiprocessing_child(&info.argv) {
+            return;
+        }
+        let parent = parent.or_else(|| {
+            let ppid = parent_pid(&self.proc_root, info.pid)?;
+            (ppid != info.pid && ppid > 1)
+                .then(|| self.get(ppid))
+                .flatten()
+        });
+        if let Some(parent) = parent {
+            info.service_name = parent.service_name.clone();
+            info.name_source = parent.name_source;
+        }
     }
 
     /// A forked child has its parent's identity (until it execs).
@@ -434,7 +473,9 @@ impl ProcessTable {
         if let Some(info) = self.procs.get(&pid) {
             return Some(info.clone());
         }
-        let info = Arc::new(read_proc(&self.proc_root, pid)?);
+        let mut info = read_proc(&self.proc_root, pid)?;
+        self.inherit_service_name(&mut info, None);
+        let info = Arc::new(info);
         self.procs.insert(pid, info.clone());
         Some(info)
     }
@@ -642,5 +683,91 @@ mod tests {
         );
         assert_eq!(script_interpreter(&via_env).as_deref(), Some("python3"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fake `/proc` entry: command line, parent, empty environment.
+    fn fake_process(root: &Path, pid: u32, ppid: u32, argv: &[&str]) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cmdline"), argv.join("\0") + "\0").unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} (python3) S {ppid} {pid} {pid} 0 -1"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("environ"), "").unwrap();
+    }
+
+    const SPAWNED: &[&str] = &[
+        "/venv/bin/python",
+        "-B",
+        "-c",
+        "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=7, pipe_handle=9)",
+        "--multiprocessing-fork",
+    ];
+
+    #[test]
+    fn multiprocessing_children_are_recognised() {
+        assert!(is_multiprocessing_child(&argv(SPAWNED)));
+        assert!(is_multiprocessing_child(&argv(&[
+            "python3",
+            "-c",
+            "from multiprocessing.forkserver import main; main(5, 6, ['__main__'])",
+        ])));
+        assert!(!is_multiprocessing_child(&argv(&[
+            "python3",
+            "-c",
+            "print('from multiprocessing.spawn')",
+        ])));
+        assert!(!is_multiprocessing_child(&argv(&["python3", "app.py"])));
+    }
+
+    /// `uvicorn --workers 2 app:app` spawns its workers as `python -c "from multiprocessing…"`:
+    /// they are named after the uvicorn parent, whether first seen in `/proc` (running before
+    /// the sensor) or at their exec after a fork the sensor saw. Other `-c` commands are not.
+    #[test]
+    fn multiprocessing_workers_take_their_parents_service_name() {
+        let root = std::env::temp_dir().join(format!("sensor-mp-{}", std::process::id()));
+        let uvicorn = [
+            "/venv/bin/python",
+            "/venv/bin/uvicorn",
+            "--workers",
+            "2",
+            "shop:app",
+        ];
+        fake_process(&root, 100, 1, &uvicorn);
+        fake_process(&root, 101, 100, SPAWNED);
+        fake_process(&root, 103, 100, &["/venv/bin/python", "-c", "import x"]);
+        let mut table = ProcessTable::new(&root);
+        let running = table.get(101).unwrap();
+        assert_eq!(running.service_name, "shop");
+        assert_eq!(running.name_source, NameSource::CommandLine);
+        assert_eq!(
+            running.argv,
+            argv(SPAWNED),
+            "the command line stays the worker's own"
+        );
+        assert_eq!(table.get(103).unwrap().service_name, "python-command");
+
+        table.fork(100, 102);
+        for (index, value) in SPAWNED.iter().enumerate() {
+            table.exec_arg(ExecArg {
+                tid: 102,
+                env: false,
+                index: index as u32,
+                value: (*value).to_owned(),
+            });
+        }
+        let exec = ExecInfo {
+            pid: 102,
+            old_tid: 102,
+            time_ns: 0,
+            filename: "/venv/bin/python".into(),
+            watch_state: 0,
+        };
+        let spawned = table.exec(&exec);
+        assert_eq!(spawned.service_name, "shop");
+        assert_eq!(spawned.pid, 102);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

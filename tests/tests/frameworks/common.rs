@@ -61,11 +61,12 @@ pub fn header_map(headers: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Whether a body of this content type is recorded (parameters ignored).
+/// Whether a body of this content type is recorded: an allowed type occurs in it, ignoring
+/// case.
 pub fn allowed(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let media = ct.split(';').next().unwrap_or_default().trim();
-        ALLOWED_TYPES.iter().any(|a| a.eq_ignore_ascii_case(media))
+        let ct = ct.to_ascii_lowercase();
+        ALLOWED_TYPES.iter().any(|a| ct.contains(a))
     })
 }
 
