@@ -2,7 +2,7 @@
 //! processes are watched (discovery, `--pid`).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -88,6 +88,11 @@ pub struct DaemonStats {
     pub deferred: u64,
     /// Deferred decisions taken without the pod, which stayed unknown.
     pub deferred_timed_out: u64,
+    /// Processes found to be Python only when looked at again after their exec (embedded
+    /// interpreters: uWSGI, Apache's mod_wsgi).
+    pub discovered_late: u64,
+    /// Look-agains given up because too many were waiting.
+    pub rechecks_dropped: u64,
     /// Connections ignored because their peer is the sensor itself.
     pub own_traffic: u64,
     /// Connections whose TCP addresses neither the accept nor the process's getsockname/
@@ -194,6 +199,8 @@ pub struct Pipeline {
     /// Processes whose discovery decision waits for their pod (namespace or label selectors):
     /// the exec'd file name and since when.
     deferred: HashMap<u32, (String, Instant)>,
+    /// Processes discovery found not to be Python (yet), looked at again: see [`Recheck`].
+    rechecks: VecDeque<Recheck>,
     /// The configured `service_name`, the service name of last resort.
     configured_service_name: Option<String>,
     completed: Vec<Completed>,
@@ -335,6 +342,11 @@ impl Pipeline {
                 self.stats.rejected += 1;
                 self.unwatch(capture, pid);
             }
+            Discovery::NotPythonYet => {
+                self.stats.rejected += 1;
+                self.unwatch(capture, pid);
+                self.schedule_recheck(pid, filename, 0);
+            }
             Discovery::Defer => {
                 if !self.deferred.contains_key(&pid) {
                     self.stats.deferred += 1;
@@ -342,6 +354,74 @@ impl Pipeline {
                 }
                 self.deferred
                     .insert(pid, (filename.to_owned(), Instant::now()));
+            }
+        }
+    }
+
+    /// Queues look number `attempt` at a process not Python so far (if it still runs).
+    fn schedule_recheck(&mut self, pid: u32, filename: &str, attempt: usize) {
+        let Some(after) = RECHECK_AFTER.get(attempt) else {
+            return;
+        };
+        if !self.procs.proc_root().join(pid.to_string()).exists() {
+            return;
+        }
+        if self.rechecks.len() >= RECHECKS_MAX {
+            self.rechecks.pop_front();
+            self.stats.rechecks_dropped += 1;
+        }
+        self.rechecks.push_back(Recheck {
+            pid,
+            filename: filename.to_owned(),
+            due: Instant::now() + *after,
+            attempt,
+        });
+    }
+
+    /// Looks again at processes that were not Python at their exec: one that now is (it
+    /// mapped libpython) is decided on as at its exec, and so are the children it forked
+    /// meanwhile (unwatched, they were forked unwatched).
+    fn recheck_discovery(&mut self, capture: &mut Capture) {
+        let now = Instant::now();
+        if self.rechecks.iter().all(|r| r.due > now) {
+            return;
+        }
+        let (due, waiting): (Vec<Recheck>, Vec<Recheck>) =
+            self.rechecks.drain(..).partition(|r| r.due <= now);
+        self.rechecks = waiting.into();
+        for recheck in due {
+            // Most are gone, or stay what they were: only their executable and maps are read.
+            if !process::is_python(self.procs.proc_root(), recheck.pid, &recheck.filename) {
+                self.schedule_recheck(recheck.pid, &recheck.filename, recheck.attempt + 1);
+                continue;
+            }
+            let Some(info) = process::read_proc(self.procs.proc_root(), recheck.pid) else {
+                continue;
+            };
+            match self.decide(&info, &recheck.filename, false) {
+                Discovery::NotPythonYet | Discovery::Reject => {}
+                decision => {
+                    self.stats.discovered_late += 1;
+                    info!(
+                        pid = recheck.pid,
+                        exe = info.executable_path,
+                        "a program embedding Python (it mapped libpython after its exec)"
+                    );
+                    let family = with_descendants(self.procs.proc_root(), &[recheck.pid]);
+                    for pid in family {
+                        let Some(info) = self.procs.get(pid) else {
+                            continue;
+                        };
+                        let decision = if pid == recheck.pid {
+                            decision
+                        } else {
+                            self.decide(&info, "", false)
+                        };
+                        if matches!(decision, Discovery::Watch | Discovery::Defer) {
+                            self.apply(capture, pid, &recheck.filename, decision);
+                        }
+                    }
+                }
             }
         }
     }
@@ -588,11 +668,11 @@ impl Pipeline {
     /// pod is not known yet waits for it (the kubelet reports a container's id shortly after
     /// the container starts), unless `waited_out`.
     fn decide(&self, info: &ProcessInfo, filename: &str, waited_out: bool) -> Discovery {
-        if !self.discover
-            || info.opted_out()
-            || !process::is_python(self.procs.proc_root(), info.pid, filename)
-        {
+        if !self.discover || info.opted_out() {
             return Discovery::Reject;
+        }
+        if !process::is_python(self.procs.proc_root(), info.pid, filename) {
+            return Discovery::NotPythonYet;
         }
         let pod = self.pod_of(info);
         if pod.is_none()
@@ -798,7 +878,26 @@ enum Discovery {
     Reject,
     /// Decide once its pod is known (pod selectors).
     Defer,
+    /// Leave it unwatched, but look again: not Python now, it may load libpython later.
+    NotPythonYet,
 }
+
+/// A process discovery found not to be Python at its exec, to look at again: a program
+/// embedding the interpreter (uWSGI, Apache with mod_wsgi) maps libpython only once it runs,
+/// after the exec the sensor decided on, and forks its workers soon after.
+struct Recheck {
+    pid: u32,
+    filename: String,
+    due: Instant,
+    /// Index into [`RECHECK_AFTER`] of the look this is.
+    attempt: usize,
+}
+
+/// When a process not Python at its exec is looked at again, after the exec.
+const RECHECK_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
+
+/// Most processes waiting to be looked at again; beyond, the oldest are given up (counted).
+const RECHECKS_MAX: usize = 4096;
 
 /// Every process id under `/proc`.
 pub fn all_pids(proc_root: &Path) -> Vec<u32> {
@@ -867,6 +966,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         selector,
         pods,
         deferred: HashMap::new(),
+        rechecks: VecDeque::new(),
         configured_service_name: options.policy.service_name.clone(),
         completed: Vec::new(),
         salt: rand::random(),
@@ -900,8 +1000,9 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 Discovery::Defer => {
                     pipeline.apply(&mut capture, pid, "", Discovery::Defer);
                 }
-                // Nothing to undo: the kernel does not watch it.
-                Discovery::Reject => {}
+                // Nothing to undo: the kernel does not watch it. Running programs that embed
+                // Python have mapped libpython by now.
+                Discovery::Reject | Discovery::NotPythonYet => {}
             }
         }
     } else {
@@ -941,6 +1042,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.flush_completed();
                 pipeline.threads.expire(now);
                 pipeline.decide_deferred(&mut capture);
+                pipeline.recheck_discovery(&mut capture);
             }
             _ = ring_check.tick() => {
                 if let Ok(full) = capture.counter(sensor_common::maps::Counter::RingbufFull) {
@@ -1191,6 +1293,16 @@ fn publish_metrics(
             "processes_deferred_timed_out",
             "discovery decisions taken without the pod, which stayed unknown",
             pipeline.stats.deferred_timed_out,
+        ),
+        (
+            "processes_discovered_late",
+            "processes found to embed Python only after their exec (uWSGI, mod_wsgi)",
+            pipeline.stats.discovered_late,
+        ),
+        (
+            "discovery_rechecks_dropped",
+            "looks again at processes not Python at their exec, given up (too many waiting)",
+            pipeline.stats.rechecks_dropped,
         ),
     ] {
         metrics.publish(name, help, value);

@@ -8,7 +8,9 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{Exchange, LONG, Side, ask, check, check_both, children, find, request, result};
+use common::{
+    Exchange, LONG, Side, ask, check, check_both, children, find, get_once, request, result,
+};
 use sensor_e2e::{Py, Sensor, attr, metric, records_of};
 use serde_json::{Value, json};
 
@@ -463,7 +465,6 @@ fn uvicorn(env: &[(&str, &str)]) -> (Py, u16) {
 /// uvicorn command line (`fastapi_app`), not that of the worker's own.
 #[test]
 fn uvicorn_spawned_workers_named_after_their_application() {
-    use std::io::{Read as _, Write as _};
     let sensor = Sensor::start("fw-uvicorn-workers", &["run", "--output", "jsonl"]);
     let port = sensor_e2e::free_port();
     let server = Py::spawn(
@@ -483,15 +484,7 @@ fn uvicorn_spawned_workers_named_after_their_application() {
         ],
         &[],
     );
-    let get = |target: &str| -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.set_read_timeout(Some(LONG)).ok()?;
-        let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(head.as_bytes()).ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        Some(response)
-    };
+    let get = |target: &str| get_once(port, target);
     // Both workers up: the app answers (its readiness probe is not counted below).
     assert!(
         sensor_e2e::wait_until(LONG, || get("/items/0?ready=1")
@@ -541,6 +534,101 @@ fn uvicorn_spawned_workers_named_after_their_application() {
         .map(|r| attr(r, "http.target").as_str().unwrap())
         .collect();
     assert_eq!(targets.len(), SENT, "each request once");
+}
+
+/// uWSGI (Debian's, with its python3 plugin) embeds Python: its executable is not a Python
+/// interpreter and it maps libpython only after its exec, when it loads the plugin. Started
+/// after the sensor (discovery), its master and the workers it forked are still found, and
+/// each exchange is recorded once, in the worker that served it, exactly.
+#[test]
+fn uwsgi_embedded_python_found_by_discovery() {
+    let sensor = Sensor::start("fw-uwsgi", &["run", "--output", "jsonl"]);
+    let port = sensor_e2e::free_port();
+    let venv = sensor_e2e::python()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test Python is in a venv")
+        .to_path_buf();
+    let mut command = std::process::Command::new("uwsgi_python3");
+    command.args([
+        "--http-socket",
+        &format!("127.0.0.1:{port}"),
+        "--master",
+        "--processes",
+        "2",
+        "--virtualenv",
+        venv.to_str().unwrap(),
+        "--module",
+        "flask_app:app",
+        "--disable-logging",
+        "--need-app",
+        // SIGTERM (what dropping the server sends) stops master and workers; by default
+        // uWSGI reloads on it, respawning workers the master's death would orphan.
+        "--die-on-term",
+    ]);
+    let server = Py::spawn_command(
+        "uwsgi (Debian's uwsgi-plugin-python3: run `cargo xtask setup`)",
+        command,
+        &[],
+    );
+    assert!(
+        sensor_e2e::wait_until(LONG, || {
+            get_once(port, "/items/0").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        }),
+        "uwsgi answers on port {port}"
+    );
+    let workers = children(server.pid());
+    // The second look at a program not Python at its exec comes a second after it.
+    std::thread::sleep(Duration::from_millis(2500));
+    const SENT: usize = 12;
+    let mut served_by = Vec::new();
+    for i in 1..=SENT {
+        let response = get_once(port, &format!("/items/{i}")).expect("a response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let worker = response
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Worker-Pid: "))
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .expect("X-Worker-Pid");
+        let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+        served_by.push((i, worker, body));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    for (i, worker, body) in &served_by {
+        assert!(
+            workers.contains(worker),
+            "{worker} is a worker of {workers:?}"
+        );
+        let target = format!("/items/{i}");
+        let found: Vec<&Value> = records_of(&records, "server", *worker)
+            .into_iter()
+            .filter(|r| attr(r, "http.target") == target.as_str())
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{target} in worker {worker}: {:#?}",
+            summary(&found)
+        );
+        let record = found[0];
+        assert_eq!(attr(record, "http.status_code"), 200, "{record:#}");
+        assert_eq!(
+            attr(record, "http.response.body"),
+            body.as_str(),
+            "{record:#}"
+        );
+        assert_eq!(
+            record["resource"]["service.name"], "flask_app",
+            "{record:#}"
+        );
+    }
+    assert!(
+        output.stderr.contains("a program embedding Python"),
+        "the late discovery is logged: {}",
+        output.stderr
+    );
 }
 
 /// FastAPI under uvicorn and an httpx client, both started after the sensor, which watches

@@ -136,6 +136,11 @@ pub fn setup() -> Result<Env> {
         || debian_command("openssl", &["version"], "openssl"),
     )?;
     step(
+        "uwsgi_python3 command (uWSGI embedding Python, for a discovery test)",
+        "apt-get install uwsgi-plugin-python3",
+        || debian_command("uwsgi_python3", &["--version"], "uwsgi-plugin-python3"),
+    )?;
+    step(
         "hey command (the benchmark's load generator)",
         "apt-get install hey",
         || debian_command("hey", &["-n", "1", "http://127.0.0.1:1/"], "hey"),

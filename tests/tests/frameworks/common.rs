@@ -31,6 +31,20 @@ const REDACTED: &[&str] = &[
     "x-api-key",
 ];
 
+/// `GET target` on a fresh loopback connection (`Connection: close`): the whole response, or
+/// `None` when the server is not answering (yet).
+pub fn get_once(port: u16, target: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(LONG)).ok()?;
+    let head =
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
 /// The next `RESULT <json>` line of a client.
 pub fn result(py: &Py) -> Value {
     let line = py.expect_line("RESULT", LONG);
