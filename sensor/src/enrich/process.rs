@@ -207,7 +207,7 @@ pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) ->
             {
                 let module = *module;
                 let tail: Vec<&str> = rest[i + 2..].to_vec();
-                if let Some(app) = app_module(&tail) {
+                if let Some(app) = application(module, &tail) {
                     return app;
                 }
                 return module.to_owned();
@@ -219,7 +219,8 @@ pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) ->
                 rest = rest[i..].to_vec();
                 let script = basename(rest[0]);
                 let tail: Vec<&str> = rest[1..].to_vec();
-                if let Some(app) = app_module(&tail) {
+                let runner = script.strip_suffix(".py").unwrap_or(script);
+                if let Some(app) = application(runner, &tail) {
                     return app;
                 }
                 return script.strip_suffix(".py").unwrap_or(script).to_owned();
@@ -228,10 +229,23 @@ pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) ->
         }
         return "python".to_owned();
     }
-    if let Some(app) = app_module(&rest) {
+    let runner = launcher.strip_suffix(".py").unwrap_or(launcher);
+    if let Some(app) = application(runner, &rest) {
         return app;
     }
-    launcher.strip_suffix(".py").unwrap_or(launcher).to_owned()
+    runner.to_owned()
+}
+
+/// The application module among a runner's arguments: the first `module:attribute` (the
+/// gunicorn/uvicorn/hypercorn application spec), else, under gunicorn, which takes a bare
+/// module (`gunicorn mysite.wsgi`, the callable `application` implied), the first positional
+/// argument that is a dotted module name.
+fn application(runner: &str, args: &[&str]) -> Option<String> {
+    app_module(args).or_else(|| {
+        (runner == "gunicorn")
+            .then(|| gunicorn_module(args))
+            .flatten()
+    })
 }
 
 /// The first `module:attribute` argument (gunicorn/uvicorn/hypercorn application spec).
@@ -241,16 +255,57 @@ fn app_module(args: &[&str]) -> Option<String> {
             return None;
         }
         let (module, attr) = arg.split_once(':')?;
-        // Python identifiers (dotted for the module): rules out host:port option values.
-        let identifier = |s: &str| {
-            s.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        };
         let attr = attr.split('(').next().unwrap_or(attr);
-        (identifier(module) && identifier(attr)).then(|| module.to_owned())
+        (is_dotted_identifier(module) && is_dotted_identifier(attr)).then(|| module.to_owned())
+    })
+}
+
+/// gunicorn's options that take no value: the argument after one of them is positional.
+const GUNICORN_FLAGS: &[&str] = &[
+    "--reload",
+    "--spew",
+    "--check-config",
+    "--print-config",
+    "--preload",
+    "--no-sendfile",
+    "--reuse-port",
+    "-D",
+    "--daemon",
+    "--initgroups",
+    "--capture-output",
+    "-R",
+    "--enable-stdio-inheritance",
+    "--log-syslog",
+    "--disable-redirect-access-to-syslog",
+    "--proxy-protocol",
+    "--do-handshake-on-connect",
+    "--suppress-ragged-eofs",
+    "--strip-header-spaces",
+];
+
+/// gunicorn's positional application module without `:callable`: the first argument that is
+/// not an option, nor the value of one, and is a dotted module name.
+fn gunicorn_module(args: &[&str]) -> Option<String> {
+    let mut previous: Option<&str> = None;
+    for arg in args {
+        let takes_value = previous.is_some_and(|p| {
+            p.starts_with('-') && !p.contains('=') && !GUNICORN_FLAGS.contains(&p)
+        });
+        if !arg.starts_with('-') && !takes_value && is_dotted_identifier(arg) {
+            return Some((*arg).to_owned());
+        }
+        previous = Some(arg);
+    }
+    None
+}
+
+/// A Python identifier, or several joined by dots (a module path).
+fn is_dotted_identifier(s: &str) -> bool {
+    s.split('.').all(|part| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     })
 }
 
@@ -534,6 +589,42 @@ mod tests {
             (
                 &["python3", "-m", "gunicorn", "orders:create_app()"],
                 "orders",
+            ),
+            (
+                &["/venv/bin/python3", "/venv/bin/gunicorn", "mysite.wsgi"],
+                "mysite.wsgi",
+            ),
+            (
+                &[
+                    "/venv/bin/python3",
+                    "/venv/bin/gunicorn",
+                    "-w",
+                    "4",
+                    "-k",
+                    "uvicorn.workers.UvicornWorker",
+                    "--preload",
+                    "api.main",
+                ],
+                "api.main",
+            ),
+            (
+                &[
+                    "gunicorn",
+                    "--bind",
+                    "0.0.0.0:80",
+                    "--reload",
+                    "orders.wsgi",
+                ],
+                "orders.wsgi",
+            ),
+            (
+                &["python3", "-m", "gunicorn", "-D", "shop.wsgi"],
+                "shop.wsgi",
+            ),
+            (&["gunicorn", "-c", "gunicorn.conf.py"], "gunicorn"),
+            (
+                &["/venv/bin/python3", "/venv/bin/uvicorn", "main"],
+                "uvicorn",
             ),
             (&["python3"], "python"),
             (&["/usr/bin/python3.11", "-c", "print(1)"], "python-command"),
