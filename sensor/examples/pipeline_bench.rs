@@ -18,6 +18,7 @@ use sensor::{
     config::{Config, Protocol},
     conntrack::{Completed, Tracker, TrackerSettings},
     enrich::{
+        context::Propagation,
         process::ProcessInfo,
         record::{RecordContext, build_record},
     },
@@ -85,6 +86,7 @@ struct Pipeline {
     tracker: Tracker,
     policy: Policy,
     process: ProcessInfo,
+    propagation: Vec<Propagation>,
     /// Stream offsets of the two directions.
     offsets: [u64; 2],
     time_ns: u64,
@@ -120,6 +122,7 @@ impl Pipeline {
             policy: Policy::from_config(&config)
                 .expect("default policy")
                 .with_seed(1),
+            propagation: config.propagation(),
             process: ProcessInfo::new(
                 PID,
                 "/usr/bin/python3.11".to_owned(),
@@ -178,6 +181,7 @@ impl Pipeline {
             salt: 7,
             pod: None,
             configured_service_name: None,
+            propagation: &self.propagation,
         };
         let mut record =
             build_record(done.exchange, &done.meta, &self.process, &ctx).expect("a record");

@@ -203,6 +203,8 @@ pub struct Pipeline {
     rechecks: VecDeque<Recheck>,
     /// The configured `service_name`, the service name of last resort.
     configured_service_name: Option<String>,
+    /// The trace-context formats requests are read for (`propagation_formats`).
+    propagation: Vec<context::Propagation>,
     completed: Vec<Completed>,
     salt: u64,
     /// Which server request each thread serves, and the client calls made for them.
@@ -638,16 +640,24 @@ impl Pipeline {
                 else {
                     return;
                 };
-                let traceparent = tracker
-                    .unfinished_request_headers(server_conn)
-                    .and_then(|headers| enrich::record::header_value(headers, "traceparent"));
+                let incoming =
+                    tracker
+                        .unfinished_request_headers(server_conn)
+                        .and_then(|headers| {
+                            context::incoming_context(&self.propagation, |name| {
+                                headers
+                                    .iter()
+                                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                            })
+                        });
                 let client_watched =
                     tracker.is_watched_client(server_key.client, server_key.server);
                 let upstream = self.threads.link_of(&server_key);
                 if let Some(ids) = context::server_ids(
                     self.salt,
                     Some(&server_key),
-                    traceparent.as_deref(),
+                    incoming,
                     client_watched,
                     upstream.as_ref(),
                 ) {
@@ -855,6 +865,7 @@ impl Pipeline {
                 salt: self.salt,
                 pod: pod.as_ref(),
                 configured_service_name: self.configured_service_name.as_deref(),
+                propagation: &self.propagation,
             };
             if let Some(mut record) = build_record(done.exchange, &done.meta, &process, &ctx)
                 && self.policy.process(&mut record) == Decision::Export
@@ -968,6 +979,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         deferred: HashMap::new(),
         rechecks: VecDeque::new(),
         configured_service_name: options.policy.service_name.clone(),
+        propagation: options.policy.propagation(),
         completed: Vec::new(),
         salt: rand::random(),
         threads: Threads::new(

@@ -28,8 +28,8 @@ fn command(url: &str, headers: Value) -> String {
 }
 
 /// Both ends watched on this host, exported over OTLP (gRPC and HTTP/JSON): the client span is
-/// the parent of the server span; a request carrying traceparent joins that trace; each
-/// process's own resource attributes join the sensor's configured ones.
+/// the parent of the server span; a request carrying traceparent or B3 headers joins that
+/// trace; each process's own resource attributes join the sensor's configured ones.
 #[test]
 fn spans_are_exported_and_stitched() {
     for protocol in ["grpc", "http/json", "http/protobuf"] {
@@ -80,15 +80,30 @@ fn spans_are_exported_and_stitched() {
             json!({"traceparent": tp}),
         ));
         client.expect_line("RESULT", LONG);
+        // B3, as Zipkin-instrumented callers and meshes send it: multi-header and single.
+        client.send_line(&command(
+            &format!("{base}/hello?b3=multi"),
+            json!({
+                "X-B3-TraceId": "463ac35c9f6413ad48485a3953bb6124",
+                "X-B3-SpanId": "a2fb4a1d1a96d312",
+                "X-B3-Sampled": "1"
+            }),
+        ));
+        client.expect_line("RESULT", LONG);
+        client.send_line(&command(
+            &format!("{base}/hello?b3=single"),
+            json!({"b3": "a3ce929d0e0e4736-00f067aa0ba902b7-1"}),
+        ));
+        client.expect_line("RESULT", LONG);
         std::thread::sleep(Duration::from_millis(300));
         let output = sensor.stop();
         assert!(
-            receiver.wait_for_spans(4, LONG),
-            "{protocol}: 4 spans arrive: {}",
+            receiver.wait_for_spans(8, LONG),
+            "{protocol}: 8 spans arrive: {}",
             output.stderr
         );
         let spans = receiver.spans();
-        assert_eq!(spans.len(), 4, "{protocol}: {spans:#?}");
+        assert_eq!(spans.len(), 8, "{protocol}: {spans:#?}");
         let find = |kind: &str, target: &str| {
             spans
                 .iter()
@@ -136,6 +151,24 @@ fn spans_are_exported_and_stitched() {
             server_traced.parent_span_id.as_deref(),
             Some("00f067aa0ba902b7")
         );
+        for (target, trace, span) in [
+            (
+                "/hello?b3=multi",
+                "463ac35c9f6413ad48485a3953bb6124",
+                "a2fb4a1d1a96d312",
+            ),
+            (
+                "/hello?b3=single",
+                "0000000000000000a3ce929d0e0e4736",
+                "00f067aa0ba902b7",
+            ),
+        ] {
+            let (client_b3, server_b3) = (find("client", target), find("server", target));
+            assert_eq!(client_b3.trace_id, trace, "{protocol} {target}");
+            assert_eq!(client_b3.span_id, span, "{protocol} {target}");
+            assert_eq!(server_b3.trace_id, trace, "{protocol} {target}");
+            assert_eq!(server_b3.parent_span_id.as_deref(), Some(span));
+        }
         assert!(
             output.stdout.is_empty(),
             "nothing on stdout when exporting over OTLP"

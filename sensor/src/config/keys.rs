@@ -93,6 +93,15 @@ pub const KEYS: &[KeyDoc] = &[
         setter: Setter::Map(|c| &mut c.resource_attributes),
     },
     KeyDoc {
+        key: "propagation_formats",
+        default: "TRACECONTEXT,B3",
+        env: "HT_PROPAGATION_FORMATS",
+        otel: &[],
+        flag: None,
+        description: "Trace-context headers a captured request joins a trace by, in order of preference: `TRACECONTEXT` (W3C `traceparent`), `B3` (`b3`, or `X-B3-TraceId` and `X-B3-SpanId`). A list, or comma-separated. The sensor reads them, never writes them.",
+        setter: Setter::ExactList(|c| &mut c.propagation_formats, check_propagation, true),
+    },
+    KeyDoc {
         key: "reporting.endpoint",
         default: "",
         env: "HT_REPORTING_ENDPOINT",
@@ -879,6 +888,13 @@ fn parse_exact_list(raw: Raw<'_>, split: bool) -> Result<Vec<String>, String> {
 /// Checks a JSONPath.
 fn check_json_path(s: &str) -> Result<(), String> {
     crate::redact::check_json_path(s)
+}
+
+/// Checks a trace-context format name.
+fn check_propagation(s: &str) -> Result<(), String> {
+    crate::enrich::context::Propagation::from_name(s)
+        .map(|_| ())
+        .ok_or_else(|| "expected TRACECONTEXT or B3".into())
 }
 
 /// Accepts any entry.

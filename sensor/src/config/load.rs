@@ -127,7 +127,6 @@ pub(super) fn from_yaml_str(text: &str) -> anyhow::Result<Loaded> {
 
 /// agent-config keys (and everything under them) that the sensor accepts but does not use.
 const UNUSED_AGENT_KEYS: &[&str] = &[
-    "propagation_formats",
     "reporting.opa",
     "reporting.metric_endpoint",
     "reporting.enable_grpc_loadbalancing",
@@ -142,7 +141,6 @@ const UNUSED_AGENT_KEYS: &[&str] = &[
 const UNUSED_AGENT_VARS: &[&str] = &[
     "HT_CONFIG_FILE",
     "HT_LOG_LEVEL",
-    "HT_PROPAGATION_FORMATS",
     "HT_ENABLE_CONSOLE_SPAN_EXPORTER",
     "HT_TRACES_EXPORTER",
     "HT_REPORTING_OPA_",

@@ -34,6 +34,9 @@ pub struct Config {
     pub service_name: Option<String>,
     /// Static resource attributes added to everything the sensor exports.
     pub resource_attributes: BTreeMap<String, String>,
+    /// Trace-context headers an exchange may join a trace by, in order of preference
+    /// (`TRACECONTEXT`, `B3`, as written): see [`Config::propagation`].
+    pub propagation_formats: Vec<String>,
     /// Where and how spans are sent.
     pub reporting: Reporting,
     /// What is captured from each HTTP exchange.
@@ -272,6 +275,7 @@ impl Default for Config {
             enabled: true,
             service_name: None,
             resource_attributes: BTreeMap::new(),
+            propagation_formats: vec!["TRACECONTEXT".to_owned(), "B3".to_owned()],
             reporting: Reporting::default(),
             data_capture: DataCapture::default(),
             sensor: SensorSettings::default(),
@@ -438,6 +442,16 @@ impl Config {
         }
         config.data_capture.service_overrides.clear();
         config.data_capture
+    }
+}
+
+impl Config {
+    /// [`Config::propagation_formats`] as formats (names were checked at load).
+    pub fn propagation(&self) -> Vec<crate::enrich::context::Propagation> {
+        self.propagation_formats
+            .iter()
+            .filter_map(|name| crate::enrich::context::Propagation::from_name(name))
+            .collect()
     }
 }
 

@@ -1304,3 +1304,37 @@ fn overload_budgets_parse_and_validate() {
     let error = load_err(Some("sensor:\n  cpu_budget_cores: [1]\n"), &[]);
     assert!(error.contains("sensor.cpu_budget_cores"), "{error}");
 }
+
+#[test]
+fn propagation_formats_are_read_checked_and_ordered() {
+    let c = Config::default();
+    assert_eq!(
+        c.propagation(),
+        [
+            crate::enrich::context::Propagation::TraceContext,
+            crate::enrich::context::Propagation::B3
+        ]
+    );
+    let loaded = load_with(
+        Some("propagation_formats: [TRACECONTEXT]\n"),
+        &[("HT_PROPAGATION_FORMATS", "b3, tracecontext")],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.config.propagation(),
+        [
+            crate::enrich::context::Propagation::B3,
+            crate::enrich::context::Propagation::TraceContext
+        ]
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let error = load_with(
+        Some("propagation_formats: [JAEGER]\n"),
+        &[],
+        Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("TRACECONTEXT or B3"), "{error}");
+}

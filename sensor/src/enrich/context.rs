@@ -1,8 +1,9 @@
 //! Trace context without code in the application: span and trace ids for each exchange.
 //!
-//! - A request carrying a W3C `traceparent` joins that trace: the server span's parent is the
-//!   header's parent-id, and a client span takes the header's parent-id as its own span id
-//!   (the header was written by instrumentation acting for that very call).
+//! - A request carrying a W3C `traceparent` (or B3 headers: see [`Propagation`]) joins that
+//!   trace: the server span's parent is the header's parent-id, and a client span takes the
+//!   header's parent-id as its own span id (the header was written by instrumentation acting
+//!   for that very call).
 //! - Otherwise ids are derived from the connection's 4-tuple, seen from the client's side, and
 //!   the exchange's position on the connection. Both ends compute the same values, so when the
 //!   client of a server connection is a watched process on this host, the server span's parent
@@ -100,6 +101,68 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8])> {
     Some((trace, parent))
 }
 
+/// A trace-context format a request can carry (`propagation_formats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// W3C Trace Context: `traceparent`.
+    TraceContext,
+    /// Zipkin B3: the single `b3` header, or `X-B3-TraceId` and `X-B3-SpanId`.
+    B3,
+}
+
+impl Propagation {
+    /// The format of an agent-config name (`TRACECONTEXT`, `B3`; any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_uppercase().as_str() {
+            "TRACECONTEXT" => Some(Propagation::TraceContext),
+            "B3" => Some(Propagation::B3),
+            _ => None,
+        }
+    }
+}
+
+/// The trace id and parent span id a request carries, in the first of `formats` it has;
+/// `header` looks a request header up by lower-case name.
+pub fn incoming_context<'h>(
+    formats: &[Propagation],
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> Option<([u8; 16], [u8; 8])> {
+    formats.iter().find_map(|format| match format {
+        Propagation::TraceContext => header("traceparent").and_then(parse_traceparent),
+        Propagation::B3 => header("b3")
+            .and_then(parse_b3_single)
+            .or_else(|| parse_b3_ids(header("x-b3-traceid")?, header("x-b3-spanid")?)),
+    })
+}
+
+/// Parses a B3 single header, `traceid-spanid[-sampling[-parentspanid]]` (a bare sampling
+/// decision, `0` or `d`, carries no ids).
+pub fn parse_b3_single(value: &str) -> Option<([u8; 16], [u8; 8])> {
+    let mut parts = value.trim().split('-');
+    parse_b3_ids(parts.next()?, parts.next()?)
+}
+
+/// B3 ids: a trace id of 32 or 16 hex digits (a 64-bit one is the low half of the 128-bit
+/// id, as OpenTelemetry reads it) and a span id of 16; all-zero ids are invalid.
+fn parse_b3_ids(trace: &str, span: &str) -> Option<([u8; 16], [u8; 8])> {
+    let trace = trace.trim().to_ascii_lowercase();
+    let trace: [u8; 16] = match trace.len() {
+        32 => unhex(&trace)?,
+        16 => {
+            let low: [u8; 8] = unhex(&trace)?;
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&low);
+            id
+        }
+        _ => return None,
+    };
+    let span: [u8; 8] = unhex(&span.trim().to_ascii_lowercase())?;
+    if trace == [0; 16] || span == [0; 8] {
+        return None;
+    }
+    Some((trace, span))
+}
+
 /// The connection, seen from the client's side, and the exchange's position on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExchangeKey {
@@ -168,10 +231,10 @@ fn derive<const N: usize>(salt: u64, key: &ExchangeKey, role: &str) -> [u8; N] {
 pub fn client_ids(
     salt: u64,
     key: Option<&ExchangeKey>,
-    traceparent: Option<&str>,
+    incoming: Option<([u8; 16], [u8; 8])>,
     link: Option<&Link>,
 ) -> Option<SpanIds> {
-    if let Some((trace_id, parent)) = traceparent.and_then(parse_traceparent) {
+    if let Some((trace_id, parent)) = incoming {
         return Some(SpanIds {
             trace_id,
             span_id: parent,
@@ -186,21 +249,21 @@ pub fn client_ids(
     })
 }
 
-/// Ids of a server span; `client_watched` says whether the client end of the connection is a
+/// Ids of a server span (`incoming`: the request's trace context, see [`incoming_context`]);
+/// `client_watched` says whether the client end of the connection is a
 /// watched process on this host (its span then exists and is the parent), and
 /// `client_link` is that client exchange's [`Link`], if it has one (the client span, and so
 /// this one, are then in the trace of the request the client was serving).
 pub fn server_ids(
     salt: u64,
     key: Option<&ExchangeKey>,
-    traceparent: Option<&str>,
+    incoming: Option<([u8; 16], [u8; 8])>,
     client_watched: bool,
     client_link: Option<&Link>,
 ) -> Option<SpanIds> {
-    let parsed = traceparent.and_then(parse_traceparent);
     let key = key?;
     let span_id = derive(salt, key, "server");
-    Some(match parsed {
+    Some(match incoming {
         Some((trace_id, parent)) => SpanIds {
             trace_id,
             span_id,
@@ -444,12 +507,111 @@ mod tests {
         }
     }
 
+    /// Table-driven: which ids a request's headers give under which formats.
+    #[test]
+    fn incoming_context_by_format() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let both = [Propagation::TraceContext, Propagation::B3];
+        /// Request headers, formats read, expected (trace id, parent span id).
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            &'a [Propagation],
+            Option<(&'a str, &'a str)>,
+        );
+        let cases: &[Case] = &[
+            (
+                &[("traceparent", TP)],
+                &both,
+                Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+            ),
+            (
+                &[(
+                    "b3",
+                    "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+                )],
+                &both,
+                Some(("80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1")),
+            ),
+            (
+                &[("b3", "A3CE929D0E0E4736-00F067AA0BA902B7")],
+                &both,
+                Some(("0000000000000000a3ce929d0e0e4736", "00f067aa0ba902b7")),
+            ),
+            (
+                &[
+                    ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+                    ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                    ("x-b3-sampled", "1"),
+                ],
+                &both,
+                Some(("463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312")),
+            ),
+            // Both present: the first format configured wins.
+            (
+                &[
+                    ("traceparent", TP),
+                    ("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312"),
+                ],
+                &[Propagation::B3, Propagation::TraceContext],
+                Some(("463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312")),
+            ),
+            // A format not configured is not read.
+            (&[("traceparent", TP)], &[Propagation::B3], None),
+            (
+                &[
+                    ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+                    ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ],
+                &[Propagation::TraceContext],
+                None,
+            ),
+            // Invalid or incomplete B3: no context.
+            (&[("b3", "0")], &both, None),
+            (&[("b3", "d")], &both, None),
+            (&[("b3", "463ac35c9f6413ad48485a3953bb6124")], &both, None),
+            (
+                &[("b3", "00000000000000000000000000000000-a2fb4a1d1a96d312-1")],
+                &both,
+                None,
+            ),
+            (&[("b3", "463ac35c9f6413ad-0000000000000000")], &both, None),
+            (&[("b3", "463ac35c9f6413ad4-a2fb4a1d1a96d312")], &both, None),
+            (
+                &[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124")],
+                &both,
+                None,
+            ),
+            (&[("x-b3-spanid", "a2fb4a1d1a96d312")], &both, None),
+            // An invalid first format falls back to the next.
+            (
+                &[
+                    ("traceparent", "garbage"),
+                    ("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312"),
+                ],
+                &both,
+                Some(("463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312")),
+            ),
+        ];
+        for (headers, formats, want) in cases {
+            let got = incoming_context(formats, |name| {
+                headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+            });
+            let got = got.map(|(trace, span)| (hex(&trace), hex(&span)));
+            let want = want.map(|(trace, span)| (trace.to_owned(), span.to_owned()));
+            assert_eq!(got, want, "{headers:?} under {formats:?}");
+        }
+        for name in ["tracecontext", "B3", " b3 "] {
+            assert!(Propagation::from_name(name).is_some(), "{name}");
+        }
+        assert_eq!(Propagation::from_name("jaeger"), None);
+    }
+
     #[test]
     fn header_joins_the_trace() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let client = client_ids(7, Some(&key()), Some(tp), None).unwrap();
+        let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let client = client_ids(7, Some(&key()), tp, None).unwrap();
         assert_eq!(hex(&client.span_id), "00f067aa0ba902b7");
-        let server = server_ids(7, Some(&key()), Some(tp), true, None).unwrap();
+        let server = server_ids(7, Some(&key()), tp, true, None).unwrap();
         assert_eq!(server.trace_id, client.trace_id);
         assert_eq!(server.parent_span_id, Some(client.span_id));
     }
@@ -513,8 +675,8 @@ mod tests {
         assert_eq!(downstream.parent_span_id, Some(client.span_id));
         let unwatched = server_ids(7, Some(&call), None, false, Some(&link)).unwrap();
         assert_ne!(unwatched.trace_id, server.trace_id);
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let headed = client_ids(7, Some(&call), Some(tp), Some(&link)).unwrap();
+        let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let headed = client_ids(7, Some(&call), tp, Some(&link)).unwrap();
         assert_eq!(hex(&headed.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 

@@ -38,6 +38,8 @@ pub struct RecordContext<'a> {
     pub pod: Option<&'a PodContainer>,
     /// The configured `service_name`: the service name of last resort.
     pub configured_service_name: Option<&'a str>,
+    /// The trace-context formats a request may carry, in order of preference.
+    pub propagation: &'a [context::Propagation],
 }
 
 /// The span name: method and path with id-like segments replaced by `{id}`.
@@ -388,19 +390,16 @@ fn gather(
     let flavor = version_text(request.version);
     let user_agent = req_headers.get("user-agent").map(str::to_owned);
     let peer_ip = meta.remote.map(|remote| remote.ip().to_string());
-    let traceparent = req_headers.get("traceparent").map(str::to_owned);
+    let incoming = context::incoming_context(ctx.propagation, |name| req_headers.get(name));
     let key = context::ExchangeKey::of(meta.role, meta.local, meta.remote, ctx.seq);
     let ids = match kind {
-        SpanKind::Client => context::client_ids(
-            ctx.salt,
-            key.as_ref(),
-            traceparent.as_deref(),
-            ctx.link.as_ref(),
-        ),
+        SpanKind::Client => {
+            context::client_ids(ctx.salt, key.as_ref(), incoming, ctx.link.as_ref())
+        }
         SpanKind::Server => context::server_ids(
             ctx.salt,
             key.as_ref(),
-            traceparent.as_deref(),
+            incoming,
             ctx.client_watched,
             ctx.link.as_ref(),
         ),
@@ -634,6 +633,7 @@ mod tests {
             salt: 1,
             pod: None,
             configured_service_name: None,
+            propagation: &[context::Propagation::TraceContext, context::Propagation::B3],
         }
     }
 
