@@ -91,8 +91,6 @@ pub struct DaemonStats {
     /// Processes found to be Python only when looked at again after their exec (embedded
     /// interpreters: uWSGI, Apache's mod_wsgi).
     pub discovered_late: u64,
-    /// Look-agains given up because too many were waiting.
-    pub rechecks_dropped: u64,
     /// Connections ignored because their peer is the sensor itself.
     pub own_traffic: u64,
     /// Connections whose TCP addresses neither the accept nor the process's getsockname/
@@ -200,7 +198,7 @@ pub struct Pipeline {
     /// the exec'd file name and since when.
     deferred: HashMap<u32, (String, Instant)>,
     /// Processes discovery found not to be Python (yet), looked at again: see [`Recheck`].
-    rechecks: VecDeque<Recheck>,
+    rechecks: Rechecks,
     /// The configured `service_name`, the service name of last resort.
     configured_service_name: Option<String>,
     /// The trace-context formats requests are read for (`propagation_formats`).
@@ -362,36 +360,21 @@ impl Pipeline {
 
     /// Queues look number `attempt` at a process not Python so far (if it still runs).
     fn schedule_recheck(&mut self, pid: u32, filename: &str, attempt: usize) {
-        let Some(after) = RECHECK_AFTER.get(attempt) else {
-            return;
-        };
-        if !self.procs.proc_root().join(pid.to_string()).exists() {
-            return;
+        if self.procs.proc_root().join(pid.to_string()).exists() {
+            self.rechecks
+                .schedule(pid, filename, attempt, Instant::now());
         }
-        if self.rechecks.len() >= RECHECKS_MAX {
-            self.rechecks.pop_front();
-            self.stats.rechecks_dropped += 1;
-        }
-        self.rechecks.push_back(Recheck {
-            pid,
-            filename: filename.to_owned(),
-            due: Instant::now() + *after,
-            attempt,
-        });
     }
 
     /// Looks again at processes that were not Python at their exec: one that now is (it
     /// mapped libpython) is decided on as at its exec, and so are the children it forked
     /// meanwhile (unwatched, they were forked unwatched).
     fn recheck_discovery(&mut self, capture: &mut Capture) {
-        let now = Instant::now();
-        if self.rechecks.iter().all(|r| r.due > now) {
-            return;
-        }
-        let (due, waiting): (Vec<Recheck>, Vec<Recheck>) =
-            self.rechecks.drain(..).partition(|r| r.due <= now);
-        self.rechecks = waiting.into();
-        for recheck in due {
+        for recheck in self.rechecks.take_due(Instant::now()) {
+            // Watched since (it exec'd Python, e.g. `sh -c "exec python app.py"`): decided.
+            if self.watched.contains(&recheck.pid) {
+                continue;
+            }
             // Most are gone, or stay what they were: only their executable and maps are read.
             if !process::is_python(self.procs.proc_root(), recheck.pid, &recheck.filename) {
                 self.schedule_recheck(recheck.pid, &recheck.filename, recheck.attempt + 1);
@@ -411,6 +394,9 @@ impl Pipeline {
                     );
                     let family = with_descendants(self.procs.proc_root(), &[recheck.pid]);
                     for pid in family {
+                        if self.watched.contains(&pid) {
+                            continue;
+                        }
                         let Some(info) = self.procs.get(pid) else {
                             continue;
                         };
@@ -896,6 +882,7 @@ enum Discovery {
 /// A process discovery found not to be Python at its exec, to look at again: a program
 /// embedding the interpreter (uWSGI, Apache with mod_wsgi) maps libpython only once it runs,
 /// after the exec the sensor decided on, and forks its workers soon after.
+#[derive(Clone, Debug, PartialEq)]
 struct Recheck {
     pid: u32,
     filename: String,
@@ -909,6 +896,44 @@ const RECHECK_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_sec
 
 /// Most processes waiting to be looked at again; beyond, the oldest are given up (counted).
 const RECHECKS_MAX: usize = 4096;
+
+/// The processes waiting for another look, bounded.
+#[derive(Default)]
+struct Rechecks {
+    queue: VecDeque<Recheck>,
+    /// Looks given up because [`RECHECKS_MAX`] were waiting.
+    dropped: u64,
+}
+
+impl Rechecks {
+    /// Queues look number `attempt` (from `now`); none after the last of [`RECHECK_AFTER`].
+    fn schedule(&mut self, pid: u32, filename: &str, attempt: usize, now: Instant) {
+        let Some(after) = RECHECK_AFTER.get(attempt) else {
+            return;
+        };
+        if self.queue.len() >= RECHECKS_MAX {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+        self.queue.push_back(Recheck {
+            pid,
+            filename: filename.to_owned(),
+            due: now + *after,
+            attempt,
+        });
+    }
+
+    /// Takes the looks due at `now`, leaving the others in order.
+    fn take_due(&mut self, now: Instant) -> Vec<Recheck> {
+        if self.queue.iter().all(|r| r.due > now) {
+            return Vec::new();
+        }
+        let (due, waiting): (Vec<Recheck>, Vec<Recheck>) =
+            self.queue.drain(..).partition(|r| r.due <= now);
+        self.queue = waiting.into();
+        due
+    }
+}
 
 /// Every process id under `/proc`.
 pub fn all_pids(proc_root: &Path) -> Vec<u32> {
@@ -977,7 +1002,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         selector,
         pods,
         deferred: HashMap::new(),
-        rechecks: VecDeque::new(),
+        rechecks: Rechecks::default(),
         configured_service_name: options.policy.service_name.clone(),
         propagation: options.policy.propagation(),
         completed: Vec::new(),
@@ -1314,7 +1339,7 @@ fn publish_metrics(
         (
             "discovery_rechecks_dropped",
             "looks again at processes not Python at their exec, given up (too many waiting)",
-            pipeline.stats.rechecks_dropped,
+            pipeline.rechecks.dropped,
         ),
     ] {
         metrics.publish(name, help, value);
@@ -1417,5 +1442,40 @@ fn log_counters(capture: &Capture, pipeline: &Pipeline) {
             deferred = pipeline.deferred.len(),
             "pod metadata counters"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rechecks_come_due_in_turn_stop_after_the_last_look_and_stay_bounded() {
+        let start = Instant::now();
+        let mut rechecks = Rechecks::default();
+        rechecks.schedule(1, "/usr/bin/uwsgi", 0, start);
+        rechecks.schedule(2, "/usr/sbin/apache2", 1, start);
+        assert!(rechecks.take_due(start).is_empty());
+        let first = rechecks.take_due(start + RECHECK_AFTER[0]);
+        assert_eq!(first.iter().map(|r| r.pid).collect::<Vec<_>>(), [1]);
+        assert_eq!(first[0].filename, "/usr/bin/uwsgi");
+        let second = rechecks.take_due(start + RECHECK_AFTER[1]);
+        assert_eq!(
+            second
+                .iter()
+                .map(|r| (r.pid, r.attempt))
+                .collect::<Vec<_>>(),
+            [(2, 1)]
+        );
+        // No look after the last one.
+        rechecks.schedule(2, "/usr/sbin/apache2", RECHECK_AFTER.len(), start);
+        assert!(rechecks.queue.is_empty());
+        // Bounded: the oldest are given up, counted.
+        for pid in 0..RECHECKS_MAX as u32 + 3 {
+            rechecks.schedule(pid, "x", 0, start);
+        }
+        assert_eq!(rechecks.queue.len(), RECHECKS_MAX);
+        assert_eq!(rechecks.dropped, 3);
+        assert_eq!(rechecks.queue.front().map(|r| r.pid), Some(3));
     }
 }
