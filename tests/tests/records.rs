@@ -47,7 +47,11 @@ fn http_server_and_urllib_client_records() {
     client.send_line(&command(
         "POST",
         &format!("{base}/echo"),
-        json!({"Content-Type": "application/json", "Authorization": "Bearer secret-token"}),
+        json!({
+            "Content-Type": "application/json",
+            "Authorization": "Bearer secret-token",
+            "X-Forwarded-For": "203.0.113.195, 70.41.3.18"
+        }),
         Some(post_body),
     ));
     let post: Value = serde_json::from_str(&client.expect_line("RESULT", LONG)).unwrap();
@@ -93,6 +97,8 @@ fn http_server_and_urllib_client_records() {
     assert_eq!(attr(&get_server, "net.host.port"), port);
     assert_eq!(attr(&get_server, "net.peer.port"), &get["local_port"]);
     assert_eq!(attr(&get_server, "net.peer.ip"), "127.0.0.1");
+    assert_eq!(attr(&get_server, "client.address"), "127.0.0.1");
+    assert_eq!(attr(&get_server, "network.peer.address"), "127.0.0.1");
     assert_eq!(attr(&get_server, "server.address"), "127.0.0.1");
     assert_eq!(attr(&get_server, "server.port"), port);
     assert!(
@@ -116,6 +122,10 @@ fn http_server_and_urllib_client_records() {
 
     let post_server = find(&servers, "POST");
     assert_eq!(attr(&post_server, "http.request.body"), post_body);
+    // Through a proxy: the original client, the socket's peer beside it.
+    assert_eq!(attr(&post_server, "client.address"), "203.0.113.195");
+    assert_eq!(attr(&post_server, "network.peer.address"), "127.0.0.1");
+    assert_eq!(attr(&post_server, "net.peer.ip"), "127.0.0.1");
     assert_eq!(attr(&post_server, "http.response.body"), &post["body"]);
     assert_eq!(
         attr(&post_server, "http.request.header.authorization"),

@@ -1,7 +1,10 @@
 //! Builds the exchange record from a reassembled exchange, its connection and its process:
 //! the span name, both attribute naming schemes, captured headers and bodies.
 
-use std::{borrow::Cow, net::SocketAddr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+};
 
 use sensor_common::event::Role;
 
@@ -265,6 +268,36 @@ fn put_body(attrs: &mut Gathered, keys: BodyKeys, body: &mut Body) {
     }
 }
 
+/// The original client of a request that came through proxies: the first hop of
+/// `Forwarded: for=` (RFC 7239), else of `X-Forwarded-For`, when it is an IP address (not
+/// `unknown` or an obfuscated name); a port, brackets and quotes are dropped.
+fn forwarded_client(forwarded: Option<&str>, x_forwarded_for: Option<&str>) -> Option<IpAddr> {
+    let from_forwarded = forwarded.and_then(|value| {
+        let first = value.split(',').next()?;
+        first.split(';').find_map(|pair| {
+            let (name, node) = pair.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("for")
+                .then(|| forwarded_node(node))
+                .flatten()
+        })
+    });
+    from_forwarded
+        .or_else(|| x_forwarded_for.and_then(|value| forwarded_node(value.split(',').next()?)))
+}
+
+/// An IP address from a forwarding header's node: `192.0.2.60`, `"[2001:db8::17]:4711"`,
+/// `198.51.100.7:8080`.
+fn forwarded_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    node.parse()
+        .ok()
+        .or_else(|| node.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// Splits a Host header into name and port.
 fn split_host(host: &str) -> (String, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[')
@@ -390,6 +423,17 @@ fn gather(
     let flavor = version_text(request.version);
     let user_agent = req_headers.get("user-agent").map(str::to_owned);
     let peer_ip = meta.remote.map(|remote| remote.ip().to_string());
+    // The client behind proxies, when they say who it was (OpenTelemetry's `client.address`);
+    // `network.peer.address` and `net.peer.ip` stay the socket's peer.
+    let client_ip = match kind {
+        SpanKind::Server => forwarded_client(
+            req_headers.get("forwarded"),
+            req_headers.get("x-forwarded-for"),
+        )
+        .map(|ip| ip.to_string())
+        .or_else(|| peer_ip.clone()),
+        SpanKind::Client => None,
+    };
     let incoming = context::incoming_context(ctx.propagation, |name| req_headers.get(name));
     let key = context::ExchangeKey::of(meta.role, meta.local, meta.remote, ctx.seq);
     let ids = match kind {
@@ -413,10 +457,8 @@ fn gather(
     let status = exchange.response.as_ref().map(|r| i64::from(r.status));
 
     let mut attrs = Gathered::with_capacity(48);
-    if kind == SpanKind::Server
-        && let Some(ip) = &peer_ip
-    {
-        put(&mut attrs, "client.address", ip.as_str());
+    if let Some(ip) = client_ip {
+        put(&mut attrs, "client.address", ip);
     }
     put(&mut attrs, "http.flavor", flavor);
     if let Some(host) = host {
@@ -891,6 +933,62 @@ mod tests {
         assert_eq!(get("process.pid"), Some(AttributeValue::Int(7)));
         assert_eq!(get("host.name"), Some("h".into()));
         assert_eq!(get("container.id"), Some("abc".into()));
+    }
+
+    #[test]
+    fn forwarded_clients() {
+        let cases: &[(Option<&str>, Option<&str>, Option<&str>)] = &[
+            (
+                None,
+                Some("203.0.113.195, 70.41.3.18, 150.172.238.178"),
+                Some("203.0.113.195"),
+            ),
+            (None, Some(" 198.51.100.7:8080 "), Some("198.51.100.7")),
+            (
+                None,
+                Some("2001:db8:85a3::8a2e:370:7334"),
+                Some("2001:db8:85a3::8a2e:370:7334"),
+            ),
+            (
+                Some("for=192.0.2.60;proto=http;by=203.0.113.43"),
+                None,
+                Some("192.0.2.60"),
+            ),
+            (
+                Some("For=\"[2001:db8:cafe::17]:4711\""),
+                None,
+                Some("2001:db8:cafe::17"),
+            ),
+            (
+                Some("proto=https;for=192.0.2.43, for=198.51.100.17"),
+                None,
+                Some("192.0.2.43"),
+            ),
+            // Forwarded wins over X-Forwarded-For; an unusable one falls back.
+            (
+                Some("for=192.0.2.60"),
+                Some("203.0.113.195"),
+                Some("192.0.2.60"),
+            ),
+            (
+                Some("for=unknown"),
+                Some("203.0.113.195"),
+                Some("203.0.113.195"),
+            ),
+            (Some("for=_hidden, for=192.0.2.1"), None, None),
+            (None, Some("not-an-address"), None),
+            (None, Some(""), None),
+            (None, None, None),
+        ];
+        for (forwarded, xff, want) in cases {
+            assert_eq!(
+                forwarded_client(*forwarded, *xff)
+                    .map(|ip| ip.to_string())
+                    .as_deref(),
+                *want,
+                "{forwarded:?} {xff:?}"
+            );
+        }
     }
 
     #[test]
