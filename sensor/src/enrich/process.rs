@@ -197,35 +197,46 @@ pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) ->
     let mut args = argv.iter().map(String::as_str).peekable();
     let first = args.next().unwrap_or(executable_name);
     let launcher = basename(first);
-    let mut rest: Vec<&str> = args.collect();
+    let rest: Vec<&str> = args.collect();
     if is_python_name(launcher) {
         let mut i = 0;
         while i < rest.len() {
             let arg = rest[i];
-            if arg == "-m"
-                && let Some(module) = rest.get(i + 1)
-            {
-                let module = *module;
-                let tail: Vec<&str> = rest[i + 2..].to_vec();
-                if let Some(app) = application(module, &tail) {
-                    return app;
+            if arg == "--" {
+                i += 1;
+                break;
+            }
+            if let Some(long) = arg.strip_prefix("--") {
+                i += if PYTHON_LONG_OPTIONS_WITH_VALUE.contains(&long) {
+                    2
+                } else {
+                    1
+                };
+                continue;
+            }
+            let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) else {
+                break;
+            };
+            match interpreter_option(cluster) {
+                InterpreterOption::Flags => i += 1,
+                InterpreterOption::Value { attached } => i += if attached { 1 } else { 2 },
+                InterpreterOption::Command => return "python-command".to_owned(),
+                InterpreterOption::Module(attached) => {
+                    let (module, tail) = match attached {
+                        Some(module) => (module, &rest[i + 1..]),
+                        None => match rest.get(i + 1) {
+                            Some(module) => (*module, rest.get(i + 2..).unwrap_or_default()),
+                            None => return "python".to_owned(),
+                        },
+                    };
+                    return application(module, tail).unwrap_or_else(|| module.to_owned());
                 }
-                return module.to_owned();
             }
-            if arg == "-c" {
-                return "python-command".to_owned();
-            }
-            if !arg.starts_with('-') {
-                rest = rest[i..].to_vec();
-                let script = basename(rest[0]);
-                let tail: Vec<&str> = rest[1..].to_vec();
-                let runner = script.strip_suffix(".py").unwrap_or(script);
-                if let Some(app) = application(runner, &tail) {
-                    return app;
-                }
-                return script.strip_suffix(".py").unwrap_or(script).to_owned();
-            }
-            i += 1;
+        }
+        if let Some(script) = rest.get(i).filter(|s| **s != "-") {
+            let script = basename(script);
+            let runner = script.strip_suffix(".py").unwrap_or(script);
+            return application(runner, &rest[i + 1..]).unwrap_or_else(|| runner.to_owned());
         }
         return "python".to_owned();
     }
@@ -234,6 +245,41 @@ pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) ->
         return app;
     }
     runner.to_owned()
+}
+
+/// The interpreter's long options that take their value as the next argument.
+const PYTHON_LONG_OPTIONS_WITH_VALUE: &[&str] = &["check-hash-based-pycs"];
+
+/// What a cluster of the interpreter's short options (`-u`, `-uW ignore`, `-mhttp.server`)
+/// means for finding the program it runs.
+enum InterpreterOption<'a> {
+    /// Only flags (`-u`, `-OO`, `-Bs`).
+    Flags,
+    /// Ends in an option taking a value (`-W`, `-X`): attached (`-Wignore`) or the next argument.
+    Value { attached: bool },
+    /// `-c`: the program is a command string.
+    Command,
+    /// `-m`: the program is this module, attached or (None) the next argument.
+    Module(Option<&'a str>),
+}
+
+/// Reads a short-option cluster (without its `-`) as CPython's option parser does: an option
+/// taking a value takes the rest of the cluster, else the next argument.
+fn interpreter_option(cluster: &str) -> InterpreterOption<'_> {
+    for (at, option) in cluster.char_indices() {
+        let attached = &cluster[at + option.len_utf8()..];
+        match option {
+            'c' => return InterpreterOption::Command,
+            'm' => return InterpreterOption::Module((!attached.is_empty()).then_some(attached)),
+            'W' | 'X' => {
+                return InterpreterOption::Value {
+                    attached: !attached.is_empty(),
+                };
+            }
+            _ => {}
+        }
+    }
+    InterpreterOption::Flags
 }
 
 /// The application module among a runner's arguments: the first `module:attribute` (the
@@ -628,6 +674,24 @@ mod tests {
             ),
             (&["python3"], "python"),
             (&["/usr/bin/python3.11", "-c", "print(1)"], "python-command"),
+            (&["python3", "-W", "ignore", "client.py"], "client"),
+            (&["python3", "-uW", "ignore", "client.py"], "client"),
+            (
+                &["python3", "-Wignore", "-X", "importtime", "api.py"],
+                "api",
+            ),
+            (&["python3", "-X", "dev", "-m", "uvicorn", "svc:app"], "svc"),
+            (&["python3", "-mhttp.server", "8000"], "http.server"),
+            (&["python3", "-Bm", "orders"], "orders"),
+            (&["python3", "-uc", "import x"], "python-command"),
+            (
+                &["python3", "--check-hash-based-pycs", "never", "worker.py"],
+                "worker",
+            ),
+            (&["python3", "-u", "--", "-odd.py"], "-odd"),
+            (&["python3", "-"], "python"),
+            (&["python3", "-W"], "python"),
+            (&["python3", "-m"], "python"),
         ];
         for (args, expected) in cases {
             assert_eq!(
