@@ -17,13 +17,29 @@ use serde_json::{Value, json};
 /// a `requests` Session: every HTTPS exchange exact on both sides, in the worker that served it.
 #[test]
 fn gunicorn_certfile_sync_workers_and_a_requests_session() {
+    gunicorn_certfile_and_a_requests_session("sync");
+}
+
+/// The same with gevent workers (`-k gevent`, a common production set-up): the worker's
+/// sockets and `ssl` are monkey-patched onto gevent's hub, non-blocking, each call retried
+/// after the hub says the socket is ready.
+#[test]
+fn gunicorn_certfile_gevent_workers_and_a_requests_session() {
+    gunicorn_certfile_and_a_requests_session("gevent");
+}
+
+/// Flask under gunicorn `--certfile` with two workers of `worker_class` started before the
+/// sensor, and a `requests` Session: every HTTPS exchange exact on both sides, in the worker
+/// that served it.
+fn gunicorn_certfile_and_a_requests_session(worker_class: &str) {
     let tls = tls_files();
     let (cert, key) = tls.paths();
     let server = Py::spawn(
-        "gunicorn flask tls",
+        &format!("gunicorn flask tls ({worker_class} workers)"),
         &["-m", "gunicorn", "-c", "gunicorn_conf.py", "flask_app:app"],
         &[
             ("GUNICORN_WORKERS", "2"),
+            ("GUNICORN_WORKER_CLASS", worker_class),
             ("GUNICORN_CERTFILE", cert),
             ("GUNICORN_KEYFILE", key),
         ],
@@ -44,7 +60,7 @@ fn gunicorn_certfile_sync_workers_and_a_requests_session() {
     );
     client.expect_line("READY", LONG);
     let sensor = Sensor::start(
-        "tls-gunicorn",
+        &format!("tls-gunicorn-{worker_class}"),
         &[
             "run",
             "--pid",
