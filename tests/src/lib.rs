@@ -361,12 +361,14 @@ impl Py {
     }
 
     /// As [`Py::spawn`], for any command (e.g. the test venv's Python under `unshare`); it runs
-    /// in [`apps_dir`] with stdin and stdout piped.
+    /// in [`apps_dir`] unless the command names its own directory, with stdin and stdout piped.
     pub fn spawn_command(name: &str, mut command: Command, env: &[(&str, &str)]) -> Py {
+        if command.get_current_dir().is_none() {
+            command.current_dir(apps_dir());
+        }
         let mut child = command
             .envs(env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
-            .current_dir(apps_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

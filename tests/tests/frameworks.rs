@@ -1175,6 +1175,68 @@ fn aiohttp_server_and_client_records() {
     );
 }
 
+/// Django's own development server as people run it, `python manage.py runserver` in the
+/// project's directory, started after the sensor (discovery): every exchange exact, the
+/// service named after the project (the directory the relative `manage.py` runs in), not
+/// `manage`.
+#[test]
+fn django_runserver_named_after_its_project() {
+    let project_parent = sensor_e2e::scratch_dir("django-runserver");
+    let made = std::process::Command::new(sensor_e2e::python())
+        .args(["-m", "django", "startproject", "shopfront"])
+        .current_dir(&project_parent)
+        .status()
+        .expect("run django startproject");
+    assert!(made.success(), "django startproject shopfront: {made}");
+    let sensor = Sensor::start("fw-django-runserver", &["run", "--output", "jsonl"]);
+    let port = sensor_e2e::free_port();
+    let mut command = std::process::Command::new(sensor_e2e::python());
+    command
+        .args([
+            "manage.py",
+            "runserver",
+            &format!("127.0.0.1:{port}"),
+            "--noreload",
+        ])
+        .current_dir(project_parent.join("shopfront"));
+    let server = Py::spawn_command("django runserver", command, &[]);
+    assert!(
+        sensor_e2e::wait_until(LONG, || {
+            get_once(port, "/admin/login/?ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        }),
+        "runserver answers on port {port}"
+    );
+    let mut served = Vec::new();
+    for target in [
+        "/admin/login/",
+        "/admin/login/?next=/admin/",
+        "/missing/page",
+    ] {
+        let response = get_once(port, target).expect("a response");
+        let status: u64 = response[9..12].parse().expect("a status code");
+        served.push((target, status));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let from_server = records_of(&records, "server", server.pid());
+    for (target, status) in &served {
+        let found: Vec<&Value> = from_server
+            .iter()
+            .copied()
+            .filter(|r| attr(r, "http.target") == *target)
+            .collect();
+        assert_eq!(found.len(), 1, "{target}: {:#?}", summary(&from_server));
+        let record = found[0];
+        assert_eq!(attr(record, "http.status_code"), *status, "{record:#}");
+        assert_eq!(
+            record["resource"]["service.name"], "shopfront",
+            "{record:#}"
+        );
+    }
+    assert_eq!(served[2].1, 404, "{served:?}");
+}
+
 /// A process started after the sensor (discovery, no --pid) that makes one request and exits at
 /// once: its client record is there, exact, under the service name its environment gave it.
 #[test]

@@ -51,11 +51,23 @@ impl ProcessInfo {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> Self {
+        Self::started_in(pid, executable_path, argv, env, None)
+    }
+
+    /// [`ProcessInfo::new`] for a process whose working directory is known (it places a
+    /// script named by a relative path, see [`service_name_from_command_line`]).
+    pub fn started_in(
+        pid: u32,
+        executable_path: String,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        working_directory: Option<&Path>,
+    ) -> Self {
         let executable_name = basename(&executable_path).to_owned();
         let (service_name, name_source) = match service_name_from_env(&env) {
             Some(name) => (name, NameSource::Environment),
             None => (
-                service_name_from_command_line(&executable_name, &argv),
+                service_name_from_command_line(&executable_name, &argv, working_directory),
                 NameSource::CommandLine,
             ),
         };
@@ -191,9 +203,16 @@ pub fn service_name_from_env(env: &BTreeMap<String, String>) -> Option<String> {
 }
 
 /// A service name from the command line: the WSGI/ASGI application module under gunicorn,
-/// uvicorn and friends (`app:app` gives `app`), the module of `python -m`, else the script name
-/// without `.py`; never a bare interpreter name.
-pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) -> String {
+/// uvicorn and friends (`app:app` gives `app`), the application a runner is given by option
+/// (celery's `-A`, uWSGI's `--module`/`--wsgi-file`, Django's `--settings`), the module of
+/// `python -m`, the Django project of a `manage.py` (its directory, placed in
+/// `working_directory` when relative), else the script name without `.py`; never a bare
+/// interpreter name.
+pub fn service_name_from_command_line(
+    executable_name: &str,
+    argv: &[String],
+    working_directory: Option<&Path>,
+) -> String {
     let mut args = argv.iter().map(String::as_str).peekable();
     let first = args.next().unwrap_or(executable_name);
     let launcher = basename(first);
@@ -233,10 +252,16 @@ pub fn service_name_from_command_line(executable_name: &str, argv: &[String]) ->
                 }
             }
         }
-        if let Some(script) = rest.get(i).filter(|s| **s != "-") {
-            let script = basename(script);
+        if let Some(path) = rest.get(i).filter(|s| **s != "-") {
+            let script = basename(path);
             let runner = script.strip_suffix(".py").unwrap_or(script);
-            return application(runner, &rest[i + 1..]).unwrap_or_else(|| runner.to_owned());
+            return application(runner, &rest[i + 1..])
+                .or_else(|| {
+                    (script == "manage.py")
+                        .then(|| project_directory(path, working_directory))
+                        .flatten()
+                })
+                .unwrap_or_else(|| runner.to_owned());
         }
         return "python".to_owned();
     }
@@ -283,15 +308,64 @@ fn interpreter_option(cluster: &str) -> InterpreterOption<'_> {
 }
 
 /// The application module among a runner's arguments: the first `module:attribute` (the
-/// gunicorn/uvicorn/hypercorn application spec), else, under gunicorn, which takes a bare
-/// module (`gunicorn mysite.wsgi`, the callable `application` implied), the first positional
-/// argument that is a dotted module name.
+/// gunicorn/uvicorn/hypercorn application spec), else what the runner takes as its application:
+/// gunicorn a bare module (`gunicorn mysite.wsgi`, the callable `application` implied), the
+/// first positional argument that is a dotted module name; celery `-A`/`--app`; uWSGI
+/// `--module`/`-w`/`--wsgi`, else the file of `--wsgi-file`/`--file`; Django's `manage.py` and
+/// `django-admin` the project of `--settings`.
 fn application(runner: &str, args: &[&str]) -> Option<String> {
-    app_module(args).or_else(|| {
-        (runner == "gunicorn")
-            .then(|| gunicorn_module(args))
-            .flatten()
+    app_module(args).or_else(|| match runner {
+        "gunicorn" => gunicorn_module(args),
+        "celery" => option_value(args, &["-A", "--app"]).and_then(module_of),
+        "manage" | "django-admin" => option_value(args, &["--settings"])
+            .and_then(module_of)
+            .map(|settings| settings.split('.').next().unwrap_or_default().to_owned()),
+        _ if runner.starts_with("uwsgi") => option_value(args, &["--module", "-w", "--wsgi"])
+            .and_then(module_of)
+            .or_else(|| {
+                let file = option_value(args, &["--wsgi-file", "--file"])?;
+                let name = basename(file);
+                let stem = name.strip_suffix(".py").unwrap_or(name);
+                (!stem.is_empty()).then(|| stem.to_owned())
+            }),
+        _ => None,
     })
+}
+
+/// The value of the first of `names` among `args`: `--name value`, `--name=value`, or for a
+/// one-letter option also `-Nvalue`.
+fn option_value<'a>(args: &[&'a str], names: &[&str]) -> Option<&'a str> {
+    args.iter().enumerate().find_map(|(at, arg)| {
+        names.iter().find_map(|name| {
+            let attached = arg.strip_prefix(name)?;
+            if attached.is_empty() {
+                return args.get(at + 1).copied();
+            }
+            let short = name.len() == 2 && !name.starts_with("--");
+            attached
+                .strip_prefix('=')
+                .filter(|_| !short)
+                .or(short.then_some(attached))
+        })
+    })
+}
+
+/// The module of an application spec (`proj.celery:app` gives `proj.celery`), when it is one.
+fn module_of(spec: &str) -> Option<String> {
+    let module = spec.split(':').next().unwrap_or(spec);
+    is_dotted_identifier(module).then(|| module.to_owned())
+}
+
+/// A Django project's name from its `manage.py`: the directory holding it, placed in
+/// `working_directory` when the path is relative.
+fn project_directory(script: &str, working_directory: Option<&Path>) -> Option<String> {
+    let script = Path::new(script);
+    let path = match working_directory {
+        Some(directory) if script.is_relative() => directory.join(script),
+        _ => script.to_path_buf(),
+    };
+    let directory = path.parent()?.file_name()?.to_str()?;
+    (!directory.is_empty() && directory != "." && directory != "..").then(|| directory.to_owned())
 }
 
 /// The first `module:attribute` argument (gunicorn/uvicorn/hypercorn application spec).
@@ -421,7 +495,8 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
             )
         })
         .unwrap_or_default();
-    let mut info = ProcessInfo::new(pid, exe, argv, env);
+    let working_directory = std::fs::read_link(dir.join("cwd")).ok();
+    let mut info = ProcessInfo::started_in(pid, exe, argv, env, working_directory.as_deref());
     info.container_id = super::container::container_id(proc_root, pid);
     Some(info)
 }
@@ -508,14 +583,17 @@ impl ProcessTable {
             .or_else(|| self.pending.remove(&exec.pid));
         let info = match pending {
             Some(pending) if !pending.argv.is_empty() => {
-                let exe = std::fs::read_link(self.proc_root.join(exec.pid.to_string()).join("exe"))
+                let dir = self.proc_root.join(exec.pid.to_string());
+                let exe = std::fs::read_link(dir.join("exe"))
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| exec.filename.clone());
-                ProcessInfo::new(
+                let working_directory = std::fs::read_link(dir.join("cwd")).ok();
+                ProcessInfo::started_in(
                     exec.pid,
                     exe,
                     pending.argv.into_values().collect(),
                     telemetry_env(pending.env),
+                    working_directory.as_deref(),
                 )
             }
             _ => read_proc(&self.proc_root, exec.pid).unwrap_or_else(|| {
@@ -692,14 +770,81 @@ mod tests {
             (&["python3", "-"], "python"),
             (&["python3", "-W"], "python"),
             (&["python3", "-m"], "python"),
+            (
+                &[
+                    "/venv/bin/python",
+                    "/venv/bin/celery",
+                    "-A",
+                    "proj",
+                    "worker",
+                ],
+                "proj",
+            ),
+            (
+                &["celery", "--app=shop.tasks", "worker", "-l", "info"],
+                "shop.tasks",
+            ),
+            (
+                &["python3", "-m", "celery", "-Aproj.celery:app", "beat"],
+                "proj.celery",
+            ),
+            (&["celery", "worker"], "celery"),
+            (
+                &["uwsgi", "--http", ":8000", "--module", "mysite.wsgi"],
+                "mysite.wsgi",
+            ),
+            (&["uwsgi_python3", "-w", "api"], "api"),
+            (
+                &[
+                    "uwsgi",
+                    "--http-socket",
+                    ":80",
+                    "--wsgi-file",
+                    "/srv/shop/app.py",
+                ],
+                "app",
+            ),
+            (&["uwsgi", "--ini", "uwsgi.ini"], "uwsgi"),
+            (
+                &[
+                    "python3",
+                    "manage.py",
+                    "runserver",
+                    "--settings",
+                    "shop.settings.prod",
+                ],
+                "shop",
+            ),
+            (&["python3", "/srv/blog/manage.py", "runserver"], "blog"),
+            (
+                &["django-admin", "runserver", "--settings=blog.settings"],
+                "blog",
+            ),
+            (&["python3", "manage.py", "runserver"], "manage"),
+            (&["python3", "./manage.py", "runserver"], "manage"),
         ];
         for (args, expected) in cases {
             assert_eq!(
-                service_name_from_command_line("python3", &argv(args)),
+                service_name_from_command_line("python3", &argv(args), None),
                 *expected,
                 "{args:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_relative_manage_py_is_named_after_the_directory_it_runs_in() {
+        let shop = Some(Path::new("/srv/shop"));
+        let name = |args: &[&str], cwd| service_name_from_command_line("python3", &argv(args), cwd);
+        assert_eq!(name(&["python3", "manage.py", "runserver"], shop), "shop");
+        assert_eq!(name(&["python3", "./manage.py", "runserver"], shop), "shop");
+        assert_eq!(name(&["python3", "web/manage.py"], shop), "web");
+        assert_eq!(name(&["python3", "/srv/blog/manage.py"], shop), "blog");
+        assert_eq!(
+            name(&["python3", "manage.py"], Some(Path::new("/"))),
+            "manage"
+        );
+        assert_eq!(name(&["python3", "server.py"], shop), "server");
     }
 
     #[test]
