@@ -253,6 +253,39 @@ fn flask_chunked_gzip_and_png_bodies() {
         png.response_headers.get("content-type").map(String::as_str),
         Some("image/png")
     );
+    // Media types of real APIs beyond application/json: kept by default (they contain
+    // `json` or `+xml`), and a binary type whose name merely contains "xml", not.
+    let mut typed = Vec::new();
+    for (content_type, body, kept) in [
+        (
+            "application/problem+json",
+            r#"{"type": "about:blank", "status": 409}"#,
+            true,
+        ),
+        ("application/x-ndjson", "{\"n\": 1}\n{\"n\": 2}\n", true),
+        (
+            "application/soap+xml; charset=utf-8",
+            "<Envelope><Body>1</Body></Envelope>",
+            true,
+        ),
+        (
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "PK\u{3}\u{4}sheet",
+            false,
+        ),
+    ] {
+        let (exchange, res) = ask(
+            &mut client,
+            port,
+            "POST",
+            "/echo",
+            json!({ "Content-Type": content_type }),
+            Some(body),
+            "POST /echo",
+        );
+        assert_eq!(worker_of(&res), worker_of(&stream_res));
+        typed.push((exchange, content_type, body, kept));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let output = sensor.stop();
     let records = output.records();
@@ -262,8 +295,28 @@ fn flask_chunked_gzip_and_png_bodies() {
     let servers = records_of(&records, "server", worker);
     let clients = records_of(&records, "client", client.pid());
     assert_eq!(worker_of(&file_res), worker);
-    assert_eq!(servers.len(), 4, "server records: {servers:#?}");
-    assert_eq!(clients.len(), 4, "client records: {clients:#?}");
+    assert_eq!(servers.len(), 8, "server records: {servers:#?}");
+    assert_eq!(clients.len(), 8, "client records: {clients:#?}");
+    for (exchange, content_type, body, kept) in &typed {
+        for (side, records, pid, service) in [
+            ("server", &servers, worker, "flask_app"),
+            ("client", &clients, client.pid(), "requests_client"),
+        ] {
+            let record = find(records, exchange, side);
+            check(record, exchange, side, pid, service);
+            let expected = |body: &str| if *kept { json!(body) } else { Value::Null };
+            assert_eq!(
+                attr(record, "http.request.body"),
+                &expected(body),
+                "{content_type}: {record:#}"
+            );
+            assert_eq!(
+                attr(record, "http.response.body"),
+                &expected(body),
+                "{content_type}: {record:#}"
+            );
+        }
+    }
     check(
         find(&clients, &file, "client"),
         &file,

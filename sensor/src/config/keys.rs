@@ -244,7 +244,7 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "data_capture.allowed_content_types",
-        default: "application/json,application/xml,text/json,text/xml,application/x-www-form-urlencoded,application/graphql",
+        default: "json,application/xml,text/xml,+xml,application/x-www-form-urlencoded,application/graphql",
         env: "HT_DATA_CAPTURE_ALLOWED_CONTENT_TYPES",
         otel: &[],
         flag: None,

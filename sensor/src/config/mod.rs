@@ -299,12 +299,16 @@ impl Default for Reporting {
     }
 }
 
-/// Content types whose bodies are recorded by default.
+/// Content types whose bodies are recorded by default, as substrings (see
+/// [`crate::http::content_type_allowed`]): `json` admits every JSON type (`application/json`,
+/// `text/json`, `application/problem+json`, `application/vnd.api+json`, `application/x-ndjson`),
+/// `+xml` the XML-based ones (`application/soap+xml`) but not `xml` inside other names
+/// (`…openxmlformats…` documents are binary).
 pub const DEFAULT_ALLOWED_CONTENT_TYPES: &[&str] = &[
-    "application/json",
+    "json",
     "application/xml",
-    "text/json",
     "text/xml",
+    "+xml",
     "application/x-www-form-urlencoded",
     "application/graphql",
 ];

@@ -132,7 +132,14 @@ fn guide_configmap_yaml_parses_without_warnings() {
     );
     assert_eq!(
         config.data_capture.allowed_content_types,
-        DEFAULT_ALLOWED_CONTENT_TYPES
+        [
+            "application/json",
+            "application/xml",
+            "text/json",
+            "text/xml",
+            "application/x-www-form-urlencoded",
+            "application/graphql",
+        ]
     );
     assert_eq!(
         config.traces_endpoint().as_deref(),

@@ -110,17 +110,10 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             body_max_size: 131_072,
-            allowed_content_types: [
-                "application/json",
-                "application/xml",
-                "text/json",
-                "text/xml",
-                "application/x-www-form-urlencoded",
-                "application/graphql",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
+            allowed_content_types: crate::config::DEFAULT_ALLOWED_CONTENT_TYPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             capture_request_headers: true,
             capture_response_headers: true,
             capture_request_body: true,

@@ -324,15 +324,16 @@ pub fn parser_settings(config: &Config, mut base: HttpSettings) -> HttpSettings 
 }
 
 /// Whether the parser settings a reloaded configuration `need`s go beyond those it runs with
-/// (`have`): larger bodies, body capture turned on, or content types it does not keep. The
-/// parser's settings are fixed at start, so such a reload takes effect only at restart.
+/// (`have`): larger bodies, body capture turned on, or content types it does not keep (a
+/// needed entry is kept when one the parser has occurs in it: every type containing
+/// `application/json` contains `json`). The parser's settings are fixed at start, so such a
+/// reload takes effect only at restart.
 pub fn parser_needs_restart(need: &HttpSettings, have: &HttpSettings) -> bool {
+    let kept = |entry: &String| {
+        crate::http::content_type_allowed(&have.allowed_content_types, entry.as_bytes())
+    };
     let more_types = !have.allowed_content_types.is_empty()
-        && (need.allowed_content_types.is_empty()
-            || need
-                .allowed_content_types
-                .iter()
-                .any(|t| !have.allowed_content_types.contains(t)));
+        && (need.allowed_content_types.is_empty() || !need.allowed_content_types.iter().all(kept));
     need.body_max_size > have.body_max_size
         || (need.capture_request_body && !have.capture_request_body)
         || (need.capture_response_body && !have.capture_response_body)

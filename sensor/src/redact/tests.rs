@@ -873,8 +873,16 @@ fn reload_needs_restart_only_when_the_parser_would_keep_more() {
     };
     assert!(!parser_needs_restart(&have, &have));
     assert!(!parser_needs_restart(
-        &with_types(&["application/json"]),
+        &with_types(&["application/json", "application/problem+json"]),
         &have
+    ));
+    assert!(!parser_needs_restart(
+        &with_types(&["application/json"]),
+        &with_types(&["JSON"])
+    ));
+    assert!(parser_needs_restart(
+        &with_types(&["json"]),
+        &with_types(&["application/json"])
     ));
     assert!(parser_needs_restart(&with_types(&["text/plain"]), &have));
     assert!(parser_needs_restart(&with_types(&[]), &have));

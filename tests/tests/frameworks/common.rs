@@ -14,10 +14,10 @@ pub const BODY_LIMIT: usize = 131_072;
 
 /// The default allow list of body content types.
 const ALLOWED_TYPES: &[&str] = &[
-    "application/json",
+    "json",
     "application/xml",
-    "text/json",
     "text/xml",
+    "+xml",
     "application/x-www-form-urlencoded",
     "application/graphql",
 ];
