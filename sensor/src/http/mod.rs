@@ -69,11 +69,19 @@ pub fn content_type_allowed(allowed: &[String], content_type: &[u8]) -> bool {
             .any(|entry| contains_ignore_ascii_case(content_type, entry.as_bytes()))
 }
 
+/// Whether `needle` occurs in `haystack`, ignoring ASCII case: a byte compare per position,
+/// the rest compared only where the first byte matches (this runs for every message).
 fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+    let Some((first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let Some(last_start) = haystack.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    haystack[..=last_start].iter().enumerate().any(|(at, b)| {
+        b.eq_ignore_ascii_case(first)
+            && haystack[at + 1..at + needle.len()].eq_ignore_ascii_case(rest)
+    })
 }
 
 /// What the HTTP layer captures, and its bounds.
