@@ -203,11 +203,11 @@ pub fn service_name_from_env(env: &BTreeMap<String, String>) -> Option<String> {
 }
 
 /// A service name from the command line: the WSGI/ASGI application module under gunicorn,
-/// uvicorn and friends (`app:app` gives `app`), the application a runner is given by option
-/// (celery's `-A`, uWSGI's `--module`/`--wsgi-file`, Django's `--settings`), the module of
-/// `python -m`, the Django project of a `manage.py` (its directory, placed in
-/// `working_directory` when relative), else the script name without `.py`; never a bare
-/// interpreter name.
+/// uvicorn and friends (`app:app` gives `app`), the application a runner is given (celery's and
+/// flask's `-A`, uWSGI's `--module`/`--wsgi-file`, Django's `--settings`, the file `fastapi
+/// run` serves), the module of `python -m`, the Django project of a `manage.py` (its
+/// directory, placed in `working_directory` when relative), else the script name without
+/// `.py`; never a bare interpreter name.
 pub fn service_name_from_command_line(
     executable_name: &str,
     argv: &[String],
@@ -310,24 +310,26 @@ fn interpreter_option(cluster: &str) -> InterpreterOption<'_> {
 /// The application module among a runner's arguments: the first `module:attribute` (the
 /// gunicorn/uvicorn/hypercorn application spec), else what the runner takes as its application:
 /// gunicorn a bare module (`gunicorn mysite.wsgi`, the callable `application` implied), the
-/// first positional argument that is a dotted module name; celery `-A`/`--app`; uWSGI
+/// first positional argument that is a dotted module name; celery `-A`/`--app`; flask
+/// `-A`/`--app` (a module or a file); `fastapi run|dev` its `.py` file; uWSGI
 /// `--module`/`-w`/`--wsgi`, else the file of `--wsgi-file`/`--file`; Django's `manage.py` and
 /// `django-admin` the project of `--settings`.
 fn application(runner: &str, args: &[&str]) -> Option<String> {
     app_module(args).or_else(|| match runner {
         "gunicorn" => gunicorn_module(args),
         "celery" => option_value(args, &["-A", "--app"]).and_then(module_of),
+        "flask" => option_value(args, &["-A", "--app"])
+            .and_then(|app| module_of(app).or_else(|| script_stem(app))),
+        "fastapi" => args
+            .iter()
+            .find(|arg| arg.ends_with(".py"))
+            .and_then(|path| script_stem(path)),
         "manage" | "django-admin" => option_value(args, &["--settings"])
             .and_then(module_of)
             .map(|settings| settings.split('.').next().unwrap_or_default().to_owned()),
         _ if runner.starts_with("uwsgi") => option_value(args, &["--module", "-w", "--wsgi"])
             .and_then(module_of)
-            .or_else(|| {
-                let file = option_value(args, &["--wsgi-file", "--file"])?;
-                let name = basename(file);
-                let stem = name.strip_suffix(".py").unwrap_or(name);
-                (!stem.is_empty()).then(|| stem.to_owned())
-            }),
+            .or_else(|| script_stem(option_value(args, &["--wsgi-file", "--file"])?)),
         _ => None,
     })
 }
@@ -348,6 +350,13 @@ fn option_value<'a>(args: &[&'a str], names: &[&str]) -> Option<&'a str> {
                 .or(short.then_some(attached))
         })
     })
+}
+
+/// The name of a Python file without its directory and `.py` (`src/hello.py` gives `hello`).
+fn script_stem(path: &str) -> Option<String> {
+    let name = basename(path);
+    let stem = name.strip_suffix(".py").unwrap_or(name);
+    (!stem.is_empty()).then(|| stem.to_owned())
 }
 
 /// The module of an application spec (`proj.celery:app` gives `proj.celery`), when it is one.
@@ -821,6 +830,27 @@ mod tests {
                 "blog",
             ),
             (&["python3", "manage.py", "runserver"], "manage"),
+            (
+                &[
+                    "/venv/bin/python",
+                    "/venv/bin/flask",
+                    "--app",
+                    "hello",
+                    "run",
+                ],
+                "hello",
+            ),
+            (
+                &["python3", "-m", "flask", "--app=src/shop.py", "run"],
+                "shop",
+            ),
+            (&["flask", "-A", "api:create_app()", "run"], "api"),
+            (&["flask", "run"], "flask"),
+            (
+                &["/venv/bin/fastapi", "run", "app/orders.py", "--port", "80"],
+                "orders",
+            ),
+            (&["fastapi", "dev"], "fastapi"),
             (&["python3", "./manage.py", "runserver"], "manage"),
         ];
         for (args, expected) in cases {
