@@ -8,6 +8,8 @@ GET  /big?size=N      -> 200 application/json, a JSON document of exactly N byte
 GET  /fetch?url=U     -> 200 application/json: the handler GETs U with an aiohttp ClientSession
                          (HTTPS trusts SSL_CERT_FILE) and reports {"status", "headers",
                          "body", "request_headers", "local_port"} of that outbound call
+GET  /ws              -> WebSocket upgrade (101); each text message comes back prefixed with
+                         "echo:", each binary message as it is
 """
 import asyncio
 import json
@@ -68,6 +70,17 @@ async def fetch(request):
     return web.Response(text=json.dumps(report), content_type="application/json")
 
 
+async def websocket(request):
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await ws.send_str("echo:" + message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+    return ws
+
+
 async def main():
     app = web.Application()
     app.router.add_get("/items/{id}", item)
@@ -75,6 +88,7 @@ async def main():
     app.router.add_post("/upload", upload)
     app.router.add_get("/big", big)
     app.router.add_get("/fetch", fetch)
+    app.router.add_get("/ws", websocket)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,6 +1,9 @@
 """An aiohttp client (one ClientSession, keep-alive) driven by JSON commands on stdin, one per
 line: {"op": "request", "method", "url", "headers": {...}, "body": text|null, "pad": N|null}
-("pad": N sends the JSON document {"pad": "xxx..."} of exactly N bytes).
+("pad": N sends the JSON document {"pad": "xxx..."} of exactly N bytes), or
+{"op": "websocket", "url", "text": [...], "binary": [hex, ...]}: one WebSocket connection that
+sends each message and reads its reply, then closes (RESULT {"replies": [text or hex, ...],
+"local_port"}).
 Prints "RESULT <json>" for each (status, response headers as received with repeated ones joined
 by ", ", decoded body, the request headers aiohttp sent, the request body, the connection's
 local port); "READY" first, "DONE" at end of input.
@@ -48,6 +51,19 @@ async def one(session, cmd):
         }
 
 
+async def websocket(session, cmd):
+    replies = []
+    async with session.ws_connect(cmd["url"]) as ws:
+        local_port = ws._response.connection.transport.get_extra_info("sockname")[1]
+        for text in cmd.get("text", []):
+            await ws.send_str(text)
+            replies.append((await ws.receive()).data)
+        for data in cmd.get("binary", []):
+            await ws.send_bytes(bytes.fromhex(data))
+            replies.append((await ws.receive()).data.hex())
+    return {"replies": replies, "local_port": local_port}
+
+
 async def main():
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as session:
@@ -59,7 +75,11 @@ async def main():
             line = line.strip()
             if not line:
                 continue
-            result = await one(session, json.loads(line))
+            cmd = json.loads(line)
+            if cmd.get("op") == "websocket":
+                result = await websocket(session, cmd)
+            else:
+                result = await one(session, cmd)
             print("RESULT " + json.dumps(result), flush=True)
     print("DONE", flush=True)
 

@@ -1132,6 +1132,105 @@ fn django_gunicorn_records() {
     assert!(!output.stdout.contains("abc123"), "cookies are redacted");
 }
 
+/// A WebSocket between an aiohttp client and server, amid plain exchanges of the same client
+/// session: the upgrade is one exchange (101) on each side, nothing in its frames becomes a
+/// record — not even a text message that reads as an HTTP request — and the exchanges before
+/// and after it are exact.
+#[test]
+fn aiohttp_websocket_is_one_exchange_and_its_frames_are_not_parsed() {
+    let server = Py::spawn("aiohttp server", &["aiohttp_app.py"], &[]);
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    let mut client = Py::spawn("aiohttp client", &["aiohttp_client.py"], &[]);
+    client.expect_line("READY", LONG);
+    let sensor = Sensor::start(
+        "fw-websocket",
+        &[
+            "run",
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &client.pid().to_string(),
+            "--output",
+            "jsonl",
+        ],
+    );
+    let (before, _) = ask(
+        &mut client,
+        port,
+        "GET",
+        "/items/5",
+        json!({}),
+        None,
+        "GET /items/{id}",
+    );
+    // The server's frames are not masked: these come back on the wire as they are.
+    let hex = |text: &str| text.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let binary = [
+        hex("GET /items/1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        hex("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+        "00ff485454502f".to_owned(),
+    ];
+    client.send_line(
+        &json!({"op": "websocket", "url": format!("http://127.0.0.1:{port}/ws"),
+                "text": ["hello"], "binary": binary})
+        .to_string(),
+    );
+    let socket = result(&client);
+    assert_eq!(
+        socket["replies"],
+        json!(["echo:hello", binary[0], binary[1], binary[2]]),
+        "{socket}"
+    );
+    let socket_port = socket["local_port"].as_u64().expect("local_port");
+    let (after, _) = ask(
+        &mut client,
+        port,
+        "POST",
+        "/echo",
+        json!({"Content-Type": "application/json"}),
+        Some(r#"{"after": "websocket"}"#),
+        "POST /echo",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let servers = records_of(&records, "server", server.pid());
+    let clients = records_of(&records, "client", client.pid());
+    assert_eq!(servers.len(), 3, "server records: {:#?}", summary(&servers));
+    assert_eq!(clients.len(), 3, "client records: {:#?}", summary(&clients));
+    for (side, records, pid, service) in [
+        ("server", &servers, server.pid(), "aiohttp_app"),
+        ("client", &clients, client.pid(), "aiohttp_client"),
+    ] {
+        for exchange in [&before, &after] {
+            check(find(records, exchange, side), exchange, side, pid, service);
+        }
+        let upgrades: Vec<&&Value> = records
+            .iter()
+            .filter(|r| attr(r, "http.target") == "/ws")
+            .collect();
+        assert_eq!(upgrades.len(), 1, "{side}: {:#?}", summary(records));
+        let upgrade = upgrades[0];
+        assert_eq!(attr(upgrade, "http.method"), "GET", "{upgrade:#}");
+        assert_eq!(attr(upgrade, "http.status_code"), 101, "{upgrade:#}");
+        assert_eq!(
+            attr(upgrade, "http.request.header.upgrade"),
+            "websocket",
+            "{upgrade:#}"
+        );
+        assert_eq!(
+            attr(upgrade, "http.response.header.upgrade"),
+            "websocket",
+            "{upgrade:#}"
+        );
+        let client_port = match side {
+            "server" => attr(upgrade, "network.peer.port"),
+            _ => attr(upgrade, "net.host.port"),
+        };
+        assert_eq!(client_port, socket_port, "{upgrade:#}");
+    }
+}
+
 /// An aiohttp server and an aiohttp client (one keep-alive session): each exchange exact on
 /// both sides.
 #[test]
