@@ -119,6 +119,12 @@ impl BodyKeys {
     };
 }
 
+/// The `error.type` of an exchange whose request got no response while every byte of it was
+/// seen: the connection ended (or the wait timed out) first — a client that gave up, a server
+/// that never answered. OpenTelemetry's HTTP conventions ask for an `error.type` when a call
+/// ends before a status code, and exporters mark such a span as an error.
+pub const NO_RESPONSE_ERROR: &str = "no_response";
+
 /// Which side of the exchange the watched process was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

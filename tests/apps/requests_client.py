@@ -11,6 +11,9 @@ for the whole run. Prints "READY" first and "DONE" at end of input.
     with the list of their results, in order.
 {"op": "burst", "base", "n"}
     n sequential GET <base>/n/<i>?i=<i> on the session; prints "RESULT" with every status/body.
+{"op": "timeout", "url", "seconds"}
+    GET url on the session with that read timeout, expected to time out (requests then drops
+    the connection); prints "RESULT" {"timed_out": true|false}.
 {"op": "threads", "base", "threads", "per"}
     `threads` threads, each with its own Session, each making `per` requests
     GET <base>/id/<id>?id=<id> with header X-Request-Id: <id>; prints "RESULT" with every id,
@@ -68,6 +71,14 @@ def parallel(cmd):
     return results
 
 
+def timeout(session, cmd):
+    try:
+        session.get(cmd["url"], timeout=cmd["seconds"])
+    except requests.exceptions.Timeout:
+        return {"timed_out": True}
+    return {"timed_out": False}
+
+
 def burst(session, cmd):
     out = []
     for i in range(cmd["n"]):
@@ -104,6 +115,7 @@ def main():
             "request": lambda cmd: one(session, cmd),
             "parallel": parallel,
             "burst": lambda cmd: burst(session, cmd),
+            "timeout": lambda cmd: timeout(session, cmd),
             "threads": threads,
         },
         default_op="request",

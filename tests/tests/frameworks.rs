@@ -356,6 +356,56 @@ fn flask_chunked_gzip_and_png_bodies() {
     drop(server);
 }
 
+/// A `requests` call that times out before the server answers: the client's record has no
+/// status and says why (`error.type: no_response`, an error span over OTLP), not that bytes
+/// were lost; the server still records its late answer, and the next call is exact.
+#[test]
+fn a_client_timeout_is_a_call_without_a_response() {
+    let (server, mut client, port, sensor) = flask_and_requests("fw-timeout", "1");
+    let slow = format!("http://127.0.0.1:{port}/slow?ms=1500");
+    client.send_line(&json!({"op": "timeout", "url": slow, "seconds": 0.3}).to_string());
+    assert_eq!(result(&client), json!({"timed_out": true}));
+    // The worker is busy until its late answer is written.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (after, after_res) = ask(
+        &mut client,
+        port,
+        "GET",
+        "/items/3",
+        json!({}),
+        None,
+        "GET /items/{id}",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let clients = records_of(&records, "client", client.pid());
+    assert_eq!(clients.len(), 2, "client records: {:#?}", summary(&clients));
+    check(
+        find(&clients, &after, "client"),
+        &after,
+        "client",
+        client.pid(),
+        "requests_client",
+    );
+    let call = clients
+        .iter()
+        .find(|r| attr(r, "http.url") == slow.as_str())
+        .unwrap_or_else(|| panic!("the timed-out call: {:#?}", summary(&clients)));
+    assert!(attr(call, "http.status_code").is_null(), "{call:#}");
+    assert_eq!(attr(call, "error.type"), "no_response", "{call:#}");
+    assert!(attr(call, "sensor.incomplete").is_null(), "{call:#}");
+    let served = records_of(&records, "server", worker_of(&after_res));
+    assert_eq!(served.len(), 2, "server records: {:#?}", summary(&served));
+    let late = served
+        .iter()
+        .find(|r| attr(r, "http.target") == "/slow?ms=1500")
+        .unwrap_or_else(|| panic!("the late answer: {:#?}", summary(&served)));
+    assert_eq!(attr(late, "http.status_code"), 200, "{late:#}");
+    assert!(attr(late, "error.type").is_null(), "{late:#}");
+    drop(server);
+}
+
 /// A 1 MB JSON request body is recorded up to the limit (131072 decoded bytes) and flagged
 /// truncated; so is a 300 KB response; an exchange after them is still exact. `server_args`
 /// start a server printing "READY <port>"; `client_script` is one of the clients.

@@ -460,6 +460,9 @@ fn gather(
     if let Some(ip) = client_ip {
         put(&mut attrs, "client.address", ip);
     }
+    if status.is_none() && !incomplete {
+        put(&mut attrs, "error.type", crate::record::NO_RESPONSE_ERROR);
+    }
     put(&mut attrs, "http.flavor", flavor);
     if let Some(host) = host {
         put(&mut attrs, "http.host", host);
@@ -763,6 +766,49 @@ mod tests {
         assert!(!record.attributes.contains_key("http.request.body"));
         assert_eq!(record.attr_str("http.response.body"), Some("{}"));
         assert!(!record.attributes.contains_key("http.response.body.shed"));
+    }
+
+    #[test]
+    fn a_request_without_a_response_is_an_error_unless_bytes_were_lost() {
+        use crate::http::HttpRequest;
+        let meta = ConnMeta {
+            conn_id: 1,
+            pid: 7,
+            fd: 3,
+            role: Role::Client,
+            family: sensor_common::event::Family::Inet,
+            local: None,
+            remote: None,
+            unix_path: None,
+            midstream: false,
+            tls: false,
+        };
+        let process =
+            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
+        let to_unix = |ns: u64| ns;
+        for (incomplete, error) in [(false, Some("no_response")), (true, None)] {
+            let exchange = HttpExchange {
+                request: Some(HttpRequest {
+                    method: "GET".into(),
+                    target: "/slow".into(),
+                    version: HttpVersion::Http11,
+                    headers: Vec::new(),
+                    body: Body::default(),
+                    start_ns: 1,
+                    end_ns: 2,
+                }),
+                response: None,
+                incomplete,
+            };
+            let record =
+                build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
+            assert_eq!(
+                record.attr_str("error.type"),
+                error,
+                "incomplete: {incomplete}"
+            );
+            assert_eq!(record.attr_int("http.status_code"), None);
+        }
     }
 
     /// Every attribute a record can have, for one exchange of `role`: headers repeated and in

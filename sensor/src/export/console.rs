@@ -27,9 +27,10 @@ pub fn line(record: &ExchangeRecord) -> String {
         .attr_str("url.full")
         .or_else(|| record.attr_str("http.target"))
         .unwrap_or("?");
-    let status = record
-        .attr_int("http.status_code")
-        .map_or_else(|| "---".to_owned(), |s| s.to_string());
+    let status = match record.attr_int("http.status_code") {
+        Some(code) => code.to_string(),
+        None => record.attr_str("error.type").unwrap_or("---").to_owned(),
+    };
     let duration_ms = record
         .end_time_unix_nano
         .saturating_sub(record.start_time_unix_nano) as f64
@@ -59,4 +60,63 @@ pub fn line(record: &ExchangeRecord) -> String {
         body_len(BodyKeys::REQUEST.body),
         body_len(BodyKeys::RESPONSE.body),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{AttributeValue, Attributes};
+
+    fn record(attributes: &[(&str, AttributeValue)]) -> ExchangeRecord {
+        let resource: Attributes = [
+            ("service.name".into(), AttributeValue::from("orders")),
+            ("process.pid".into(), AttributeValue::Int(42)),
+        ]
+        .into_iter()
+        .collect();
+        ExchangeRecord {
+            resource,
+            name: "GET /slow".into(),
+            kind: SpanKind::Client,
+            start_time_unix_nano: 3_723_004_000_000,
+            end_time_unix_nano: 3_723_006_500_000,
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned().into(), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lines_show_the_status_or_why_there_is_none() {
+        let answered = record(&[
+            ("http.method", "GET".into()),
+            ("url.full", "http://api/slow".into()),
+            ("http.status_code", AttributeValue::Int(200)),
+            ("http.response.body", "{}".into()),
+        ]);
+        assert_eq!(
+            line(&answered),
+            "01:02:03.004 client orders[42] GET http://api/slow -> 200 2.5ms req_body=0B resp_body=2B"
+        );
+        let unanswered = record(&[
+            ("http.method", "GET".into()),
+            ("url.full", "http://api/slow".into()),
+            ("error.type", crate::record::NO_RESPONSE_ERROR.into()),
+        ]);
+        assert!(
+            line(&unanswered).contains("GET http://api/slow -> no_response 2.5ms"),
+            "{}",
+            line(&unanswered)
+        );
+        let lost = record(&[
+            ("http.method", "GET".into()),
+            ("sensor.incomplete", AttributeValue::Bool(true)),
+        ]);
+        assert!(
+            line(&lost).ends_with("-> --- 2.5ms req_body=0B resp_body=0B incomplete"),
+            "{}",
+            line(&lost)
+        );
+    }
 }

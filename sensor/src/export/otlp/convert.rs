@@ -97,7 +97,8 @@ pub(super) struct Prepared {
 ///
 /// Ids come from the `sensor.*` id attributes when they are valid, else they are random.
 /// The status is ERROR for server spans with a status code of at least 500 and client spans
-/// with one of at least 400, and `error.type` then holds the code (unless the record set it).
+/// with one of at least 400, and `error.type` then holds the code (unless the record set it);
+/// and for any span whose record set `error.type` itself (an exchange without a response).
 pub(super) fn prepare(record: ExchangeRecord) -> Prepared {
     let ExchangeRecord {
         resource,
@@ -132,6 +133,7 @@ pub(super) fn prepare(record: ExchangeRecord) -> Prepared {
             .entry("error.type".into())
             .or_insert_with(|| AttributeValue::String(code.to_string()));
     }
+    let error = error.is_some() || attributes.contains_key("error.type");
     Prepared {
         resource,
         trace_id,
@@ -144,7 +146,7 @@ pub(super) fn prepare(record: ExchangeRecord) -> Prepared {
         },
         start_time_unix_nano,
         end_time_unix_nano,
-        error: error.is_some(),
+        error,
         attributes,
     }
 }

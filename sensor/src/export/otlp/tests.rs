@@ -160,6 +160,10 @@ fn sample_records() -> Vec<ExchangeRecord> {
     no_response
         .attributes
         .insert("sensor.incomplete".into(), true.into());
+    let mut unanswered = record(b.clone(), SpanKind::Client, "GET /unanswered", None);
+    unanswered
+        .attributes
+        .insert("error.type".into(), crate::record::NO_RESPONSE_ERROR.into());
     vec![
         record(
             a.clone(),
@@ -177,6 +181,7 @@ fn sample_records() -> Vec<ExchangeRecord> {
         bad_ids,
         own_error_type,
         no_response,
+        unanswered,
     ]
 }
 
@@ -218,7 +223,7 @@ fn check_round_trip(records: &[ExchangeRecord], spans: &[ReceivedSpan]) {
             (SpanKind::Server, Some(code)) => code >= 500,
             (SpanKind::Client, Some(code)) => code >= 400,
             _ => false,
-        };
+        } || record.attributes.contains_key("error.type");
         let mut expected: BTreeMap<String, Value> = record
             .attributes
             .iter()
@@ -1053,6 +1058,12 @@ fn status_follows_the_kind_rules() {
     assert_eq!(status(SpanKind::Client, Some(400)), error("400"));
     assert_eq!(status(SpanKind::Client, Some(502)), error("502"));
     assert_eq!(status(SpanKind::Client, None), (None, None));
+    // A record's own error.type (an exchange without a response) makes it an error.
+    let mut r = record(process(1, "svc"), SpanKind::Client, "x", None);
+    r.attributes
+        .insert("error.type".into(), crate::record::NO_RESPONSE_ERROR.into());
+    let span = convert::span(r).1;
+    assert_eq!(span.status.map(|s| s.code), Some(2));
     // The older attribute alone is enough.
     let mut r = record(process(1, "svc"), SpanKind::Server, "x", None);
     r.attributes
