@@ -315,7 +315,9 @@ fn interpreter_option(cluster: &str) -> InterpreterOption<'_> {
 /// `--module`/`-w`/`--wsgi`, else the file of `--wsgi-file`/`--file`; Django's `manage.py` and
 /// `django-admin` the project of `--settings`.
 fn application(runner: &str, args: &[&str]) -> Option<String> {
-    app_module(args).or_else(|| match runner {
+    // Distributions version some launchers (Debian's `gunicorn3`, `uwsgi_python3`).
+    let unversioned = runner.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    app_module(args).or_else(|| match unversioned {
         "gunicorn" => gunicorn_module(args),
         "celery" => option_value(args, &["-A", "--app"]).and_then(module_of),
         "flask" => option_value(args, &["-A", "--app"])
@@ -327,7 +329,7 @@ fn application(runner: &str, args: &[&str]) -> Option<String> {
         "manage" | "django-admin" => option_value(args, &["--settings"])
             .and_then(module_of)
             .map(|settings| settings.split('.').next().unwrap_or_default().to_owned()),
-        _ if runner.starts_with("uwsgi") => option_value(args, &["--module", "-w", "--wsgi"])
+        _ if unversioned.starts_with("uwsgi") => option_value(args, &["--module", "-w", "--wsgi"])
             .and_then(module_of)
             .or_else(|| script_stem(option_value(args, &["--wsgi-file", "--file"])?)),
         _ => None,
@@ -803,6 +805,11 @@ mod tests {
                 "mysite.wsgi",
             ),
             (&["uwsgi_python3", "-w", "api"], "api"),
+            (
+                &["/usr/bin/gunicorn3", "-w", "2", "mysite.wsgi"],
+                "mysite.wsgi",
+            ),
+            (&["celery3.11", "-A", "proj", "worker"], "proj"),
             (
                 &[
                     "uwsgi",
