@@ -708,6 +708,15 @@ mod tests {
         }
     }
 
+    /// The record of `exchange` on a connection of unknown addresses, made by pid 7 in `role`.
+    fn record_of(exchange: HttpExchange, role: Role) -> ExchangeRecord {
+        let meta = tcp_meta(role, None, None);
+        let process =
+            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
+        let to_unix = |ns: u64| ns;
+        build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap()
+    }
+
     #[test]
     fn shed_bodies_are_flagged_without_a_body() {
         use crate::http::{HttpRequest, HttpResponse};
@@ -743,22 +752,7 @@ mod tests {
             }),
             incomplete: false,
         };
-        let meta = ConnMeta {
-            conn_id: 1,
-            pid: 7,
-            fd: 3,
-            role: Role::Server,
-            family: sensor_common::event::Family::Inet,
-            local: None,
-            remote: None,
-            unix_path: None,
-            midstream: false,
-            tls: false,
-        };
-        let process =
-            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
-        let to_unix = |ns: u64| ns;
-        let record = build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
+        let record = record_of(exchange, Role::Server);
         assert_eq!(
             record.attributes.get("http.request.body.shed"),
             Some(&AttributeValue::Bool(true))
@@ -771,21 +765,6 @@ mod tests {
     #[test]
     fn a_request_without_a_response_is_an_error_unless_bytes_were_lost() {
         use crate::http::HttpRequest;
-        let meta = ConnMeta {
-            conn_id: 1,
-            pid: 7,
-            fd: 3,
-            role: Role::Client,
-            family: sensor_common::event::Family::Inet,
-            local: None,
-            remote: None,
-            unix_path: None,
-            midstream: false,
-            tls: false,
-        };
-        let process =
-            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
-        let to_unix = |ns: u64| ns;
         for (incomplete, error) in [(false, Some("no_response")), (true, None)] {
             let exchange = HttpExchange {
                 request: Some(HttpRequest {
@@ -800,8 +779,7 @@ mod tests {
                 response: None,
                 incomplete,
             };
-            let record =
-                build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
+            let record = record_of(exchange, Role::Client);
             assert_eq!(
                 record.attr_str("error.type"),
                 error,
@@ -867,19 +845,32 @@ mod tests {
             }),
             incomplete: true,
         };
-        let meta = ConnMeta {
+        let meta = tcp_meta(
+            role,
+            Some("10.0.0.1:8000".parse().unwrap()),
+            Some("10.0.0.2:5000".parse().unwrap()),
+        );
+        (exchange, meta)
+    }
+
+    /// A plain TCP connection of pid 7 in `role` between these ends.
+    fn tcp_meta(
+        role: Role,
+        local: Option<std::net::SocketAddr>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> ConnMeta {
+        ConnMeta {
             conn_id: 1,
             pid: 7,
             fd: 3,
             role,
             family: sensor_common::event::Family::Inet,
-            local: Some("10.0.0.1:8000".parse().unwrap()),
-            remote: Some("10.0.0.2:5000".parse().unwrap()),
+            local,
+            remote,
             unix_path: None,
             midstream: false,
             tls: false,
-        };
-        (exchange, meta)
+        }
     }
 
     #[test]
