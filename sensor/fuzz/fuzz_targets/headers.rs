@@ -70,6 +70,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(!key.is_empty() && key == key.trim());
     }
     let argv: Vec<String> = text.split('\0').map(str::to_owned).collect();
-    let name = service_name_from_command_line("python3", &argv, None);
+    let name = service_name_from_command_line("python3", &argv, || None);
     assert!(!name.contains('\0'));
 });

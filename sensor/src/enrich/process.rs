@@ -51,17 +51,18 @@ impl ProcessInfo {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> Self {
-        Self::started_in(pid, executable_path, argv, env, None)
+        Self::started_in(pid, executable_path, argv, env, || None)
     }
 
-    /// [`ProcessInfo::new`] for a process whose working directory is known (it places a
-    /// script named by a relative path, see [`service_name_from_command_line`]).
+    /// [`ProcessInfo::new`] for a process whose working directory can be read (it places a
+    /// script named by a relative path, see [`service_name_from_command_line`]; read only
+    /// when the name needs it).
     pub fn started_in(
         pid: u32,
         executable_path: String,
         argv: Vec<String>,
         env: BTreeMap<String, String>,
-        working_directory: Option<&Path>,
+        working_directory: impl FnOnce() -> Option<PathBuf>,
     ) -> Self {
         let executable_name = basename(&executable_path).to_owned();
         let (service_name, name_source) = match service_name_from_env(&env) {
@@ -206,12 +207,12 @@ pub fn service_name_from_env(env: &BTreeMap<String, String>) -> Option<String> {
 /// uvicorn and friends (`app:app` gives `app`), the application a runner is given (celery's and
 /// flask's `-A`, uWSGI's `--module`/`--wsgi-file`, Django's `--settings`, the file `fastapi
 /// run` serves), the module of `python -m`, the Django project of a `manage.py` (its
-/// directory, placed in `working_directory` when relative), else the script name without
-/// `.py`; never a bare interpreter name.
+/// directory, placed in `working_directory` — asked only then — when relative), else the
+/// script name without `.py`; never a bare interpreter name.
 pub fn service_name_from_command_line(
     executable_name: &str,
     argv: &[String],
-    working_directory: Option<&Path>,
+    working_directory: impl FnOnce() -> Option<PathBuf>,
 ) -> String {
     let mut args = argv.iter().map(String::as_str).peekable();
     let first = args.next().unwrap_or(executable_name);
@@ -369,11 +370,14 @@ fn module_of(spec: &str) -> Option<String> {
 
 /// A Django project's name from its `manage.py`: the directory holding it, placed in
 /// `working_directory` when the path is relative.
-fn project_directory(script: &str, working_directory: Option<&Path>) -> Option<String> {
+fn project_directory(
+    script: &str,
+    working_directory: impl FnOnce() -> Option<PathBuf>,
+) -> Option<String> {
     let script = Path::new(script);
-    let path = match working_directory {
-        Some(directory) if script.is_relative() => directory.join(script),
-        _ => script.to_path_buf(),
+    let path = match script.is_relative().then(working_directory).flatten() {
+        Some(directory) => directory.join(script),
+        None => script.to_path_buf(),
     };
     let directory = path.parent()?.file_name()?.to_str()?;
     (!directory.is_empty() && directory != "." && directory != "..").then(|| directory.to_owned())
@@ -506,8 +510,9 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
             )
         })
         .unwrap_or_default();
-    let working_directory = std::fs::read_link(dir.join("cwd")).ok();
-    let mut info = ProcessInfo::started_in(pid, exe, argv, env, working_directory.as_deref());
+    let mut info = ProcessInfo::started_in(pid, exe, argv, env, || {
+        std::fs::read_link(dir.join("cwd")).ok()
+    });
     info.container_id = super::container::container_id(proc_root, pid);
     Some(info)
 }
@@ -598,13 +603,12 @@ impl ProcessTable {
                 let exe = std::fs::read_link(dir.join("exe"))
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| exec.filename.clone());
-                let working_directory = std::fs::read_link(dir.join("cwd")).ok();
                 ProcessInfo::started_in(
                     exec.pid,
                     exe,
                     pending.argv.into_values().collect(),
                     telemetry_env(pending.env),
-                    working_directory.as_deref(),
+                    || std::fs::read_link(dir.join("cwd")).ok(),
                 )
             }
             _ => read_proc(&self.proc_root, exec.pid).unwrap_or_else(|| {
@@ -862,7 +866,7 @@ mod tests {
         ];
         for (args, expected) in cases {
             assert_eq!(
-                service_name_from_command_line("python3", &argv(args), None),
+                service_name_from_command_line("python3", &argv(args), || None),
                 *expected,
                 "{args:?}"
             );
@@ -871,17 +875,23 @@ mod tests {
 
     #[test]
     fn a_relative_manage_py_is_named_after_the_directory_it_runs_in() {
-        let shop = Some(Path::new("/srv/shop"));
-        let name = |args: &[&str], cwd| service_name_from_command_line("python3", &argv(args), cwd);
+        let shop = Some("/srv/shop");
+        let name = |args: &[&str], cwd: Option<&str>| {
+            service_name_from_command_line("python3", &argv(args), || cwd.map(PathBuf::from))
+        };
         assert_eq!(name(&["python3", "manage.py", "runserver"], shop), "shop");
         assert_eq!(name(&["python3", "./manage.py", "runserver"], shop), "shop");
         assert_eq!(name(&["python3", "web/manage.py"], shop), "web");
         assert_eq!(name(&["python3", "/srv/blog/manage.py"], shop), "blog");
-        assert_eq!(
-            name(&["python3", "manage.py"], Some(Path::new("/"))),
-            "manage"
-        );
+        assert_eq!(name(&["python3", "manage.py"], Some("/")), "manage");
         assert_eq!(name(&["python3", "server.py"], shop), "server");
+        let not_asked = || -> Option<PathBuf> { panic!("only a relative manage.py needs it") };
+        for args in [
+            &["python3", "server.py"][..],
+            &["python3", "/srv/blog/manage.py"],
+        ] {
+            service_name_from_command_line("python3", &argv(args), not_asked);
+        }
     }
 
     #[test]
