@@ -147,7 +147,9 @@ pub struct ExchangeRecord {
     pub kind: SpanKind,
     /// When the first request byte was seen (wall clock, ns since the epoch).
     pub start_time_unix_nano: u64,
-    /// When the last response byte was seen (or the request ended, without a response).
+    /// When the last response byte was seen; without a response, when the wait for it ended
+    /// (the connection closed, or the response timeout passed), or when the request ended if
+    /// bytes were lost.
     pub end_time_unix_nano: u64,
     /// HTTP attributes under both naming schemes, captured headers and bodies, sensor flags.
     pub attributes: Attributes,

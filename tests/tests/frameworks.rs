@@ -358,7 +358,8 @@ fn flask_chunked_gzip_and_png_bodies() {
 
 /// A `requests` call that times out before the server answers: the client's record has no
 /// status and says why (`error.type: no_response`, an error span over OTLP), not that bytes
-/// were lost; the server still records its late answer, and the next call is exact.
+/// were lost, and lasts until the client gave up; the server still records its late answer,
+/// and the next call is exact.
 #[test]
 fn a_client_timeout_is_a_call_without_a_response() {
     let (server, mut client, port, sensor) = flask_and_requests("fw-timeout", "1");
@@ -395,6 +396,13 @@ fn a_client_timeout_is_a_call_without_a_response() {
     assert!(attr(call, "http.status_code").is_null(), "{call:#}");
     assert_eq!(attr(call, "error.type"), "no_response", "{call:#}");
     assert!(attr(call, "sensor.incomplete").is_null(), "{call:#}");
+    // The call lasted until the client gave up and closed, 0.3 s after it began, not until
+    // its request was sent; the answer came 1.2 s after that.
+    let lasted_ms = span_ms(call);
+    assert!(
+        (300..1_400).contains(&lasted_ms),
+        "the timed-out call lasted {lasted_ms} ms: {call:#}"
+    );
     let served = records_of(&records, "server", worker_of(&after_res));
     assert_eq!(served.len(), 2, "server records: {:#?}", summary(&served));
     let late = served
@@ -403,6 +411,63 @@ fn a_client_timeout_is_a_call_without_a_response() {
         .unwrap_or_else(|| panic!("the late answer: {:#?}", summary(&served)));
     assert_eq!(attr(late, "http.status_code"), 200, "{late:#}");
     assert!(attr(late, "error.type").is_null(), "{late:#}");
+    drop(server);
+}
+
+/// A record's span length in milliseconds.
+fn span_ms(record: &Value) -> u64 {
+    let at = |key: &str| {
+        record[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {record:#}"))
+    };
+    at("end_time_unix_nano").saturating_sub(at("start_time_unix_nano")) / 1_000_000
+}
+
+/// A call still waiting for its answer when the sensor stops is reported on both sides as
+/// incomplete — the sensor did not see it end — and not as a call that got no response; the
+/// call itself is undisturbed.
+#[test]
+fn a_call_in_flight_when_the_sensor_stops_is_incomplete_not_failed() {
+    let (server, mut client, port, sensor) = flask_and_requests("fw-in-flight", "1");
+    let (before, before_res) = ask(
+        &mut client,
+        port,
+        "GET",
+        "/items/4",
+        json!({}),
+        None,
+        "GET /items/{id}",
+    );
+    let slow = format!("http://127.0.0.1:{port}/slow?ms=2500");
+    client.send_line(&json!({"op": "request", "method": "GET", "url": slow}).to_string());
+    std::thread::sleep(Duration::from_millis(800));
+    let output = sensor.stop();
+    let answer = result(&client);
+    assert_eq!(answer["status"], 200, "{answer:#}");
+    let records = output.records();
+    for (kind, pid) in [("client", client.pid()), ("server", worker_of(&before_res))] {
+        let records = records_of(&records, kind, pid);
+        assert_eq!(records.len(), 2, "{kind} records: {:#?}", summary(&records));
+        check(
+            find(&records, &before, kind),
+            &before,
+            kind,
+            pid,
+            if kind == "client" {
+                "requests_client"
+            } else {
+                "flask_app"
+            },
+        );
+        let call = records
+            .iter()
+            .find(|r| attr(r, "http.target") == "/slow?ms=2500")
+            .unwrap_or_else(|| panic!("the call in flight: {:#?}", summary(&records)));
+        assert_eq!(attr(call, "sensor.incomplete"), true, "{call:#}");
+        assert!(attr(call, "error.type").is_null(), "{call:#}");
+        assert!(attr(call, "http.status_code").is_null(), "{call:#}");
+    }
     drop(server);
 }
 

@@ -312,7 +312,7 @@ impl Tracker {
             };
             if let Some(conn) = self.conns.remove(&oldest) {
                 self.stats.evicted_capacity += 1;
-                self.finish(conn, now_ns, out);
+                self.abandon(conn, now_ns, out);
             }
         }
     }
@@ -626,7 +626,7 @@ impl Tracker {
         for id in idle {
             if let Some(conn) = self.conns.remove(&id) {
                 self.stats.evicted_idle += 1;
-                self.finish(conn, now_ns, out);
+                self.abandon(conn, now_ns, out);
             }
         }
         for conn in self.conns.values_mut() {
@@ -636,23 +636,45 @@ impl Tracker {
         }
     }
 
-    /// Finishes every connection (shutdown).
+    /// Finishes every connection (shutdown): what is still in progress is emitted as
+    /// incomplete.
     pub fn finish_all(&mut self, now_ns: u64, out: &mut Vec<Completed>) {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
-                self.finish(conn, now_ns, out);
+                self.abandon(conn, now_ns, out);
             }
         }
     }
 
-    fn finish(&mut self, mut conn: Box<Conn>, time_ns: u64, out: &mut Vec<Completed>) {
+    fn finish(&mut self, conn: Box<Conn>, time_ns: u64, out: &mut Vec<Completed>) {
+        self.end(conn, time_ns, Ending::Closed, out);
+    }
+
+    /// Stops tracking a connection that may go on (evicted, or the sensor is stopping).
+    fn abandon(&mut self, conn: Box<Conn>, time_ns: u64, out: &mut Vec<Completed>) {
+        self.end(conn, time_ns, Ending::CaptureEnded, out);
+    }
+
+    fn end(&mut self, mut conn: Box<Conn>, time_ns: u64, how: Ending, out: &mut Vec<Completed>) {
         self.stats.closed += 1;
         self.tls_streams.remove(&conn.meta.conn_id);
-        conn.parser.on_close(time_ns);
+        match how {
+            Ending::Closed => conn.parser.on_close(time_ns),
+            Ending::CaptureEnded => conn.parser.on_capture_end(time_ns),
+        }
         conn.take(out);
         self.finished_http.add(conn.parser.stats());
     }
+}
+
+/// How the tracking of a connection ended.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// The connection ended: what it carried is all there is.
+    Closed,
+    /// The sensor stopped following it: what was in progress is incomplete, not unanswered.
+    CaptureEnded,
 }
 
 /// Which HTTP stream a direction carries for a role: a server receives requests, a client

@@ -183,6 +183,43 @@ fn closing_the_socket_finishes_its_tls_stream() {
     assert!(t.is_empty(), "socket and stream are both gone");
 }
 
+/// A request waiting for its response when its connection stops being followed, and how:
+/// the close is the call's end (no response, given up then); eviction or the sensor stopping
+/// is not (incomplete, no end known).
+#[test]
+fn a_waiting_request_is_unanswered_at_a_close_and_incomplete_when_tracking_stops() {
+    let settings = TrackerSettings {
+        max_connections: 1,
+        idle_timeout_ns: 1_000_000_000,
+        ..TrackerSettings::default()
+    };
+    let waiting = |end: &dyn Fn(&mut Tracker, &mut Vec<Completed>)| {
+        let mut t = Tracker::new(Arc::new(HttpSettings::default()), settings.clone());
+        let mut out = Vec::new();
+        t.open(&open(SOCKET, Role::Server), &mut out);
+        t.data(&chunk(SOCKET, Direction::Ingress, 0, REQUEST), &mut out);
+        assert!(out.is_empty());
+        end(&mut t, &mut out);
+        assert_eq!(out.len(), 1, "the waiting request is emitted");
+        assert!(out[0].exchange.response.is_none());
+        (out[0].exchange.incomplete, out[0].exchange.gave_up_ns)
+    };
+    let close = ConnClose {
+        pid: PID,
+        time_ns: 500,
+        conn_id: SOCKET,
+        bytes: [REQUEST.len() as u64, 0],
+    };
+    assert_eq!(waiting(&|t, out| t.close(&close, out)), (false, Some(500)));
+    assert_eq!(waiting(&|t, out| t.finish_all(500, out)), (true, None));
+    let idle = |t: &mut Tracker, out: &mut Vec<Completed>| t.tick(10_000_000_000, out);
+    assert_eq!(waiting(&idle), (true, None), "idle");
+    let evicted = |t: &mut Tracker, out: &mut Vec<Completed>| {
+        t.open(&open(SOCKET + 1024, Role::Server), out);
+    };
+    assert_eq!(waiting(&evicted), (true, None), "evicted for room");
+}
+
 #[test]
 fn a_binding_to_an_untracked_socket_is_counted() {
     let mut t = tracker();

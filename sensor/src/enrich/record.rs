@@ -448,7 +448,7 @@ fn gather(
             ctx.link.as_ref(),
         ),
     };
-    let mut end_ns = request.end_ns;
+    let mut end_ns = request.end_ns.max(exchange.gave_up_ns.unwrap_or(0));
     let mut incomplete = exchange.incomplete || request.body.incomplete;
     if let Some(response) = &exchange.response {
         end_ns = end_ns.max(response.end_ns);
@@ -751,6 +751,7 @@ mod tests {
                 end_ns: 4,
             }),
             incomplete: false,
+            gave_up_ns: None,
         };
         let record = record_of(exchange, Role::Server);
         assert_eq!(
@@ -765,7 +766,12 @@ mod tests {
     #[test]
     fn a_request_without_a_response_is_an_error_unless_bytes_were_lost() {
         use crate::http::HttpRequest;
-        for (incomplete, error) in [(false, Some("no_response")), (true, None)] {
+        let cases = [
+            (false, Some(900), Some("no_response"), 900),
+            (false, None, Some("no_response"), 2),
+            (true, None, None, 2),
+        ];
+        for (incomplete, gave_up_ns, error, end) in cases {
             let exchange = HttpExchange {
                 request: Some(HttpRequest {
                     method: "GET".into(),
@@ -778,6 +784,7 @@ mod tests {
                 }),
                 response: None,
                 incomplete,
+                gave_up_ns,
             };
             let record = record_of(exchange, Role::Client);
             assert_eq!(
@@ -786,6 +793,11 @@ mod tests {
                 "incomplete: {incomplete}"
             );
             assert_eq!(record.attr_int("http.status_code"), None);
+            assert_eq!(record.start_time_unix_nano, 1);
+            assert_eq!(
+                record.end_time_unix_nano, end,
+                "the call lasts until the wait for its response ended"
+            );
         }
     }
 
@@ -844,6 +856,7 @@ mod tests {
                 end_ns: 4,
             }),
             incomplete: true,
+            gave_up_ns: None,
         };
         let meta = tcp_meta(
             role,

@@ -33,6 +33,8 @@ struct Entry {
     resp_done: bool,
     paired: bool,
     incomplete: bool,
+    /// Given up without a response while every byte was seen: when the wait ended.
+    gave_up_ns: Option<u64>,
 }
 
 /// What a response head pairs with.
@@ -79,6 +81,9 @@ pub(super) struct Core {
     pub req_horizon: u64,
     /// Overload: bodies that start now are not kept (flagged shed).
     pub shed_bodies: bool,
+    /// The capture of this connection ended before the connection did (the sensor stopped,
+    /// or stopped tracking it): whatever is finished from now on is incomplete.
+    pub capture_ended: bool,
 }
 
 impl Core {
@@ -98,6 +103,7 @@ impl Core {
             force: false,
             req_horizon: 0,
             shed_bodies: false,
+            capture_ended: false,
         }
     }
 
@@ -162,12 +168,14 @@ impl Core {
             resp_done: false,
             paired: false,
             incomplete: false,
+            gave_up_ns: None,
         });
         Some(id)
     }
 
     /// The request of entry `id` is complete (or given up, `incomplete`).
     pub(super) fn request_done(&mut self, id: u64, req: HttpRequest, incomplete: bool) {
+        let incomplete = incomplete || self.capture_ended;
         if let Some(e) = self.get_mut(id) {
             e.end_ns = req.end_ns;
             e.req_done = true;
@@ -209,20 +217,24 @@ impl Core {
                 if next.start_ns < loss || next.start_ns > start {
                     break;
                 }
-                self.give_up_front();
+                self.give_up_front(None);
             }
         }
         self.loss_since = None;
         Pairing::Entry(self.cursor)
     }
 
-    /// The request at the cursor gets no response.
-    fn give_up_front(&mut self) {
-        let lost = self.loss_since.is_some();
+    /// The request at the cursor gets no response; `at`: when the wait for it ended, if it
+    /// ended for a reason seen (a close, the timeout) rather than in lost bytes.
+    fn give_up_front(&mut self, at: Option<u64>) {
+        let unseen = self.loss_since.is_some() || self.capture_ended;
         let cursor = self.cursor;
         if let Some(e) = self.get_mut(cursor) {
             e.resp_done = true;
-            e.incomplete |= lost;
+            e.incomplete |= unseen;
+            if !unseen {
+                e.gave_up_ns = at.map(|at| at.max(e.end_ns));
+            }
             self.stats.unanswered_requests += 1;
         }
         self.cursor += 1;
@@ -251,6 +263,7 @@ impl Core {
     /// orphan, dropped.
     pub(super) fn response_done(&mut self, id: Option<u64>, resp: HttpResponse, incomplete: bool) {
         let Some(id) = id else { return };
+        let incomplete = incomplete || self.capture_ended;
         if let Some(e) = self.get_mut(id) {
             e.resp_done = true;
             e.incomplete |= incomplete;
@@ -287,16 +300,16 @@ impl Core {
             if !e.req_done || e.paired || now.saturating_sub(e.end_ns) <= timeout {
                 break;
             }
-            self.give_up_front();
+            self.give_up_front(Some(now));
         }
         self.flush();
     }
 
-    /// Connection closed: every request still waiting gets no response, every request still
-    /// being read is emitted as it is.
-    pub(super) fn close(&mut self) {
+    /// Connection closed at `time`: every request still waiting gets no response, every
+    /// request still being read is emitted as it is.
+    pub(super) fn close(&mut self, time: u64) {
         while self.get(self.cursor).is_some() {
-            self.give_up_front();
+            self.give_up_front(Some(time));
         }
         for e in &mut self.entries {
             e.req_done = true;
@@ -325,10 +338,16 @@ impl Core {
                 self.stats.incomplete_exchanges += 1;
             }
             self.stats.exchanges += 1;
+            let gave_up_ns = if e.response.is_none() && !incomplete {
+                e.gave_up_ns
+            } else {
+                None
+            };
             self.done.push(HttpExchange {
                 request: Some(request),
                 response: e.response,
                 incomplete,
+                gave_up_ns,
             });
         }
         if self.cursor < self.base {

@@ -260,6 +260,10 @@ pub struct HttpExchange {
     pub response: Option<HttpResponse>,
     /// Bytes were missing somewhere in this exchange.
     pub incomplete: bool,
+    /// A request without a response while every byte was seen: when the wait for it ended —
+    /// the connection's close (a client that gave up, a server that never answered) or the
+    /// response timeout. The exchange lasted until then. `None` otherwise.
+    pub gave_up_ns: Option<u64>,
 }
 
 /// Counters of one connection; every byte or message dropped is counted here.
@@ -537,7 +541,21 @@ impl HttpConnection {
         self.core.force = true;
         self.resp.run(&mut self.core);
         self.resp.finalize(&mut self.core, time_ns);
-        self.core.close();
+        self.core.close(time_ns);
+    }
+
+    /// The capture of the connection ended while the connection may go on (the sensor is
+    /// stopping, or stops tracking it): what is complete is emitted as on a close, and what
+    /// was still in progress — a message being read, a request waiting for its response, a
+    /// body delimited by the close — is emitted as incomplete, never as a request that got
+    /// no response.
+    pub fn on_capture_end(&mut self, time_ns: u64) {
+        if self.closed {
+            return;
+        }
+        self.pump();
+        self.core.capture_ended = true;
+        self.on_close(time_ns);
     }
 
     /// Emits requests that have waited more than `response_timeout_ns` (since their last

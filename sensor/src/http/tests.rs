@@ -338,6 +338,16 @@ fn exchange(req: HttpRequest, resp: Option<HttpResponse>, incomplete: bool) -> H
         request: Some(req),
         response: resp,
         incomplete,
+        gave_up_ns: None,
+    }
+}
+
+/// A request every byte of which was seen and that got no response: the wait for one ended
+/// at `gave_up_ns` (a close, or the response timeout).
+fn unanswered(req: HttpRequest, gave_up_ns: u64) -> HttpExchange {
+    HttpExchange {
+        gave_up_ns: Some(gave_up_ns),
+        ..exchange(req, None, false)
     }
 }
 
@@ -1493,10 +1503,9 @@ fn response_timeout_via_expire() {
     c.expire(2_001, 1_000);
     assert_eq!(
         c.take_exchanges(),
-        vec![exchange(
+        vec![unanswered(
             request("GET", "/slow", &[], not_kept(0), 1_000, 1_000),
-            None,
-            false
+            2_001
         )]
     );
     assert_eq!(c.stats().unanswered_requests, 1);
@@ -1543,11 +1552,7 @@ fn close_with_pending_requests() {
     assert_eq!(
         x,
         vec![
-            exchange(
-                request("GET", "/a", &[], not_kept(0), 100, 100),
-                None,
-                false
-            ),
+            unanswered(request("GET", "/a", &[], not_kept(0), 100, 100), 500),
             exchange(
                 request("POST", "/b", &[("Content-Length", "10")], cut, 100, 100),
                 None,
@@ -1556,6 +1561,50 @@ fn close_with_pending_requests() {
         ]
     );
     assert_eq!(stats.unanswered_requests, 2);
+}
+
+#[test]
+fn the_capture_ending_leaves_what_was_in_progress_incomplete() {
+    let (r1, s1, x1) = get_pair("/done", 100);
+    let req = [&r1[..], b"GET /waiting HTTP/1.1\r\n\r\n"].concat();
+    let resp = [
+        &s1[..],
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\"",
+    ]
+    .concat();
+    let (mut ended, mut closed) = (Vec::new(), Vec::new());
+    for (out, end) in [(&mut ended, true), (&mut closed, false)] {
+        let mut c = HttpConnection::new(Arc::new(HttpSettings::default()));
+        c.on_data(Stream::Request, 0, &req, 100);
+        c.on_data(Stream::Response, 0, &resp, 150);
+        if end {
+            c.on_capture_end(900);
+        } else {
+            c.on_close(900);
+        }
+        *out = c.take_exchanges();
+    }
+    // On a close, the close-delimited body is whole; when the capture ends it may go on.
+    assert_eq!(closed.len(), 2, "{closed:#?}");
+    assert_eq!(ended[0], x1);
+    assert_eq!(ended.len(), 2, "{ended:#?}");
+    assert!(!closed[1].incomplete);
+    assert!(ended[1].incomplete, "{:#?}", ended[1]);
+    assert_eq!(ended[1].gave_up_ns, None);
+    assert_eq!(ended[1].response, closed[1].response);
+
+    // A request waiting for its response when the capture ends did not go unanswered.
+    let mut c = HttpConnection::new(Arc::new(HttpSettings::default()));
+    c.on_data(Stream::Request, 0, b"GET /slow HTTP/1.1\r\n\r\n", 100);
+    c.on_capture_end(900);
+    assert_eq!(
+        c.take_exchanges(),
+        vec![exchange(
+            request("GET", "/slow", &[], not_kept(0), 100, 100),
+            None,
+            true
+        )]
+    );
 }
 
 #[test]
