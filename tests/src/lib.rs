@@ -234,6 +234,18 @@ impl Sensor {
         Self::start_with_env(name, args, &[])
     }
 
+    /// The sensor watching these processes and printing records as JSON lines (`run --pid P…
+    /// --output jsonl`): how most tests that read records start it.
+    pub fn watching(name: &str, pids: &[u32]) -> Sensor {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let mut args = vec!["run"];
+        for pid in &pids {
+            args.extend(["--pid", pid.as_str()]);
+        }
+        args.extend(["--output", "jsonl"]);
+        Self::start(name, &args)
+    }
+
     /// As [`Sensor::start`], with extra environment variables (a `RUST_LOG` among them wins
     /// over the default, `SENSOR_TEST_LOG` or `info`).
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Sensor {

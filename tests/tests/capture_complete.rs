@@ -317,10 +317,7 @@ fn gunicorn_worker_forked_after_start() {
         "gunicorn started one worker"
     );
     let old_worker = children(master_pid)[0];
-    let sensor = Sensor::start(
-        "gunicorn-fork",
-        &["run", "--pid", &master_pid.to_string(), "--output", "jsonl"],
-    );
+    let sensor = Sensor::watching("gunicorn-fork", &[master_pid]);
     unsafe { libc::kill(old_worker as i32, libc::SIGTERM) };
     assert!(
         wait_until(LONG, || {
@@ -489,10 +486,7 @@ fn unix_socket_server() {
     assert!(wait_until(LONG, || socket_path.exists()
         && children(master_pid).len() == 1));
     let worker = children(master_pid)[0];
-    let sensor = Sensor::start(
-        "unix",
-        &["run", "--pid", &master_pid.to_string(), "--output", "jsonl"],
-    );
+    let sensor = Sensor::watching("unix", &[master_pid]);
     let body = {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&socket_path).unwrap();

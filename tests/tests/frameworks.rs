@@ -47,18 +47,7 @@ fn flask_gunicorn_workers_started_before_the_sensor() {
     ));
     assert_eq!(result(&client)["status"], 200);
 
-    let sensor = Sensor::start(
-        "fw-flask",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-flask", &[server.pid(), client.pid()]);
     let mut sent: Vec<(Exchange, u32)> = Vec::new();
     let mut go = |method: &str, target: &str, headers: Value, body: Option<&str>, name: &str| {
         let (exchange, res) = ask(&mut client, port, method, target, headers, body, name);
@@ -164,18 +153,7 @@ fn flask_and_requests(name: &str, workers: &str) -> (Py, Py, u16, Sensor) {
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let client = Py::spawn("requests client", &["requests_client.py"], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        name,
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching(name, &[server.pid(), client.pid()]);
     (server, client, port, sensor)
 }
 
@@ -479,18 +457,7 @@ fn large_bodies(name: &str, server_args: &[&str], service: &str, client_script: 
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn(client_script, &[client_script], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        name,
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching(name, &[server.pid(), client.pid()]);
     client.send_line(
         &json!({"op": "request", "method": "POST", "url": format!("http://127.0.0.1:{port}/upload"),
                 "headers": {"Content-Type": "application/json"}, "pad": 1_048_576})
@@ -903,18 +870,7 @@ fn uvicorn_three_pipelined_requests() {
         &[],
     );
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "fw-pipeline",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-pipeline", &[server.pid(), client.pid()]);
     client.send_line("go");
     let res = result(&client);
     let sent = raw_exchanges(
@@ -958,18 +914,7 @@ fn uvicorn_2000_keep_alive_requests() {
         "GET /items/{id}",
     );
     let conn_port = before.client_port.expect("local port");
-    let sensor = Sensor::start(
-        "fw-keepalive",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-keepalive", &[server.pid(), client.pid()]);
     client.send_line(
         &json!({"op": "burst", "base": format!("http://127.0.0.1:{port}"), "n": N}).to_string(),
     );
@@ -1160,18 +1105,7 @@ fn django_gunicorn_records() {
     }
     let mut client = Py::spawn("requests client", &["requests_client.py"], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "fw-django",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-django", &[server.pid(), client.pid()]);
     let mut sent: Vec<(Exchange, u32)> = Vec::new();
     for (method, target, headers, body, name) in [
         (
@@ -1257,18 +1191,7 @@ fn aiohttp_websocket_is_one_exchange_and_its_frames_are_not_parsed() {
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn("aiohttp client", &["aiohttp_client.py"], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "fw-websocket",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-websocket", &[server.pid(), client.pid()]);
     let (before, _) = ask(
         &mut client,
         port,
@@ -1358,18 +1281,7 @@ fn aiohttp_server_and_client_records() {
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn("aiohttp client", &["aiohttp_client.py"], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "fw-aiohttp",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-aiohttp", &[server.pid(), client.pid()]);
     let mut sent = Vec::new();
     for (method, target, headers, body, name) in [
         (
@@ -1596,18 +1508,7 @@ fn vectored_io_large_bodies_truncated_at_the_limit() {
         &[],
     );
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "fw-vectored",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("fw-vectored", &[server.pid(), client.pid()]);
     client.send_line("go");
     let res = result(&client);
     let sent = raw_exchanges(&res, port, &["POST /upload", "GET /big"]);

@@ -23,18 +23,7 @@ fn http_server_and_urllib_client_records() {
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn("urllib_client", &["urllib_client.py"], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "records-basic",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("records-basic", &[server.pid(), client.pid()]);
     let base = format!("http://127.0.0.1:{port}");
     client.send_line(&command(
         "GET",

@@ -59,17 +59,9 @@ fn gunicorn_certfile_and_a_requests_session(worker_class: &str) {
         &tls.client_env(),
     );
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
+    let sensor = Sensor::watching(
         &format!("tls-gunicorn-{worker_class}"),
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
+        &[server.pid(), client.pid()],
     );
     let mut sent: Vec<(Exchange, u32)> = Vec::new();
     let requests: [(&str, &str, Value, Option<&str>, &str); 4] = [
@@ -169,19 +161,9 @@ fn uvicorn_tls_with_httpx_sync_and_async_clients() {
         client.expect_line("READY", LONG);
         clients.push(client);
     }
-    let sensor = Sensor::start(
+    let sensor = Sensor::watching(
         "tls-uvicorn",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &clients[0].pid().to_string(),
-            "--pid",
-            &clients[1].pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
+        &[server.pid(), clients[0].pid(), clients[1].pid()],
     );
     let mut sent: Vec<(Exchange, u32)> = Vec::new();
     for client in clients.iter_mut() {
@@ -250,18 +232,7 @@ fn aiohttp_handler_calling_an_https_server() {
     let front_port: u16 = front.expect_line("READY", LONG).parse().unwrap();
     let mut client = Py::spawn("requests client", &["requests_client.py"], &[]);
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "tls-aiohttp",
-        &[
-            "run",
-            "--pid",
-            &upstream.pid().to_string(),
-            "--pid",
-            &front.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("tls-aiohttp", &[upstream.pid(), front.pid()]);
     let mut outbound = Vec::new();
     for n in [3, 4] {
         let target = format!("/items/{n}?via=aiohttp");
@@ -318,18 +289,7 @@ fn https_500_requests_over_10_connections_each_on_its_own_connection() {
         &tls_files().client_env(),
     );
     client.expect_line("READY", LONG);
-    let sensor = Sensor::start(
-        "tls-500",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &client.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("tls-500", &[server.pid(), client.pid()]);
     client.send_line(
         &json!({"op": "threads", "base": format!("https://127.0.0.1:{port}"),
                 "threads": THREADS, "per": PER})
@@ -429,20 +389,7 @@ fn ssl_imported_after_the_sensor_started_and_a_connection_opened_before_it() {
     );
     let early_port = before["local_port"].as_u64().unwrap();
 
-    let sensor = Sensor::start(
-        "tls-late",
-        &[
-            "run",
-            "--pid",
-            &server.pid().to_string(),
-            "--pid",
-            &lazy.pid().to_string(),
-            "--pid",
-            &early.pid().to_string(),
-            "--output",
-            "jsonl",
-        ],
-    );
+    let sensor = Sensor::watching("tls-late", &[server.pid(), lazy.pid(), early.pid()]);
     let mut sent: Vec<(Exchange, u32, &str)> = Vec::new();
     for n in [21, 22, 23] {
         let (exchange, res) = ask_scheme(
