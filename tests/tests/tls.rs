@@ -555,3 +555,130 @@ fn openssl_mapped_from_an_unusual_directory_after_the_sensor_started() {
         check_both(exchange, &client_side, &server_side);
     }
 }
+
+/// The inode of a mapped file whose name starts with `prefix`, as process `pid`'s maps show it.
+fn mapped_inode(pid: u32, prefix: &str) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let name = fields.get(5)?.rsplit('/').next()?;
+        name.starts_with(prefix).then(|| fields[4].parse().ok())?
+    })
+}
+
+/// A Python service in a container, the way a node runs a pod: mount and network namespaces of
+/// its own, a root entered with pivot_root, and its own libssl at the path the host's has
+/// (`tests/apps/container.sh`, under `unshare`). Flask under gunicorn `--certfile` starts in it
+/// before the sensor, a `requests` client joins it (`nsenter`) after; the sensor watches every
+/// Python process on the host (no --pid). Every HTTPS exchange is exact on both sides, the
+/// plaintext read through probes on the container's libssl, which the sensor finds through the
+/// process's root: the same path on the host is another file, whose probes never fire here.
+#[test]
+fn a_python_service_in_a_container_with_its_own_libssl() {
+    use std::os::unix::fs::MetadataExt as _;
+    let tls = tls_files();
+    let (cert, key) = tls.paths();
+    let libssl = openssl_files()
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains("libssl"))
+        .and_then(|f| f.canonicalize().ok())
+        .expect("the host's libssl");
+    let root = sensor_e2e::scratch_dir("container-root");
+    let python = sensor_e2e::python();
+    let mut container = std::process::Command::new("unshare");
+    container
+        .args(["--mount", "--net", "sh"])
+        .arg(sensor_e2e::apps_dir().join("container.sh"))
+        .arg(&root)
+        .arg(sensor_e2e::apps_dir())
+        .arg(&libssl)
+        .arg(&python)
+        .args(["-m", "gunicorn", "-c", "gunicorn_conf.py", "flask_app:app"]);
+    let server = Py::spawn_command(
+        "gunicorn flask tls in a container",
+        container,
+        &[
+            ("GUNICORN_WORKERS", "1"),
+            ("GUNICORN_CERTFILE", cert),
+            ("GUNICORN_KEYFILE", key),
+        ],
+    );
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    let worker: u32 = server.expect_line("WORKER", LONG).parse().unwrap();
+    let host_inode = std::fs::metadata(&libssl).expect("host libssl").ino();
+    let worker_inode = mapped_inode(worker, "libssl").expect("the worker maps libssl");
+    assert_ne!(
+        worker_inode, host_inode,
+        "the container's libssl must be its own copy, or this test proves nothing"
+    );
+    let sensor = Sensor::start("tls-container", &["run", "--output", "jsonl"]);
+    let mut join = std::process::Command::new("nsenter");
+    join.arg("--target")
+        .arg(server.pid().to_string())
+        .args(["--mount", "--net", "--root", "--wd", "--"])
+        .arg(&python)
+        .arg("requests_client.py");
+    let mut client = Py::spawn_command("requests client in the container", join, &tls.client_env());
+    client.expect_line("READY", LONG);
+    let mut sent = Vec::new();
+    let requests: [(&str, &str, Value, Option<&str>, &str); 3] = [
+        (
+            "GET",
+            "/items/5?in=container",
+            json!({"X-Test": "ctr"}),
+            None,
+            "GET /items/{id}",
+        ),
+        (
+            "POST",
+            "/echo",
+            json!({"Content-Type": "application/json"}),
+            Some(r#"{"pod": "orders-7d9f", "n": 2}"#),
+            "POST /echo",
+        ),
+        ("GET", "/items/6", json!({}), None, "GET /items/{id}"),
+    ];
+    for (method, target, headers, body, name) in requests {
+        let (exchange, res) = ask_scheme(
+            &mut client,
+            "https",
+            port,
+            method,
+            target,
+            headers,
+            body,
+            name,
+        );
+        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
+        sent.push(exchange);
+    }
+    assert_eq!(
+        mapped_inode(client.pid(), "libssl"),
+        Some(worker_inode),
+        "the client runs the container's libssl"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let servers = records_of(&records, "server", worker);
+    let clients = records_of(&records, "client", client.pid());
+    assert_eq!(
+        servers.len(),
+        sent.len(),
+        "server records (log:\n{})",
+        output.stderr
+    );
+    assert_eq!(
+        clients.len(),
+        sent.len(),
+        "client records (log:\n{})",
+        output.stderr
+    );
+    let client_side = Side::new(&clients, client.pid(), "requests_client");
+    let server_side = Side::new(&servers, worker, "flask_app");
+    for exchange in &sent {
+        check_both(exchange, &client_side, &server_side);
+    }
+    drop(client);
+    drop(server);
+}

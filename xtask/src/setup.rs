@@ -141,6 +141,11 @@ pub fn setup() -> Result<Env> {
         || debian_command("uwsgi_python3", &["--version"], "uwsgi-plugin-python3"),
     )?;
     step(
+        "ip command (the loopback of the container test's network namespace)",
+        "apt-get install iproute2",
+        || debian_command("ip", &["-V"], "iproute2"),
+    )?;
+    step(
         "hey command (the benchmark's load generator)",
         "apt-get install hey",
         || debian_command("hey", &["-n", "1", "http://127.0.0.1:1/"], "hey"),
