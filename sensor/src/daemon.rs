@@ -607,7 +607,8 @@ impl Pipeline {
                     .request_read(thread, chunk.conn_id, seq, chunk.time_ns, finished);
             }
             (Role::Client, Direction::Egress) => {
-                let Some(key) = ExchangeKey::of(meta.role, meta.local, meta.remote, seq) else {
+                let Some(key) = ExchangeKey::of(meta.role, meta.local, meta.remote, meta.tls, seq)
+                else {
                     return;
                 };
                 if self.threads.client_writes(&key, chunk.conn_id) {
@@ -621,9 +622,13 @@ impl Pipeline {
                 let Some((server, _)) = tracker.progress(server_conn) else {
                     return;
                 };
-                let Some(server_key) =
-                    ExchangeKey::of(server.role, server.local, server.remote, server_seq)
-                else {
+                let Some(server_key) = ExchangeKey::of(
+                    server.role,
+                    server.local,
+                    server.remote,
+                    server.tls,
+                    server_seq,
+                ) else {
                     return;
                 };
                 let incoming =
@@ -835,7 +840,13 @@ impl Pipeline {
                 }
                 _ => false,
             };
-            let key = ExchangeKey::of(done.meta.role, done.meta.local, done.meta.remote, done.seq);
+            let key = ExchangeKey::of(
+                done.meta.role,
+                done.meta.local,
+                done.meta.remote,
+                done.meta.tls,
+                done.seq,
+            );
             let link = key.and_then(|key| match done.meta.role {
                 sensor_common::event::Role::Client => self.threads.link(&key, done.meta.conn_id),
                 _ => self.threads.link_of(&key),

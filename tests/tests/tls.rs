@@ -9,7 +9,9 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{Exchange, LONG, Side, ask_scheme, check, check_both, children, find, result};
+use common::{
+    Exchange, LONG, Side, ask_scheme, check, check_both, children, find, request, result,
+};
 use sensor_e2e::{Py, Sensor, attr, records_of, tls_files};
 use serde_json::{Value, json};
 
@@ -681,4 +683,104 @@ fn a_python_service_in_a_container_with_its_own_libssl() {
     }
     drop(client);
     drop(server);
+}
+
+/// A `requests` client behind a forward proxy (`HTTPS_PROXY`, `tests/apps/connect_proxy.py`,
+/// not watched) calling uvicorn over HTTPS: the tunnel's `CONNECT` is one client record naming
+/// the tunnel's end as its server (no URL), and each call through the tunnel is a client
+/// record of its own, read from the client's TLS on the same socket, with the URL the client
+/// asked for; every span id differs (the CONNECT and the first call through the tunnel are
+/// both their stream's first exchange); uvicorn records each call.
+#[test]
+fn https_through_a_connect_proxy() {
+    let (server, port) = uvicorn_tls();
+    let proxy = Py::spawn("connect proxy", &["connect_proxy.py"], &[]);
+    let proxy_port: u16 = proxy.expect_line("READY", LONG).parse().unwrap();
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let mut env = tls_files().client_env().to_vec();
+    env.push(("HTTPS_PROXY", proxy_url.as_str()));
+    let mut client = Py::spawn(
+        "requests client behind a proxy",
+        &["requests_client.py"],
+        &env,
+    );
+    client.expect_line("READY", LONG);
+    let sensor = Sensor::watching("tls-proxy", &[server.pid(), client.pid()]);
+    let calls: [(&str, &str, Option<&str>); 3] = [
+        ("GET", "/items/11?via=proxy", None),
+        ("POST", "/echo", Some(r#"{"tunnelled": true}"#)),
+        ("GET", "/items/12", None),
+    ];
+    let mut answers = Vec::new();
+    for (method, target, body) in calls {
+        let url = format!("https://127.0.0.1:{port}{target}");
+        let headers = match body {
+            Some(_) => json!({"Content-Type": "application/json"}),
+            None => json!({}),
+        };
+        client.send_line(&request(method, &url, headers, body));
+        let res = result(&client);
+        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
+        answers.push((url, res));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let clients = records_of(&records, "client", client.pid());
+    let servers = records_of(&records, "server", server.pid());
+    let names: Vec<&str> = clients
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients.len(), 1 + calls.len(), "client records: {names:?}");
+    let connect = clients
+        .iter()
+        .find(|r| attr(r, "http.method") == "CONNECT")
+        .unwrap_or_else(|| panic!("no CONNECT among {names:?}"));
+    assert_eq!(
+        attr(connect, "http.target"),
+        format!("127.0.0.1:{port}").as_str()
+    );
+    assert_eq!(attr(connect, "http.status_code"), 200, "{connect:#}");
+    assert_eq!(attr(connect, "server.address"), "127.0.0.1", "{connect:#}");
+    assert_eq!(attr(connect, "server.port"), port, "{connect:#}");
+    assert_eq!(
+        attr(connect, "network.peer.port"),
+        proxy_port,
+        "{connect:#}"
+    );
+    for absent in ["url.full", "http.url", "url.path"] {
+        assert!(attr(connect, absent).is_null(), "{absent}: {connect:#}");
+    }
+    for ((method, target, body), (url, res)) in calls.iter().zip(&answers) {
+        let call = clients
+            .iter()
+            .find(|r| attr(r, "url.full") == url.as_str() && attr(r, "http.method") == *method)
+            .unwrap_or_else(|| panic!("no client record of {method} {url} among {names:?}"));
+        assert_eq!(attr(call, "http.status_code"), &res["status"], "{call:#}");
+        assert_eq!(attr(call, "url.scheme"), "https", "{call:#}");
+        assert_eq!(attr(call, "server.port"), port, "{call:#}");
+        assert_eq!(attr(call, "network.peer.port"), proxy_port, "{call:#}");
+        assert_eq!(attr(call, "http.response.body"), &res["body"], "{call:#}");
+        if let Some(body) = body {
+            assert_eq!(attr(call, "http.request.body"), *body, "{call:#}");
+        }
+        assert!(attr(call, "sensor.incomplete").is_null(), "{call:#}");
+        let served = servers
+            .iter()
+            .filter(|r| attr(r, "http.target") == *target && attr(r, "http.method") == *method)
+            .count();
+        assert_eq!(served, 1, "{method} {target} served once");
+    }
+    assert_eq!(servers.len(), calls.len(), "server records");
+    let span_ids: BTreeSet<&str> = clients
+        .iter()
+        .map(|r| attr(r, "sensor.span_id").as_str().expect("span id"))
+        .collect();
+    assert_eq!(
+        span_ids.len(),
+        clients.len(),
+        "every client span has its own id"
+    );
+    drop(proxy);
 }

@@ -170,18 +170,23 @@ pub struct ExchangeKey {
     pub client: SocketAddr,
     /// The server's end.
     pub server: SocketAddr,
-    /// 0 for the connection's first exchange, then 1, 2, ...
+    /// The exchange travels inside TLS. A connection can carry plaintext HTTP and then TLS —
+    /// a tunnel through a proxy is a `CONNECT` exchange, then the tunnelled ones — and each
+    /// numbers its exchanges from 0.
+    pub tls: bool,
+    /// 0 for the connection's (or its TLS stream's) first exchange, then 1, 2, ...
     pub seq: u64,
 }
 
 impl ExchangeKey {
     /// The key of exchange `seq` on a connection of a process in `role` (a connection of
-    /// unknown role is taken for a server's, as the record does); `None` without both
-    /// addresses (unix sockets, unknown peers).
+    /// unknown role is taken for a server's, as the record does), in its TLS stream or its
+    /// plaintext; `None` without both addresses (unix sockets, unknown peers).
     pub fn of(
         role: Role,
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
+        tls: bool,
         seq: u64,
     ) -> Option<ExchangeKey> {
         let (client, server) = match role {
@@ -191,6 +196,7 @@ impl ExchangeKey {
         Some(ExchangeKey {
             client,
             server,
+            tls,
             seq,
         })
     }
@@ -485,6 +491,7 @@ mod tests {
         ExchangeKey {
             client: "127.0.0.1:50000".parse().unwrap(),
             server: "127.0.0.1:8080".parse().unwrap(),
+            tls: false,
             seq: 2,
         }
     }
@@ -630,6 +637,19 @@ mod tests {
             client_ids(7, Some(&next), None, None).unwrap().span_id,
             client.span_id
         );
+        // The first exchange tunnelled through a CONNECT is not the CONNECT itself.
+        let (connect, tunnelled) = (
+            ExchangeKey { seq: 0, ..key() },
+            ExchangeKey {
+                seq: 0,
+                tls: true,
+                ..key()
+            },
+        );
+        assert_ne!(
+            client_ids(7, Some(&connect), None, None).unwrap().span_id,
+            client_ids(7, Some(&tunnelled), None, None).unwrap().span_id
+        );
         assert_ne!(
             client_ids(8, Some(&key()), None, None).unwrap().span_id,
             client.span_id
@@ -640,11 +660,11 @@ mod tests {
     fn keys_are_seen_from_the_client() {
         let a: SocketAddr = "127.0.0.1:50000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let client = ExchangeKey::of(Role::Client, Some(a), Some(b), 2).unwrap();
-        let server = ExchangeKey::of(Role::Server, Some(b), Some(a), 2).unwrap();
+        let client = ExchangeKey::of(Role::Client, Some(a), Some(b), false, 2).unwrap();
+        let server = ExchangeKey::of(Role::Server, Some(b), Some(a), false, 2).unwrap();
         assert_eq!(client, key());
         assert_eq!(server, key());
-        assert_eq!(ExchangeKey::of(Role::Client, Some(a), None, 0), None);
+        assert_eq!(ExchangeKey::of(Role::Client, Some(a), None, false, 0), None);
     }
 
     /// A linked client span is the child of the server request, in its trace; the server at
@@ -660,6 +680,7 @@ mod tests {
         let call = ExchangeKey {
             client: "127.0.0.1:50001".parse().unwrap(),
             server: "127.0.0.1:9090".parse().unwrap(),
+            tls: false,
             seq: 0,
         };
         let client = client_ids(7, Some(&call), None, Some(&link)).unwrap();

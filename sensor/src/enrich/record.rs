@@ -385,13 +385,18 @@ fn gather(
     let method = request.method.as_str();
     let target = request.target.as_str();
     let origin_target = strip_origin(target);
+    // `CONNECT host:port` (authority-form: a tunnel through a proxy) names no resource: no
+    // path nor URL, and the server is the one the tunnel goes to.
+    let tunnel = method.eq_ignore_ascii_case("CONNECT");
     let (path, query) = match origin_target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (origin_target, None),
+        _ if tunnel => (None, None),
+        Some((p, q)) => (Some(p), Some(q)),
+        None => (Some(origin_target), None),
     };
     let host = req_headers.get("host");
+    let authority = if tunnel { Some(target) } else { host };
     let default_port = if ctx.scheme == "https" { 443 } else { 80 };
-    let (host_name, host_port) = match host {
+    let (host_name, host_port) = match authority {
         Some(h) => {
             let (name, port) = split_host(h);
             (Some(name), port)
@@ -404,9 +409,10 @@ fn gather(
     };
     let server_address = host_name.or_else(|| server_endpoint.map(|a| a.ip().to_string()));
     let server_port = host_port
-        .or_else(|| host.map(|_| default_port))
+        .or_else(|| authority.map(|_| default_port))
         .or_else(|| server_endpoint.map(|a| a.port()));
     let full_url = match kind {
+        _ if tunnel => None,
         SpanKind::Client if target.starts_with("http://") || target.starts_with("https://") => {
             Some(target.to_owned())
         }
@@ -435,7 +441,7 @@ fn gather(
         SpanKind::Client => None,
     };
     let incoming = context::incoming_context(ctx.propagation, |name| req_headers.get(name));
-    let key = context::ExchangeKey::of(meta.role, meta.local, meta.remote, ctx.seq);
+    let key = context::ExchangeKey::of(meta.role, meta.local, meta.remote, meta.tls, ctx.seq);
     let ids = match kind {
         SpanKind::Client => {
             context::client_ids(ctx.salt, key.as_ref(), incoming, ctx.link.as_ref())
@@ -514,7 +520,9 @@ fn gather(
     if let Some(full) = full_url {
         put(&mut attrs, "url.full", full);
     }
-    put(&mut attrs, "url.path", path);
+    if let Some(path) = path {
+        put(&mut attrs, "url.path", path);
+    }
     if let Some(query) = query {
         put(&mut attrs, "url.query", query);
     }
@@ -797,6 +805,54 @@ mod tests {
             assert_eq!(
                 record.end_time_unix_nano, end,
                 "the call lasts until the wait for its response ended"
+            );
+        }
+    }
+
+    /// A tunnel through a proxy (`CONNECT host:port`, as `requests` sends it, without a Host
+    /// header): the server is the tunnel's end, not the proxy, and there is no URL nor path.
+    #[test]
+    fn a_connect_names_the_tunnels_end_and_no_url() {
+        use crate::http::{HttpRequest, HttpResponse};
+        let exchange = HttpExchange {
+            request: Some(HttpRequest {
+                method: "CONNECT".into(),
+                target: "api.example.com:8443".into(),
+                version: HttpVersion::Http10,
+                headers: Vec::new(),
+                body: Body::default(),
+                start_ns: 1,
+                end_ns: 2,
+            }),
+            response: Some(HttpResponse {
+                status: 200,
+                reason: "Connection established".into(),
+                version: HttpVersion::Http10,
+                headers: Vec::new(),
+                body: Body::default(),
+                start_ns: 3,
+                end_ns: 4,
+            }),
+            incomplete: false,
+            gave_up_ns: None,
+        };
+        let meta = tcp_meta(
+            Role::Client,
+            Some("10.0.0.1:50000".parse().unwrap()),
+            Some("10.0.0.9:3128".parse().unwrap()),
+        );
+        let process =
+            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
+        let to_unix = |ns: u64| ns;
+        let record = build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
+        assert_eq!(record.attr_str("server.address"), Some("api.example.com"));
+        assert_eq!(record.attr_int("server.port"), Some(8443));
+        assert_eq!(record.attr_str("http.target"), Some("api.example.com:8443"));
+        assert_eq!(record.attr_int("network.peer.port"), Some(3128));
+        for absent in ["url.full", "http.url", "url.path", "http.host"] {
+            assert!(
+                !record.attributes.contains_key(absent),
+                "{absent}: {record:#?}"
             );
         }
     }
