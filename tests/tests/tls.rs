@@ -30,6 +30,27 @@ fn gunicorn_certfile_gevent_workers_and_a_requests_session() {
     gunicorn_certfile_and_a_requests_session("gevent");
 }
 
+/// One request for [`ask_all_https`]: method, target, headers, body, the span name expected.
+type Ask<'a> = (&'a str, &'a str, Value, Option<&'a str>, &'a str);
+
+/// Has `client` make each request to `https://127.0.0.1:port`, in order; each must succeed.
+/// Returns what each exchanged, with the client's result.
+fn ask_all_https<const N: usize>(
+    client: &mut Py,
+    port: u16,
+    requests: [Ask; N],
+) -> Vec<(Exchange, Value)> {
+    requests
+        .into_iter()
+        .map(|(method, target, headers, body, name)| {
+            let (exchange, res) =
+                ask_scheme(client, "https", port, method, target, headers, body, name);
+            assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
+            (exchange, res)
+        })
+        .collect()
+}
+
 /// Flask under gunicorn `--certfile` with two workers of `worker_class` started before the
 /// sensor, and a `requests` Session: every HTTPS exchange exact on both sides, in the worker
 /// that served it.
@@ -65,8 +86,7 @@ fn gunicorn_certfile_and_a_requests_session(worker_class: &str) {
         &format!("tls-gunicorn-{worker_class}"),
         &[server.pid(), client.pid()],
     );
-    let mut sent: Vec<(Exchange, u32)> = Vec::new();
-    let requests: [(&str, &str, Value, Option<&str>, &str); 4] = [
+    let requests: [Ask; 4] = [
         (
             "GET",
             "/items/42?x=1&y=two",
@@ -84,18 +104,8 @@ fn gunicorn_certfile_and_a_requests_session(worker_class: &str) {
         ("GET", "/items/7", json!({}), None, "GET /items/{id}"),
         ("GET", "/items/8", json!({}), None, "GET /items/{id}"),
     ];
-    for (method, target, headers, body, name) in requests {
-        let (exchange, res) = ask_scheme(
-            &mut client,
-            "https",
-            port,
-            method,
-            target,
-            headers,
-            body,
-            name,
-        );
-        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
+    let mut sent: Vec<(Exchange, u32)> = Vec::new();
+    for (exchange, res) in ask_all_https(&mut client, port, requests) {
         let worker: u32 = res["headers"]["X-Worker-Pid"]
             .as_str()
             .expect("X-Worker-Pid")
@@ -622,8 +632,7 @@ fn a_python_service_in_a_container_with_its_own_libssl() {
         .arg("requests_client.py");
     let mut client = Py::spawn_command("requests client in the container", join, &tls.client_env());
     client.expect_line("READY", LONG);
-    let mut sent = Vec::new();
-    let requests: [(&str, &str, Value, Option<&str>, &str); 3] = [
+    let requests: [Ask; 3] = [
         (
             "GET",
             "/items/5?in=container",
@@ -640,20 +649,10 @@ fn a_python_service_in_a_container_with_its_own_libssl() {
         ),
         ("GET", "/items/6", json!({}), None, "GET /items/{id}"),
     ];
-    for (method, target, headers, body, name) in requests {
-        let (exchange, res) = ask_scheme(
-            &mut client,
-            "https",
-            port,
-            method,
-            target,
-            headers,
-            body,
-            name,
-        );
-        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
-        sent.push(exchange);
-    }
+    let sent: Vec<Exchange> = ask_all_https(&mut client, port, requests)
+        .into_iter()
+        .map(|(exchange, _)| exchange)
+        .collect();
     assert_eq!(
         mapped_inode(client.pid(), "libssl"),
         Some(worker_inode),
