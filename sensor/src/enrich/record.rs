@@ -454,7 +454,7 @@ fn gather(
             ctx.link.as_ref(),
         ),
     };
-    let mut end_ns = request.end_ns.max(exchange.gave_up_ns.unwrap_or(0));
+    let mut end_ns = exchange.gave_up_ns.unwrap_or(request.end_ns);
     let mut incomplete = exchange.incomplete || request.body.incomplete;
     if let Some(response) = &exchange.response {
         end_ns = end_ns.max(response.end_ns);
@@ -718,11 +718,15 @@ mod tests {
 
     /// The record of `exchange` on a connection of unknown addresses, made by pid 7 in `role`.
     fn record_of(exchange: HttpExchange, role: Role) -> ExchangeRecord {
-        let meta = tcp_meta(role, None, None);
+        record_on(exchange, &tcp_meta(role, None, None))
+    }
+
+    /// The record of `exchange` on connection `meta`, made by pid 7.
+    fn record_on(exchange: HttpExchange, meta: &ConnMeta) -> ExchangeRecord {
         let process =
             ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
         let to_unix = |ns: u64| ns;
-        build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap()
+        build_record(exchange, meta, &process, &context_for(&to_unix, None)).unwrap()
     }
 
     #[test]
@@ -841,10 +845,7 @@ mod tests {
             Some("10.0.0.1:50000".parse().unwrap()),
             Some("10.0.0.9:3128".parse().unwrap()),
         );
-        let process =
-            ProcessInfo::new(7, "/usr/bin/python3".into(), Vec::new(), Default::default());
-        let to_unix = |ns: u64| ns;
-        let record = build_record(exchange, &meta, &process, &context_for(&to_unix, None)).unwrap();
+        let record = record_on(exchange, &meta);
         assert_eq!(record.attr_str("server.address"), Some("api.example.com"));
         assert_eq!(record.attr_int("server.port"), Some(8443));
         assert_eq!(record.attr_str("http.target"), Some("api.example.com:8443"));

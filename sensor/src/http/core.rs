@@ -33,7 +33,8 @@ struct Entry {
     resp_done: bool,
     paired: bool,
     incomplete: bool,
-    /// Given up without a response while every byte was seen: when the wait ended.
+    /// Given up without a response at a close or the timeout: when the wait ended (never
+    /// before the request did).
     gave_up_ns: Option<u64>,
 }
 
@@ -232,9 +233,7 @@ impl Core {
         if let Some(e) = self.get_mut(cursor) {
             e.resp_done = true;
             e.incomplete |= unseen;
-            if !unseen {
-                e.gave_up_ns = at.map(|at| at.max(e.end_ns));
-            }
+            e.gave_up_ns = at.map(|at| at.max(e.end_ns));
             self.stats.unanswered_requests += 1;
         }
         self.cursor += 1;
@@ -338,16 +337,13 @@ impl Core {
                 self.stats.incomplete_exchanges += 1;
             }
             self.stats.exchanges += 1;
-            let gave_up_ns = if e.response.is_none() && !incomplete {
-                e.gave_up_ns
-            } else {
-                None
-            };
             self.done.push(HttpExchange {
                 request: Some(request),
                 response: e.response,
                 incomplete,
-                gave_up_ns,
+                // Without every byte, the response may have come: when the wait ended is not
+                // when the call did.
+                gave_up_ns: e.gave_up_ns.filter(|_| !incomplete),
             });
         }
         if self.cursor < self.base {

@@ -262,7 +262,8 @@ pub struct HttpExchange {
     pub incomplete: bool,
     /// A request without a response while every byte was seen: when the wait for it ended —
     /// the connection's close (a client that gave up, a server that never answered) or the
-    /// response timeout. The exchange lasted until then. `None` otherwise.
+    /// response timeout; never before the request ended. The exchange lasted until then.
+    /// `None` otherwise.
     pub gave_up_ns: Option<u64>,
 }
 
