@@ -168,6 +168,10 @@ pub const SOCKET_FLAG_NEED_LOCAL: u8 = 2;
 /// The connection's peer address is not known yet (`accept(fd, NULL, NULL)`, as libuv and so
 /// uvloop do): the next `getpeername` on it reports it with a `ConnAddress` record.
 pub const SOCKET_FLAG_NEED_REMOTE: u8 = 4;
+/// The connection's first request was a `CONNECT` (a client asking a forward proxy for a
+/// tunnel): TLS that follows on it may run in a memory BIO (asyncio), which is tied to the
+/// socket by the ciphertext its reads return, so those are remembered as on a TLS socket.
+pub const SOCKET_FLAG_TUNNEL: u8 = 8;
 /// Connection ids chosen by userspace (adopted sockets) have this bit set; kernel ones never do.
 pub const USER_CONN_ID_BIT: u64 = 1 << 63;
 

@@ -15,7 +15,10 @@ use aya_ebpf::{
 };
 use sensor_common::{
     event::{DATA_CHUNK_MAX, DataSource, Direction, EventKind, IOV_MAX_SCANNED},
-    maps::{ConnControl, ConnState, Counter, Protocol, SOCKET_FLAG_MIDSTREAM, SocketKey},
+    maps::{
+        ConnControl, ConnState, Counter, Protocol, SOCKET_FLAG_MIDSTREAM, SOCKET_FLAG_TUNNEL,
+        SocketKey,
+    },
 };
 
 use crate::{
@@ -410,10 +413,12 @@ pub fn deliver<const SHAPE: u8>(
     };
     let protocol = Protocol::from_u8(conn.protocol);
     let ignored = matches!(protocol, Protocol::Http2 | Protocol::Tls | Protocol::Other);
+    if direction == Direction::Ingress as usize
+        && (protocol == Protocol::Tls || conn.flags & SOCKET_FLAG_TUNNEL != 0)
+    {
+        remember_ciphertext::<SHAPE>(io, total);
+    }
     if control.stop != 0 || ignored {
-        if protocol == Protocol::Tls && direction == Direction::Ingress as usize {
-            remember_ciphertext::<SHAPE>(io, total);
-        }
         count(Counter::IgnoredBytes, total);
         return Ok(());
     }
@@ -446,7 +451,12 @@ pub fn deliver<const SHAPE: u8>(
         }
         match found {
             Protocol::Unclassified => {}
-            Protocol::Http1 => conn.protocol = Protocol::Http1 as u8,
+            Protocol::Http1 => {
+                conn.protocol = Protocol::Http1 as u8;
+                if direction == Direction::Egress as usize && peek.starts_with(b"CONNECT ") {
+                    conn.flags |= SOCKET_FLAG_TUNNEL;
+                }
+            }
             other => {
                 conn.protocol = other as u8;
                 if other == Protocol::Tls && direction == Direction::Ingress as usize {
@@ -502,8 +512,9 @@ pub fn deliver<const SHAPE: u8>(
     Ok(())
 }
 
-/// Remembers the first bytes and length of ciphertext received on a TLS socket, so that a
-/// memory BIO the application then feeds the same bytes can be tied to this socket.
+/// Remembers the first bytes and length of ciphertext received on a TLS socket (or a proxy
+/// tunnel, which turns TLS after its `CONNECT`), so that a memory BIO the application then
+/// feeds the same bytes can be tied to this socket.
 #[inline(always)]
 fn remember_ciphertext<const SHAPE: u8>(io: &PendingIo, total: u64) {
     if SHAPE != CONTIGUOUS || total < 16 || total > u64::from(u32::MAX) {

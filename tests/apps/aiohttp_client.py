@@ -66,7 +66,8 @@ async def websocket(session, cmd):
 
 async def main():
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession() as session:
+    # trust_env: HTTPS_PROXY and friends are honoured, as requests does by default.
+    async with aiohttp.ClientSession(trust_env=True) as session:
         print("READY", flush=True)
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
