@@ -373,11 +373,11 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "sensor.response_timeout_ms",
-        default: "30000",
+        default: "120000",
         env: "HT_SENSOR_RESPONSE_TIMEOUT_MS",
         otel: &[],
         flag: None,
-        description: "How long a request waits for its response before it is reported without one.",
+        description: "How long a request waits for its response, on a connection that stays open, before it is reported without one (a closed connection ends the wait at once). Longer than the 60 s that load balancers and proxies allow by default, so that long polls keep their response.",
         setter: Setter::U64(|c| &mut c.sensor.response_timeout_ms, 1),
     },
     KeyDoc {

@@ -364,7 +364,7 @@ impl Default for SensorSettings {
     fn default() -> Self {
         SensorSettings {
             output: OutputKind::Console,
-            response_timeout_ms: 30_000,
+            response_timeout_ms: 120_000,
             max_connections: 65_536,
             idle_timeout_ms: 300_000,
             metrics_addr: None,

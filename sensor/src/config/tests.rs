@@ -238,7 +238,7 @@ fn defaults_when_nothing_is_configured() {
     assert_eq!(d.data_capture.body_max_processing_size_bytes, 1_048_576);
     assert_eq!(d.data_capture.redact_headers, DEFAULT_REDACT_HEADERS);
     assert_eq!(d.sensor.output, OutputKind::Console);
-    assert_eq!(d.sensor.response_timeout_ms, 30_000);
+    assert_eq!(d.sensor.response_timeout_ms, 120_000);
     assert_eq!(d.sensor.max_connections, 65_536);
     assert_eq!(d.sensor.idle_timeout_ms, 300_000);
     assert_eq!(d.sensor.export_queue_size, 2048);

@@ -76,7 +76,7 @@ impl Default for TrackerSettings {
         TrackerSettings {
             max_connections: 65_536,
             idle_timeout_ns: 300_000_000_000,
-            response_timeout_ns: 30_000_000_000,
+            response_timeout_ns: 120_000_000_000,
         }
     }
 }
