@@ -2,7 +2,8 @@
 Prints "READY <port>" once the socket listens (connections wait in the backlog until uvicorn
 accepts them). UVICORN_SSL_CERTFILE / UVICORN_SSL_KEYFILE serve HTTPS (`--ssl-certfile`,
 `--ssl-keyfile`: asyncio's memory-BIO TLS); UVICORN_TIMEOUT_KEEP_ALIVE sets the idle keep-alive
-timeout in seconds (default 5).
+timeout in seconds (default 5). UVICORN_HOST="::" listens dual-stack instead (IPv6, with IPv4
+peers as IPv4-mapped addresses).
 """
 import os
 import socket
@@ -12,9 +13,14 @@ import uvicorn
 
 
 def main():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host = os.environ.get("UVICORN_HOST", "127.0.0.1")
+    if ":" in host:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.listen(1024)
     print(f"READY {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(

@@ -133,3 +133,55 @@ fn http_server_and_urllib_client_records() {
     assert_eq!(attr(&post_client, "http.status_code"), 200);
     client.wait(LONG);
 }
+
+/// A dual-stack uvicorn (listening on `::`) called by `requests` over IPv6 loopback and over
+/// IPv4, on one connection each: every record names the peer as the other end saw it — `::1`,
+/// and `127.0.0.1` rather than the IPv4-mapped `::ffff:127.0.0.1` the server's socket holds —
+/// with the client's port on the server side, and the client's URL keeps the bracketed host.
+#[test]
+fn ipv6_and_ipv4_peers_of_a_dual_stack_server() {
+    let server = Py::spawn(
+        "uvicorn dual-stack",
+        &["serve_uvicorn.py", "fastapi_app:app"],
+        &[("UVICORN_HOST", "::")],
+    );
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    let mut client = Py::spawn("requests_client", &["requests_client.py"], &[]);
+    client.expect_line("READY", LONG);
+    let sensor = Sensor::watching("records-ipv6", &[server.pid(), client.pid()]);
+    let mut sent = Vec::new();
+    for (host, address, item) in [("[::1]", "::1", 61), ("127.0.0.1", "127.0.0.1", 62)] {
+        let url = format!("http://{host}:{port}/items/{item}?q=v");
+        client.send_line(&json!({"op": "request", "method": "GET", "url": url}).to_string());
+        let res: Value = serde_json::from_str(&client.expect_line("RESULT", LONG)).unwrap();
+        assert_eq!(res["status"], 200, "{res}");
+        sent.push((url, address, res["local_port"].as_u64().unwrap()));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let servers = records_of(&records, "server", server.pid());
+    let clients = records_of(&records, "client", client.pid());
+    assert_eq!(servers.len(), sent.len(), "server records: {records:#?}");
+    assert_eq!(clients.len(), sent.len(), "client records: {records:#?}");
+    for (url, address, local_port) in &sent {
+        let call = clients
+            .iter()
+            .find(|r| attr(r, "url.full") == url.as_str())
+            .unwrap_or_else(|| panic!("no client record of {url}: {clients:#?}"));
+        assert_eq!(attr(call, "server.address"), *address, "{call:#}");
+        assert_eq!(attr(call, "server.port"), port, "{call:#}");
+        assert_eq!(attr(call, "network.peer.address"), *address, "{call:#}");
+        assert_eq!(attr(call, "net.host.port"), *local_port, "{call:#}");
+        let served = servers
+            .iter()
+            .find(|r| attr(r, "network.peer.port") == *local_port)
+            .unwrap_or_else(|| panic!("no server record from port {local_port}: {servers:#?}"));
+        assert_eq!(attr(served, "network.peer.address"), *address, "{served:#}");
+        assert_eq!(attr(served, "client.address"), *address, "{served:#}");
+        assert_eq!(attr(served, "net.host.port"), port, "{served:#}");
+        assert_eq!(attr(served, "http.status_code"), 200, "{served:#}");
+    }
+    drop(client);
+    drop(server);
+}
