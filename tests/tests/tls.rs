@@ -688,7 +688,7 @@ fn a_python_service_in_a_container_with_its_own_libssl() {
 /// not watched) calling uvicorn over HTTPS: see [`through_a_connect_proxy`].
 #[test]
 fn https_through_a_connect_proxy() {
-    through_a_connect_proxy("requests_client.py");
+    through_a_connect_proxy("requests_client.py", &[]);
 }
 
 /// An aiohttp client behind the same proxy: asyncio runs the tunnel's TLS in a memory BIO, which
@@ -696,22 +696,29 @@ fn https_through_a_connect_proxy() {
 /// socket began as plain HTTP (the CONNECT).
 #[test]
 fn aiohttp_https_through_a_connect_proxy() {
-    through_a_connect_proxy("aiohttp_client.py");
+    through_a_connect_proxy("aiohttp_client.py", &[]);
 }
 
-/// `client` (a script taking the `request` commands) calls uvicorn over HTTPS through a forward
+/// An httpx `AsyncClient` behind the same proxy: anyio's TLS stream, a memory BIO too.
+#[test]
+fn httpx_async_https_through_a_connect_proxy() {
+    through_a_connect_proxy("httpx_client.py", &[("HTTPX_ASYNC", "1")]);
+}
+
+/// `client` (a script taking the `request` commands, with `client_env`) calls uvicorn over HTTPS through a forward
 /// proxy: the tunnel's `CONNECT` is one client record naming the tunnel's end as its server (no
 /// URL), and each call through the tunnel is a client record of its own, read from the client's
 /// TLS on the same socket, with the URL the client asked for and the connection's addresses;
 /// every span id differs (the CONNECT and the first call through the tunnel are both their
 /// stream's first exchange); uvicorn records each call, in the client's trace.
-fn through_a_connect_proxy(client: &str) {
+fn through_a_connect_proxy(client: &str, client_env: &[(&str, &str)]) {
     let (server, port) = uvicorn_tls();
     let proxy = Py::spawn("connect proxy", &["connect_proxy.py"], &[]);
     let proxy_port: u16 = proxy.expect_line("READY", LONG).parse().unwrap();
     let proxy_url = format!("http://127.0.0.1:{proxy_port}");
     let mut env = tls_files().client_env().to_vec();
     env.push(("HTTPS_PROXY", proxy_url.as_str()));
+    env.extend_from_slice(client_env);
     let mut client = Py::spawn(&format!("{client} behind a proxy"), &[client], &env);
     client.expect_line("READY", LONG);
     let sensor = Sensor::watching("tls-proxy", &[server.pid(), client.pid()]);
