@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub mod otlp;
+pub mod proxy;
 pub mod trace;
 
 /// Panics unless the tests run as root (eBPF needs it).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sensor_e2e::{Py, Sensor, attr, records_of};
+use sensor_e2e::{Py, Sensor, attr, proxy, records_of};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -208,55 +208,17 @@ fn http_through_a_forwarding_proxy() {
     );
     client.expect_line("READY", LONG);
     let sensor = Sensor::watching("records-proxy", &[server.pid(), client.pid()]);
-    let calls: [(&str, &str, Option<&str>); 3] = [
-        ("GET", "/items/21?via=proxy", None),
-        ("POST", "/echo", Some(r#"{"forwarded": true}"#)),
-        ("GET", "/items/22", None),
-    ];
-    let mut answers = Vec::new();
-    for (method, target, body) in calls {
-        let url = format!("http://127.0.0.1:{port}{target}");
-        let headers = match body {
-            Some(_) => json!({"Content-Type": "application/json"}),
-            None => json!({}),
-        };
-        client.send_line(&command(method, &url, headers, body));
-        let res: Value = serde_json::from_str(&client.expect_line("RESULT", LONG)).unwrap();
-        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
-        answers.push((url, res));
-    }
+    let answers = proxy::ask(&mut client, &format!("http://127.0.0.1:{port}"));
     std::thread::sleep(Duration::from_millis(500));
     let output = sensor.stop();
     let records = output.records();
     let clients = records_of(&records, "client", client.pid());
     let servers = records_of(&records, "server", server.pid());
-    assert_eq!(clients.len(), calls.len(), "client records: {clients:#?}");
-    assert_eq!(servers.len(), calls.len(), "server records: {servers:#?}");
-    for ((method, target, body), (url, res)) in calls.iter().zip(&answers) {
-        let call = clients
-            .iter()
-            .find(|r| attr(r, "url.full") == url.as_str() && attr(r, "http.method") == *method)
-            .unwrap_or_else(|| panic!("no client record of {method} {url}: {clients:#?}"));
-        assert_eq!(attr(call, "http.status_code"), &res["status"], "{call:#}");
-        assert_eq!(attr(call, "server.address"), "127.0.0.1", "{call:#}");
-        assert_eq!(attr(call, "server.port"), port, "{call:#}");
-        assert_eq!(attr(call, "network.peer.port"), proxy_port, "{call:#}");
-        assert_eq!(attr(call, "net.host.port"), &res["local_port"], "{call:#}");
-        assert_eq!(attr(call, "http.response.body"), &res["body"], "{call:#}");
-        let served = servers
-            .iter()
-            .find(|r| attr(r, "http.target") == *target && attr(r, "http.method") == *method)
-            .unwrap_or_else(|| panic!("no server record of {method} {target}: {servers:#?}"));
-        assert_eq!(served["resource"]["service.name"], "behind-proxy");
-        assert_eq!(
-            attr(served, "http.response.body"),
-            &res["body"],
-            "{served:#}"
-        );
-        if let Some(body) = body {
-            assert_eq!(attr(call, "http.request.body"), *body, "{call:#}");
-            assert_eq!(attr(served, "http.request.body"), *body, "{served:#}");
-        }
+    assert_eq!(clients.len(), answers.len(), "client records: {clients:#?}");
+    assert_eq!(servers.len(), answers.len(), "server records: {servers:#?}");
+    proxy::check(&clients, &servers, &answers, port, proxy_port);
+    for server in &servers {
+        assert_eq!(server["resource"]["service.name"], "behind-proxy");
     }
     drop(proxy);
 }

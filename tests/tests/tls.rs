@@ -9,10 +9,8 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{
-    Exchange, LONG, Side, ask_scheme, check, check_both, children, find, request, result,
-};
-use sensor_e2e::{Py, Sensor, attr, records_of, tls_files};
+use common::{Exchange, LONG, Side, ask_scheme, check, check_both, children, find, result};
+use sensor_e2e::{Py, Sensor, attr, proxy, records_of, tls_files};
 use serde_json::{Value, json};
 
 /// Flask under gunicorn `--certfile` (two forked sync workers, started before the sensor) and
@@ -722,23 +720,7 @@ fn through_a_connect_proxy(client: &str, client_env: &[(&str, &str)]) {
     let mut client = Py::spawn(&format!("{client} behind a proxy"), &[client], &env);
     client.expect_line("READY", LONG);
     let sensor = Sensor::watching("tls-proxy", &[server.pid(), client.pid()]);
-    let calls: [(&str, &str, Option<&str>); 3] = [
-        ("GET", "/items/11?via=proxy", None),
-        ("POST", "/echo", Some(r#"{"tunnelled": true}"#)),
-        ("GET", "/items/12", None),
-    ];
-    let mut answers = Vec::new();
-    for (method, target, body) in calls {
-        let url = format!("https://127.0.0.1:{port}{target}");
-        let headers = match body {
-            Some(_) => json!({"Content-Type": "application/json"}),
-            None => json!({}),
-        };
-        client.send_line(&request(method, &url, headers, body));
-        let res = result(&client);
-        assert_eq!(res["status"].as_u64().unwrap() / 100, 2, "{res}");
-        answers.push((url, res));
-    }
+    let answers = proxy::ask(&mut client, &format!("https://127.0.0.1:{port}"));
     std::thread::sleep(Duration::from_millis(500));
     let output = sensor.stop();
     let records = output.records();
@@ -748,7 +730,12 @@ fn through_a_connect_proxy(client: &str, client_env: &[(&str, &str)]) {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(clients.len(), 1 + calls.len(), "client records: {names:?}");
+    assert_eq!(
+        clients.len(),
+        1 + answers.len(),
+        "client records: {names:?}"
+    );
+    assert_eq!(servers.len(), answers.len(), "server records");
     let connect = clients
         .iter()
         .find(|r| attr(r, "http.method") == "CONNECT")
@@ -768,28 +755,13 @@ fn through_a_connect_proxy(client: &str, client_env: &[(&str, &str)]) {
     for absent in ["url.full", "http.url", "url.path"] {
         assert!(attr(connect, absent).is_null(), "{absent}: {connect:#}");
     }
-    for ((method, target, body), (url, res)) in calls.iter().zip(&answers) {
-        let call = clients
-            .iter()
-            .find(|r| attr(r, "url.full") == url.as_str() && attr(r, "http.method") == *method)
-            .unwrap_or_else(|| panic!("no client record of {method} {url} among {names:?}"));
-        assert_eq!(attr(call, "http.status_code"), &res["status"], "{call:#}");
+    proxy::check(&clients, &servers, &answers, port, proxy_port);
+    for call in clients
+        .iter()
+        .filter(|r| attr(r, "http.method") != "CONNECT")
+    {
         assert_eq!(attr(call, "url.scheme"), "https", "{call:#}");
-        assert_eq!(attr(call, "server.port"), port, "{call:#}");
-        assert_eq!(attr(call, "network.peer.port"), proxy_port, "{call:#}");
-        assert_eq!(attr(call, "net.host.port"), &res["local_port"], "{call:#}");
-        assert_eq!(attr(call, "http.response.body"), &res["body"], "{call:#}");
-        if let Some(body) = body {
-            assert_eq!(attr(call, "http.request.body"), *body, "{call:#}");
-        }
-        assert!(attr(call, "sensor.incomplete").is_null(), "{call:#}");
-        let served = servers
-            .iter()
-            .filter(|r| attr(r, "http.target") == *target && attr(r, "http.method") == *method)
-            .count();
-        assert_eq!(served, 1, "{method} {target} served once");
     }
-    assert_eq!(servers.len(), calls.len(), "server records");
     let span_ids: BTreeSet<&str> = clients
         .iter()
         .map(|r| attr(r, "sensor.span_id").as_str().expect("span id"))
