@@ -30,7 +30,7 @@ async def read_head(reader):
     return lines, length
 
 
-async def tunnel(target, writer, reader):
+async def tunnel(target, reader, writer):
     host, port = target.rsplit(":", 1)
     up_reader, up_writer = await asyncio.open_connection(host, int(port))
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -72,7 +72,7 @@ async def handle(reader, writer):
     method, target, _version = start.decode("latin-1").split()
     if method == "CONNECT":
         await read_head(reader)
-        await tunnel(target, writer, reader)
+        await tunnel(target, reader, writer)
     else:
         await forward(start, reader, writer)
 

@@ -20,6 +20,14 @@ pub const CALLS: [Call; 3] = [
     ("GET", "/items/12", None),
 ];
 
+/// Starts `tests/apps/connect_proxy.py`: the process, its port, and its URL (for
+/// `HTTP_PROXY` / `HTTPS_PROXY`).
+pub fn spawn() -> (Py, u16, String) {
+    let proxy = Py::spawn("forward proxy", &["connect_proxy.py"], &[]);
+    let port: u16 = proxy.expect_line("READY", LONG).parse().unwrap();
+    (proxy, port, format!("http://127.0.0.1:{port}"))
+}
+
 /// A call as made: its URL and the client's result (status, body, local port…).
 pub struct Answer {
     /// The URL the client asked for.

@@ -152,7 +152,7 @@ fn ipv6_and_ipv4_peers_of_a_dual_stack_server() {
     let mut sent = Vec::new();
     for (host, address, item) in [("[::1]", "::1", 61), ("127.0.0.1", "127.0.0.1", 62)] {
         let url = format!("http://{host}:{port}/items/{item}?q=v");
-        client.send_line(&json!({"op": "request", "method": "GET", "url": url}).to_string());
+        client.send_line(&command("GET", &url, json!({}), None));
         let res: Value = serde_json::from_str(&client.expect_line("RESULT", LONG)).unwrap();
         assert_eq!(res["status"], 200, "{res}");
         sent.push((url, address, res["local_port"].as_u64().unwrap()));
@@ -198,9 +198,7 @@ fn http_through_a_forwarding_proxy() {
         &[("HT_SERVICE_NAME", "behind-proxy")],
     );
     let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
-    let proxy = Py::spawn("forwarding proxy", &["connect_proxy.py"], &[]);
-    let proxy_port: u16 = proxy.expect_line("READY", LONG).parse().unwrap();
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let (proxy, proxy_port, proxy_url) = proxy::spawn();
     let mut client = Py::spawn(
         "requests client behind a proxy",
         &["requests_client.py"],

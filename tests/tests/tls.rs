@@ -703,17 +703,15 @@ fn httpx_async_https_through_a_connect_proxy() {
     through_a_connect_proxy("httpx_client.py", &[("HTTPX_ASYNC", "1")]);
 }
 
-/// `client` (a script taking the `request` commands, with `client_env`) calls uvicorn over HTTPS through a forward
-/// proxy: the tunnel's `CONNECT` is one client record naming the tunnel's end as its server (no
-/// URL), and each call through the tunnel is a client record of its own, read from the client's
-/// TLS on the same socket, with the URL the client asked for and the connection's addresses;
-/// every span id differs (the CONNECT and the first call through the tunnel are both their
-/// stream's first exchange); uvicorn records each call, in the client's trace.
+/// `client` (a script taking the `request` commands, with `client_env`) calls uvicorn over
+/// HTTPS through a forward proxy: the tunnel's `CONNECT` is one client record naming the
+/// tunnel's end as its server (no URL), and each call through the tunnel is a client record of
+/// its own, read from the client's TLS on the same socket, with the URL the client asked for
+/// and the connection's addresses; every span id differs (the CONNECT and the first call
+/// through the tunnel are both their stream's first exchange); uvicorn records each call.
 fn through_a_connect_proxy(client: &str, client_env: &[(&str, &str)]) {
     let (server, port) = uvicorn_tls();
-    let proxy = Py::spawn("connect proxy", &["connect_proxy.py"], &[]);
-    let proxy_port: u16 = proxy.expect_line("READY", LONG).parse().unwrap();
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let (proxy, proxy_port, proxy_url) = proxy::spawn();
     let mut env = tls_files().client_env().to_vec();
     env.push(("HTTPS_PROXY", proxy_url.as_str()));
     env.extend_from_slice(client_env);
