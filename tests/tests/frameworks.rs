@@ -1468,6 +1468,107 @@ fn short_lived_process_record_under_its_service_name() {
     check(servers[0], &exchange, "server", server.pid(), "aiohttp_app");
 }
 
+/// Services moved from the Hypertrace agent, which still name its configuration file in
+/// `HT_CONFIG_FILE` and set no `HT_SERVICE_NAME` (the agent never exported the file's name):
+/// a uvicorn server started in its own directory with a relative path to the file (written in
+/// the agent's camelCase keys) is named by the file's `serviceName` and carries its
+/// `resourceAttributes`; a job whose file says `enabled: false` is not watched, and one whose
+/// `HT_SERVICE_NAME` is set too is named by the variable. All started after the sensor.
+#[test]
+fn agent_config_files_name_and_opt_out_their_processes() {
+    let dir = sensor_e2e::scratch_dir("agent-files");
+    std::fs::write(
+        dir.join("agent.yaml"),
+        "serviceName: orders-from-agent-file\nenabled: true\nresourceAttributes:\n  team: payments\nreporting:\n  endpoint: http://controller:9009\n  protocol: grpc\n  metricReporterType: None\ndataCapture:\n  bodyMaxSizeBytes: 131072\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("disabled.yaml"),
+        "service_name: must-not-appear\nenabled: false\n",
+    )
+    .unwrap();
+    let sensor = Sensor::start("fw-agent-files", &["run", "--output", "jsonl"]);
+    let mut command = std::process::Command::new(sensor_e2e::python());
+    command
+        .args([
+            sensor_e2e::apps_dir()
+                .join("serve_uvicorn.py")
+                .to_str()
+                .unwrap(),
+            "fastapi_app:app",
+        ])
+        .current_dir(&dir);
+    let server = Py::spawn_command(
+        "uvicorn with an agent file",
+        command,
+        &[("HT_CONFIG_FILE", "agent.yaml")],
+    );
+    let port: u16 = server.expect_line("READY", LONG).parse().unwrap();
+    let disabled = dir.join("disabled.yaml");
+    let run_job = |env: &[(&str, &str)]| {
+        let job = Py::spawn(
+            "short-lived job",
+            &["short_lived.py", &port.to_string(), "/items/7?run=agent"],
+            env,
+        );
+        let pid = job.pid();
+        let res = result(&job);
+        assert!(job.wait(LONG).success(), "the job failed");
+        (pid, res)
+    };
+    let (opted_out, opted_out_res) = run_job(&[("HT_CONFIG_FILE", disabled.to_str().unwrap())]);
+    let (named, named_res) = run_job(&[
+        ("HT_CONFIG_FILE", disabled.to_str().unwrap()),
+        ("HT_ENABLED", "true"),
+        ("HT_SERVICE_NAME", "nightly-from-env"),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let output = sensor.stop();
+    let records = output.records();
+    let servers = records_of(&records, "server", server.pid());
+    assert_eq!(
+        servers.len(),
+        2,
+        "server records: {servers:#?}\nlog:\n{}",
+        output.stderr
+    );
+    for (record, res) in servers.iter().zip([&opted_out_res, &named_res]) {
+        let exchange =
+            Exchange::from_client(res, "GET", "/items/7?run=agent", port, "GET /items/{id}");
+        check(
+            record,
+            &exchange,
+            "server",
+            server.pid(),
+            "orders-from-agent-file",
+        );
+        assert_eq!(
+            record["resource"]["team"], "payments",
+            "the file's resourceAttributes: {}",
+            record["resource"]
+        );
+    }
+    assert_eq!(
+        records_of(&records, "client", opted_out).len(),
+        0,
+        "a process whose agent file says enabled: false is not watched"
+    );
+    let clients = records_of(&records, "client", named);
+    assert_eq!(clients.len(), 1, "client records: {clients:#?}");
+    let exchange = Exchange::from_client(
+        &named_res,
+        "GET",
+        "/items/7?run=agent",
+        port,
+        "GET /items/{id}",
+    );
+    check(clients[0], &exchange, "client", named, "nightly-from-env");
+    assert!(
+        !output.stdout.contains("must-not-appear"),
+        "no record is named after the opted-out file"
+    );
+}
+
 /// The exchanges a raw-socket client (`pipeline_client.py`, `vectored_client.py`) reports:
 /// requests exactly as written, responses exactly as read.
 fn raw_exchanges(res: &Value, port: u16, names: &[&str]) -> Vec<Exchange> {

@@ -114,8 +114,24 @@ pub fn load_from_process_env(overrides: &Overrides) -> anyhow::Result<Loaded> {
 
 /// Parses one file's text over the defaults (no environment, no flags).
 pub(super) fn from_yaml_str(text: &str) -> anyhow::Result<Loaded> {
-    let mut loader = Loader::default();
-    loader.file(text, "<text>")?;
+    file_only(Loader::default(), text, "<text>")
+}
+
+/// Parses the Hypertrace agent configuration file a watched process names in its own
+/// `HT_CONFIG_FILE` (`name` for messages), as the sensor's own file is parsed but leniently:
+/// nothing is logged, and an invalid value is a warning that leaves its key out. Its `sources`
+/// say which keys the file set.
+pub fn process_file(text: &str, name: &str) -> anyhow::Result<Loaded> {
+    let loader = Loader {
+        process_file: true,
+        ..Loader::default()
+    };
+    file_only(loader, text, name)
+}
+
+/// `text` (file `name`) read by `loader` over the defaults, then checked.
+fn file_only(mut loader: Loader, text: &str, name: &str) -> anyhow::Result<Loaded> {
+    loader.file(text, name)?;
     loader.check();
     Ok(Loaded {
         config: loader.config,
@@ -190,12 +206,6 @@ pub(super) fn normalise_key(key: &str) -> String {
     out
 }
 
-/// Logs and records a warning.
-fn warn(warnings: &mut Vec<String>, message: String) {
-    tracing::warn!("{message}");
-    warnings.push(message);
-}
-
 /// One value found in the file.
 struct FileValue<'a> {
     value: &'a Value,
@@ -208,9 +218,20 @@ struct Loader {
     config: Config,
     warnings: Vec<String>,
     sources: BTreeMap<&'static str, Source>,
+    /// Reading a watched process's own agent file ([`process_file`]): nothing is logged and an
+    /// invalid value is a warning that skips its key, not an error.
+    process_file: bool,
 }
 
 impl Loader {
+    /// Records a warning, logging it unless reading a process's file.
+    fn warn(&mut self, message: String) {
+        if !self.process_file {
+            tracing::warn!("{message}");
+        }
+        self.warnings.push(message);
+    }
+
     /// Applies one value to `doc`'s key; errors name the key path and the source.
     fn set(
         &mut self,
@@ -261,7 +282,11 @@ impl Loader {
             } else {
                 format!("{origin}, written {}", item.written)
             };
-            self.set(&KEYS[index], Raw::Yaml(item.value), Source::File, &origin)?;
+            let applied = self.set(&KEYS[index], Raw::Yaml(item.value), Source::File, &origin);
+            match applied {
+                Err(e) if self.process_file => self.warn(e.to_string()),
+                applied => applied?,
+            }
         }
         Ok(())
     }
@@ -290,10 +315,9 @@ impl Loader {
                 } else {
                     written_prefix
                 };
-                warn(
-                    &mut self.warnings,
-                    format!("key {shown} at {at} of config file {name} is not a string; ignored"),
-                );
+                self.warn(format!(
+                    "key {shown} at {at} of config file {name} is not a string; ignored"
+                ));
                 continue;
             };
             let path = join(prefix, &normalise_key(key));
@@ -307,9 +331,7 @@ impl Loader {
                     },
                 );
                 if let Some(previous) = previous {
-                    warn(
-                        &mut self.warnings,
-                        format!(
+                    self.warn(format!(
                             "{path} is given twice in config file {name} (as {} and {written}); the later one is used",
                             previous.written
                         ),
@@ -333,12 +355,13 @@ impl Loader {
                 .iter()
                 .any(|unused| path == *unused || path.starts_with(&format!("{unused}.")))
             {
-                tracing::info!("config key {written} in {name} has no effect in the sensor");
+                if !self.process_file {
+                    tracing::info!("config key {written} in {name} has no effect in the sensor");
+                }
             } else {
-                warn(
-                    &mut self.warnings,
-                    format!("unknown key {written} in config file {name} ignored"),
-                );
+                self.warn(format!(
+                    "unknown key {written} in config file {name} ignored"
+                ));
             }
         }
         Ok(())
@@ -476,7 +499,7 @@ impl Loader {
             ));
         }
         for message in found {
-            warn(&mut self.warnings, message);
+            self.warn(message);
         }
     }
 }

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use keys::{KEYS, KeyDoc, keys_markdown};
-pub use load::{Loaded, Overrides, Source, load, load_from_process_env};
+pub use load::{Loaded, Overrides, Source, load, load_from_process_env, process_file};
 
 /// The sensor's whole configuration, after every source has been merged.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    io::Read as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -36,6 +37,8 @@ pub struct ProcessInfo {
     /// The resource attributes the process declares for its telemetry, sorted by key: see
     /// [`ProcessInfo::resource_attributes`].
     declared_resource: Vec<(String, String)>,
+    /// `enabled` in the process's agent file ([`AgentFile`]), when it sets it.
+    enabled_in_agent_file: Option<bool>,
 }
 
 impl ProcessInfo {
@@ -72,7 +75,7 @@ impl ProcessInfo {
                 NameSource::CommandLine,
             ),
         };
-        let declared_resource = declared_resource(&env);
+        let declared_resource = declared_resource(&env, &[]);
         ProcessInfo {
             pid,
             executable_name,
@@ -83,33 +86,140 @@ impl ProcessInfo {
             name_source,
             container_id: None,
             declared_resource,
+            enabled_in_agent_file: None,
         }
     }
 
-    /// Whether the process's own environment opts out (`HT_ENABLED=false`).
+    /// Takes what the process's agent file says: its `service_name` when the environment
+    /// names no service, its `enabled`, and its `resource_attributes` (see
+    /// [`ProcessInfo::resource_attributes`]).
+    pub fn adopt_agent_file(&mut self, file: AgentFile) {
+        if self.name_source == NameSource::CommandLine
+            && let Some(name) = file.service_name
+        {
+            self.service_name = name;
+            self.name_source = NameSource::AgentFile;
+        }
+        self.enabled_in_agent_file = file.enabled;
+        self.declared_resource = declared_resource(&self.env, &file.resource_attributes);
+    }
+
+    /// Whether the process opts out: `HT_ENABLED=false` in its environment, else `enabled:
+    /// false` in its agent file (the variable wins, as in the agent).
     pub fn opted_out(&self) -> bool {
-        self.env
+        match self
+            .env
             .get("HT_ENABLED")
-            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no"))
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            Some(v) if !v.is_empty() => matches!(v.as_str(), "false" | "0" | "no"),
+            _ => self.enabled_in_agent_file == Some(false),
+        }
     }
 
     /// The resource attributes the process declares, as an OpenTelemetry SDK or the Hypertrace
-    /// agent inside it would export them: `OTEL_RESOURCE_ATTRIBUTES`, then
-    /// `HT_RESOURCE_ATTRIBUTES` over it (URL-decoded values), sorted by key.
+    /// agent inside it would export them: `OTEL_RESOURCE_ATTRIBUTES`, its agent file's
+    /// `resource_attributes` over it, then `HT_RESOURCE_ATTRIBUTES` over both (URL-decoded
+    /// values), sorted by key.
     pub fn resource_attributes(&self) -> &[(String, String)] {
         &self.declared_resource
     }
 }
 
-/// [`ProcessInfo::resource_attributes`] from the process's environment.
-fn declared_resource(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+/// [`ProcessInfo::resource_attributes`] from the process's environment and its agent file's
+/// attributes.
+fn declared_resource(
+    env: &BTreeMap<String, String>,
+    from_agent_file: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut merged = BTreeMap::new();
-    for var in ["OTEL_RESOURCE_ATTRIBUTES", "HT_RESOURCE_ATTRIBUTES"] {
-        if let Some(raw) = env.get(var) {
-            merged.extend(parse_key_values(raw));
-        }
+    if let Some(raw) = env.get("OTEL_RESOURCE_ATTRIBUTES") {
+        merged.extend(parse_key_values(raw));
+    }
+    merged.extend(from_agent_file.iter().cloned());
+    if let Some(raw) = env.get("HT_RESOURCE_ATTRIBUTES") {
+        merged.extend(parse_key_values(raw));
     }
     merged.into_iter().collect()
+}
+
+/// What the Hypertrace agent configuration file a process names in its own `HT_CONFIG_FILE`
+/// says about the process: the agent read that file at start-up, so a service moved from the
+/// agent to the sensor keeps the name, the opt-out and the resource attributes it declared
+/// there (the agent itself never exported the file's name, hence its "pythonagent").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentFile {
+    /// `service_name` (`serviceName`), when set and not blank.
+    pub service_name: Option<String>,
+    /// `enabled`, when the file sets it.
+    pub enabled: Option<bool>,
+    /// `resource_attributes`, sorted by key.
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+/// Longest agent file read; a longer one is not an agent configuration.
+const AGENT_FILE_MAX_BYTES: u64 = 1 << 20;
+
+impl AgentFile {
+    /// Parses a file's text (`name` for messages) with the sensor's own reader of the agent's
+    /// YAML, leniently: an invalid value leaves its key out. `Err` when the text is not a
+    /// YAML mapping.
+    pub fn parse(text: &str, name: &str) -> Result<AgentFile, String> {
+        let loaded = crate::config::process_file(text, name).map_err(|e| e.to_string())?;
+        for warning in &loaded.warnings {
+            tracing::debug!(file = name, "{warning}");
+        }
+        let config = loaded.config;
+        Ok(AgentFile {
+            service_name: config
+                .service_name
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty()),
+            enabled: loaded
+                .sources
+                .contains_key("enabled")
+                .then_some(config.enabled),
+            resource_attributes: config.resource_attributes.into_iter().collect(),
+        })
+    }
+
+    /// The agent file process `pid` names in `HT_CONFIG_FILE` (of its environment `env`),
+    /// read as the process sees it: an absolute path in its root, a relative one from its
+    /// working directory. `None` without the variable or a readable agent file.
+    pub fn of_process(
+        proc_root: &Path,
+        pid: u32,
+        env: &BTreeMap<String, String>,
+    ) -> Option<AgentFile> {
+        let path = env.get("HT_CONFIG_FILE").map(|p| p.trim())?;
+        if path.is_empty() {
+            return None;
+        }
+        let dir = proc_root.join(pid.to_string());
+        let host_path = match path.strip_prefix('/') {
+            Some(inside_root) => dir.join("root").join(inside_root),
+            None => dir.join("cwd").join(path),
+        };
+        let mut text = String::new();
+        if let Err(error) = std::fs::File::open(&host_path)
+            .and_then(|file| file.take(AGENT_FILE_MAX_BYTES).read_to_string(&mut text))
+        {
+            tracing::debug!(pid, path, %error, "cannot read the process's HT_CONFIG_FILE");
+            return None;
+        }
+        match AgentFile::parse(&text, path) {
+            Ok(file) => Some(file),
+            Err(error) => {
+                tracing::warn!(
+                    pid,
+                    path,
+                    %error,
+                    "the process's HT_CONFIG_FILE is not an agent configuration; its service name is not taken from it"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// Where a process's own service name came from.
@@ -117,13 +227,15 @@ fn declared_resource(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
 pub enum NameSource {
     /// `HT_SERVICE_NAME`, `OTEL_SERVICE_NAME` or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
     Environment,
+    /// `service_name` in the agent file its `HT_CONFIG_FILE` names ([`AgentFile`]).
+    AgentFile,
     /// Derived from the command line.
     CommandLine,
 }
 
 /// The service name of a process's records, first found of: the process's own environment
-/// (`HT_SERVICE_NAME`, `OTEL_SERVICE_NAME`, `service.name` in `OTEL_RESOURCE_ATTRIBUTES`); its
-/// pod's service-name annotation, `app.kubernetes.io/name` label or owning workload (see
+/// (`HT_SERVICE_NAME`, `OTEL_SERVICE_NAME`, `service.name` in `OTEL_RESOURCE_ATTRIBUTES`); the
+/// `service_name` of its agent file ([`AgentFile`]); its pod's service-name annotation, `app.kubernetes.io/name` label or owning workload (see
 /// [`PodContainer::service_name`]); the name derived from its command line; the configured
 /// `service_name`; `unknown_service`.
 pub fn resolve_service_name(
@@ -132,9 +244,9 @@ pub fn resolve_service_name(
     configured: Option<&str>,
 ) -> String {
     let own = (!process.service_name.is_empty()).then_some(process.service_name.as_str());
-    let from_env = own.filter(|_| process.name_source == NameSource::Environment);
+    let declared = own.filter(|_| process.name_source != NameSource::CommandLine);
     let from_command_line = own.filter(|_| process.name_source == NameSource::CommandLine);
-    from_env
+    declared
         .or_else(|| pod.and_then(PodContainer::service_name))
         .or(from_command_line)
         .or(configured.map(str::trim).filter(|c| !c.is_empty()))
@@ -513,6 +625,9 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
     let mut info = ProcessInfo::started_in(pid, exe, argv, env, || {
         std::fs::read_link(dir.join("cwd")).ok()
     });
+    if let Some(file) = AgentFile::of_process(proc_root, pid, &info.env) {
+        info.adopt_agent_file(file);
+    }
     info.container_id = super::container::container_id(proc_root, pid);
     Some(info)
 }
@@ -603,13 +718,17 @@ impl ProcessTable {
                 let exe = std::fs::read_link(dir.join("exe"))
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| exec.filename.clone());
-                ProcessInfo::started_in(
+                let mut info = ProcessInfo::started_in(
                     exec.pid,
                     exe,
                     pending.argv.into_values().collect(),
                     telemetry_env(pending.env),
                     || std::fs::read_link(dir.join("cwd")).ok(),
-                )
+                );
+                if let Some(file) = AgentFile::of_process(&self.proc_root, exec.pid, &info.env) {
+                    info.adopt_agent_file(file);
+                }
+                info
             }
             _ => read_proc(&self.proc_root, exec.pid).unwrap_or_else(|| {
                 ProcessInfo::new(
@@ -932,6 +1051,16 @@ mod tests {
             argv(&["python3", "-m", "gunicorn", "orders:app"]),
             BTreeMap::new(),
         );
+        let mut with_agent_file = plain.clone();
+        with_agent_file.adopt_agent_file(AgentFile {
+            service_name: Some("from-agent-file".into()),
+            ..AgentFile::default()
+        });
+        let mut with_env_and_agent_file = with_env.clone();
+        with_env_and_agent_file.adopt_agent_file(AgentFile {
+            service_name: Some("from-agent-file".into()),
+            ..AgentFile::default()
+        });
         let unknown = ProcessInfo::new(1, String::new(), Vec::new(), BTreeMap::new());
         let mut pod = PodMeta {
             uid: "u".into(),
@@ -960,6 +1089,14 @@ mod tests {
         };
         let configured = Some("configured");
         assert_eq!(name(&with_env, Some(&pod), configured), "from-env");
+        assert_eq!(
+            name(&with_env_and_agent_file, Some(&pod), configured),
+            "from-env"
+        );
+        assert_eq!(
+            name(&with_agent_file, Some(&pod), configured),
+            "from-agent-file"
+        );
         assert_eq!(name(&plain, Some(&pod), configured), "from-annotation");
         pod.annotations.remove(SERVICE_NAME_ANNOTATION);
         assert_eq!(name(&plain, Some(&pod), configured), "from-otel-annotation");
@@ -1014,6 +1151,153 @@ mod tests {
         );
         assert_eq!(info.executable_name, "python3");
         assert_eq!(info.command_line(), "python3 a.py");
+    }
+
+    #[test]
+    fn agent_files_in_either_key_style() {
+        let camel = "serviceName: orders\nenabled: false\nresourceAttributes:\n  team: payments\nreporting:\n  endpoint: http://collector:4317\n  opa: {enabled: true}\n";
+        assert_eq!(
+            AgentFile::parse(camel, "camel.yaml"),
+            Ok(AgentFile {
+                service_name: Some("orders".into()),
+                enabled: Some(false),
+                resource_attributes: vec![("team".into(), "payments".into())],
+            })
+        );
+        let snake = "service_name: ' billing '\nno_such_key: 1\ndata_capture:\n  body_max_size_bytes: lots\n";
+        assert_eq!(
+            AgentFile::parse(snake, "snake.yaml"),
+            Ok(AgentFile {
+                service_name: Some("billing".into()),
+                ..AgentFile::default()
+            }),
+            "unknown keys and invalid values elsewhere leave the name"
+        );
+        assert_eq!(
+            AgentFile::parse("service_name: '  '\nenabled: true\n", "blank.yaml"),
+            Ok(AgentFile {
+                enabled: Some(true),
+                ..AgentFile::default()
+            })
+        );
+        assert!(AgentFile::parse("- a\n- b\n", "list.yaml").is_err());
+        assert!(AgentFile::parse("service_name: [unclosed\n", "broken.yaml").is_err());
+    }
+
+    /// A fake `/proc/PID` whose environment names an agent file, with `root/` and `cwd/`
+    /// directories standing for the process's root and working directory.
+    fn process_with_agent_file(root: &Path, pid: u32, config_file: &str, env: &[&str]) {
+        fake_process(root, pid, 1, &["/venv/bin/gunicorn", "app:app"]);
+        let dir = root.join(pid.to_string());
+        let environ: Vec<String> = env
+            .iter()
+            .map(|e| e.to_string())
+            .chain([format!("HT_CONFIG_FILE={config_file}"), "PATH=/bin".into()])
+            .collect();
+        std::fs::write(dir.join("environ"), environ.join("\0") + "\0").unwrap();
+        std::fs::create_dir_all(dir.join("root/etc/agent")).unwrap();
+        std::fs::create_dir_all(dir.join("cwd/conf")).unwrap();
+        std::fs::write(
+            dir.join("root/etc/agent/config.yaml"),
+            "service_name: orders\nenabled: false\nresource_attributes: {team: payments, tier: gold}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("cwd/conf/agent.yaml"), "serviceName: billing\n").unwrap();
+    }
+
+    #[test]
+    fn a_process_agent_file_is_read_in_its_own_root_and_working_directory() {
+        let root = std::env::temp_dir().join(format!("sensor-agent-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        process_with_agent_file(&root, 10, "/etc/agent/config.yaml", &[]);
+        let info = read_proc(&root, 10).unwrap();
+        assert_eq!(
+            (info.service_name.as_str(), info.name_source),
+            ("orders", NameSource::AgentFile)
+        );
+        assert!(info.opted_out(), "enabled: false in the file opts out");
+        assert_eq!(
+            info.resource_attributes(),
+            [
+                ("team".to_owned(), "payments".to_owned()),
+                ("tier".to_owned(), "gold".to_owned()),
+            ]
+        );
+
+        process_with_agent_file(&root, 11, "conf/agent.yaml", &[]);
+        let info = read_proc(&root, 11).unwrap();
+        assert_eq!(
+            (info.service_name.as_str(), info.name_source),
+            ("billing", NameSource::AgentFile),
+            "a relative path is read from the working directory"
+        );
+        assert!(!info.opted_out());
+
+        process_with_agent_file(
+            &root,
+            12,
+            "/etc/agent/config.yaml",
+            &[
+                "HT_SERVICE_NAME=checkout",
+                "HT_ENABLED=true",
+                "OTEL_RESOURCE_ATTRIBUTES=team=ops,zone=a",
+                "HT_RESOURCE_ATTRIBUTES=tier=silver",
+            ],
+        );
+        let info = read_proc(&root, 12).unwrap();
+        assert_eq!(
+            (info.service_name.as_str(), info.name_source),
+            ("checkout", NameSource::Environment),
+            "the environment names the service over the file"
+        );
+        assert!(!info.opted_out(), "HT_ENABLED=true wins over the file");
+        assert_eq!(
+            info.resource_attributes(),
+            [
+                ("team".to_owned(), "payments".to_owned()),
+                ("tier".to_owned(), "silver".to_owned()),
+                ("zone".to_owned(), "a".to_owned()),
+            ],
+            "OTEL_RESOURCE_ATTRIBUTES, then the file, then HT_RESOURCE_ATTRIBUTES"
+        );
+
+        process_with_agent_file(&root, 13, "/etc/agent/missing.yaml", &[]);
+        let info = read_proc(&root, 13).unwrap();
+        assert_eq!(
+            (info.service_name.as_str(), info.name_source),
+            ("app", NameSource::CommandLine),
+            "a missing file leaves the command line's name"
+        );
+        assert!(!info.opted_out());
+
+        let mut table = ProcessTable::new(&root);
+        for (index, arg) in ["/venv/bin/gunicorn", "app:app"].iter().enumerate() {
+            table.exec_arg(ExecArg {
+                tid: 11,
+                index: index as u32,
+                env: false,
+                value: arg.to_string(),
+            });
+        }
+        table.exec_arg(ExecArg {
+            tid: 11,
+            index: 0,
+            env: true,
+            value: "HT_CONFIG_FILE=conf/agent.yaml".into(),
+        });
+        let info = table.exec(&ExecInfo {
+            pid: 11,
+            old_tid: 11,
+            time_ns: 0,
+            filename: "/venv/bin/gunicorn".into(),
+            watch_state: 0,
+        });
+        assert_eq!(
+            (info.service_name.as_str(), info.name_source),
+            ("billing", NameSource::AgentFile),
+            "an exec's own environment names the file"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
