@@ -9,6 +9,7 @@ GET  /stream?parts=N  -> 200 application/json, streamed (chunked) in N pieces
 POST /upload          -> 200 application/json {"received": <body length>}
 GET  /big?size=N      -> 200 application/json, a JSON document of exactly N bytes
 GET  /gzip            -> 200 application/json, Content-Encoding: gzip
+GET  /zstd            -> 200 application/json, Content-Encoding: zstd (two frames)
 GET  /image.png       -> 200 image/png
 GET  /slow?ms=N       -> 200 application/json {"slept_ms": N}, after N milliseconds
 GET  /file?size=N     -> 200 application/json, a JSON document of exactly N bytes served from a
@@ -82,6 +83,20 @@ def gzipped():
         gzip.compress(body),
         mimetype="application/json",
         headers={"Content-Encoding": "gzip"},
+    )
+
+
+@app.get("/zstd")
+def zstd_encoded():
+    from backports import zstd
+
+    body = json.dumps({"compressed": "zstd", "items": list(range(80)), "note": "zstd " * 60}).encode()
+    half = len(body) // 2
+    # Two frames one after the other, as a streaming compressor may send them.
+    return Response(
+        zstd.compress(body[:half]) + zstd.compress(body[half:]),
+        mimetype="application/json",
+        headers={"Content-Encoding": "zstd"},
     )
 
 

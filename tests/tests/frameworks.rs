@@ -166,7 +166,9 @@ fn worker_of(res: &Value) -> u32 {
 }
 
 /// Bodies as the client received them: a chunked streaming response de-chunked, a gzip
-/// response decoded, an image/png response recorded without its body (everything else
+/// response and a zstd one (two frames; urllib3 asks for zstd where Python has it: 3.14, or
+/// `backports.zstd`)
+/// decoded, an image/png response recorded without its body (everything else
 /// present). Before them on the same connection, a file the server sends with `sendfile(2)`
 /// (its bytes never pass through the server's memory): the server's record has no body and
 /// says bytes are missing, the client's has the body, and what follows is exact.
@@ -218,6 +220,24 @@ fn flask_chunked_gzip_and_png_bodies() {
     );
     let decoded: Value = serde_json::from_str(&gz.response_body).expect("decoded gzip is JSON");
     assert_eq!(decoded["compressed"], true);
+    let (zstd, zstd_res) = ask(
+        &mut client,
+        port,
+        "GET",
+        "/zstd",
+        json!({}),
+        None,
+        "GET /zstd",
+    );
+    assert_eq!(
+        zstd.response_headers
+            .get("content-encoding")
+            .map(String::as_str),
+        Some("zstd"),
+        "requests asks for zstd (urllib3 2.8 with backports.zstd)"
+    );
+    let decoded: Value = serde_json::from_str(&zstd.response_body).expect("decoded zstd is JSON");
+    assert_eq!(decoded["compressed"], "zstd");
     let (png, png_res) = ask(
         &mut client,
         port,
@@ -269,12 +289,13 @@ fn flask_chunked_gzip_and_png_bodies() {
     let records = output.records();
     let worker = worker_of(&stream_res);
     assert_eq!(worker_of(&gz_res), worker);
+    assert_eq!(worker_of(&zstd_res), worker);
     assert_eq!(worker_of(&png_res), worker);
     let servers = records_of(&records, "server", worker);
     let clients = records_of(&records, "client", client.pid());
     assert_eq!(worker_of(&file_res), worker);
-    assert_eq!(servers.len(), 8, "server records: {servers:#?}");
-    assert_eq!(clients.len(), 8, "client records: {clients:#?}");
+    assert_eq!(servers.len(), 9, "server records: {servers:#?}");
+    assert_eq!(clients.len(), 9, "client records: {clients:#?}");
     for (exchange, content_type, body, kept) in &typed {
         for (side, records, pid, service) in [
             ("server", &servers, worker, "flask_app"),
@@ -307,7 +328,7 @@ fn flask_chunked_gzip_and_png_bodies() {
     assert_eq!(attr(sent, "http.response.header.content-length"), "20000");
     assert_eq!(attr(sent, "http.response.body"), &Value::Null, "{sent:#}");
     assert_eq!(attr(sent, "sensor.incomplete"), true, "{sent:#}");
-    for exchange in [&stream, &gz, &png] {
+    for exchange in [&stream, &gz, &zstd, &png] {
         check(
             find(&servers, exchange, "server"),
             exchange,

@@ -8,6 +8,7 @@
 use brotli::enc::StandardAlloc;
 use brotli::{Allocator, BrotliDecompressStream, BrotliResult, BrotliState};
 use flate2::{Crc, Decompress, FlushDecompress, Status};
+use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer};
 
 use super::Body;
 
@@ -37,6 +38,8 @@ pub(super) enum Coding {
     Deflate,
     /// `br`.
     Brotli,
+    /// `zstd` (RFC 8878).
+    Zstd,
     /// Anything else, or a chain of several codings: kept raw, with this description.
     Unsupported(String),
 }
@@ -54,6 +57,7 @@ impl Coding {
             ["gzip" | "x-gzip"] => Coding::Gzip,
             ["deflate"] => Coding::Deflate,
             ["br"] => Coding::Brotli,
+            ["zstd"] => Coding::Zstd,
             _ => Coding::Unsupported(real.join(", ")),
         }
     }
@@ -110,9 +114,33 @@ enum Decoder {
     Gzip(Box<Gzip>),
     /// brotli.
     Brotli(Box<BrState>),
+    /// zstd frames.
+    Zstd(Box<Zstd>),
     /// The compressed stream ended; further input is ignored.
     #[default]
     Finished,
+}
+
+/// A zstd decoder and where its frames stand.
+struct Zstd {
+    ctx: DCtx<'static>,
+    /// The last call ended a frame and flushed it all: the stream may end here.
+    at_frame_end: bool,
+}
+
+impl Zstd {
+    /// A decoder refusing frames whose window exceeds `cap` bytes (zstd then fails cleanly
+    /// instead of allocating the window a hostile frame declares).
+    fn new(cap: usize) -> Result<Zstd, String> {
+        let mut ctx = DCtx::try_create().ok_or("zstd: cannot create a decoder")?;
+        let window_log = cap.max(1).ilog2().clamp(10, 31);
+        ctx.set_parameter(DParameter::WindowLogMax(window_log))
+            .map_err(|code| format!("zstd: {}", zstd_safe::get_error_name(code)))?;
+        Ok(Zstd {
+            ctx,
+            at_frame_end: true,
+        })
+    }
 }
 
 /// Bounds of one body's capture.
@@ -222,6 +250,13 @@ impl BodyAcc {
                 })),
                 Coding::Deflate => Decoder::DeflateSniff(Vec::new()),
                 Coding::Brotli => Decoder::Brotli(Box::new(brotli_state(limits.decoder_memory))),
+                Coding::Zstd => match Zstd::new(limits.decoder_memory) {
+                    Ok(zstd) => Decoder::Zstd(Box::new(zstd)),
+                    Err(e) => {
+                        decode_error = Some(e);
+                        Decoder::Plain
+                    }
+                },
                 Coding::Unsupported(name) => {
                     decode_error = Some(format!("unsupported content-encoding: {name}"));
                     Decoder::Plain
@@ -292,6 +327,7 @@ impl BodyAcc {
             Decoder::Brotli(s) => {
                 BROTLI_STATE_BYTES + usize::try_from(s.ringbuffer_size.max(0)).unwrap_or(0)
             }
+            Decoder::Zstd(z) => z.ctx.sizeof(),
         };
         self.bytes.capacity() + dec
     }
@@ -405,6 +441,7 @@ impl BodyAcc {
                 GzPhase::Between => false,
             },
             Decoder::Inflate(_) | Decoder::Brotli(_) => self.coded_in > 0,
+            Decoder::Zstd(z) => !z.at_frame_end,
         };
         if unfinished && self.decode_error.is_none() && !self.stopped {
             self.decode_error = Some("compressed stream ended early".to_owned());
@@ -462,6 +499,7 @@ impl BodyAcc {
             Decoder::Inflate(_) => self.run_inflate(data),
             Decoder::Gzip(_) => self.run_gzip(data),
             Decoder::Brotli(_) => self.run_brotli(data),
+            Decoder::Zstd(_) => self.run_zstd(data),
         }
     }
 
@@ -576,6 +614,38 @@ impl BodyAcc {
                         g.crc = Crc::new();
                     } else {
                         self.decoder = Decoder::Finished;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the zstd decoder over `input`: frames follow one another (a frame's end is not
+    /// the stream's), skippable frames are skipped.
+    fn run_zstd(&mut self, input: &[u8]) {
+        let mut scratch = [0u8; SCRATCH];
+        let mut input = InBuffer::around(input);
+        loop {
+            let Decoder::Zstd(z) = &mut self.decoder else {
+                return;
+            };
+            let before = input.pos();
+            let mut output = OutBuffer::around(&mut scratch[..]);
+            let res = z.ctx.decompress_stream(&mut output, &mut input);
+            let made = output.pos();
+            match res {
+                Err(code) => {
+                    self.fail(format!("zstd: {}", zstd_safe::get_error_name(code)));
+                    return;
+                }
+                Ok(hint) => {
+                    z.at_frame_end = hint == 0;
+                    if !self.emit(&scratch[..made]) {
+                        return;
+                    }
+                    let used_up = input.pos() == input.src.len();
+                    if (used_up && made < SCRATCH) || (made == 0 && input.pos() == before) {
                         return;
                     }
                 }
@@ -720,13 +790,73 @@ mod tests {
 
     #[test]
     fn unsupported_keeps_raw() {
-        let b = run(Coding::from_names(&["zstd".to_owned()]), b"abc", 2, 1);
+        let b = run(Coding::from_names(&["compress".to_owned()]), b"abc", 2, 1);
         assert_eq!(b.bytes, b"ab");
         assert!(b.truncated);
         assert_eq!(
             b.decode_error.as_deref(),
-            Some("unsupported content-encoding: zstd")
+            Some("unsupported content-encoding: compress")
         );
+    }
+
+    #[test]
+    fn zstd_any_split_limit_ratio_and_corruption() {
+        assert_eq!(Coding::from_names(&["zstd".to_owned()]), Coding::Zstd);
+        // A streaming compressor declares its level's window (2 MiB at level 3), whatever
+        // the content: the cap must admit the windows of the usual levels.
+        let zstd_limits = |limit| Limits {
+            decoder_memory: 16 << 20,
+            ..limits(limit)
+        };
+        let run_zstd = |input: &[u8], limit: usize, split: usize| {
+            let mut b = BodyAcc::new(true, Coding::Zstd, zstd_limits(limit));
+            for part in input.chunks(split) {
+                b.push(part);
+            }
+            b.finish()
+        };
+        let data: Vec<u8> = (0..5000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let enc = zstd::encode_all(&data[..], 3).unwrap();
+        for split in [1, 2, 3, 7, 100, enc.len()] {
+            let b = run_zstd(&enc, 1 << 20, split);
+            assert_eq!(b.decode_error, None, "split {split}");
+            assert!(b.bytes == data, "split {split}: {} bytes", b.bytes.len());
+            assert!(!b.truncated);
+        }
+        let b = run_zstd(&enc, 1000, 5);
+        assert!(b.bytes == data[..1000] && b.truncated);
+        assert_eq!(b.wire_len, enc.len() as u64);
+
+        let zeros = zstd::encode_all(&vec![0u8; 1 << 20][..], 19).unwrap();
+        let b = run_zstd(&zeros, 1 << 21, 64);
+        assert_eq!(
+            b.decode_error.as_deref(),
+            Some("decompression ratio exceeded"),
+            "1 MiB of zeros from {} bytes",
+            zeros.len()
+        );
+
+        let b = run(Coding::Zstd, &enc, 1 << 20, 100);
+        assert_eq!(
+            b.decode_error.as_deref(),
+            Some("zstd: Frame requires too much memory for decoding"),
+            "a 2 MiB window over a 1 MiB cap is refused"
+        );
+        assert!(b.bytes.is_empty());
+
+        let b = run_zstd(b"\x28\xb5\x2f\xfd garbage", 100, 3);
+        assert!(
+            b.decode_error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("zstd: "),
+            "{:?}",
+            b.decode_error
+        );
+        let mut acc = BodyAcc::new(true, Coding::Zstd, zstd_limits(1 << 20));
+        assert!(acc.held_bytes() > 0, "the decoder's state is accounted");
+        acc.push(&enc);
+        assert!(acc.finish().bytes == data);
     }
 
     #[test]

@@ -406,6 +406,10 @@ fn brotli_enc(data: &[u8]) -> Vec<u8> {
     out
 }
 
+fn zstd_enc(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
 fn json_doc(n: usize) -> Vec<u8> {
     let mut s = String::from("[");
     for i in 0..n {
@@ -1242,6 +1246,7 @@ fn encoded_bodies_are_decoded() {
         ("deflate", zlib(&doc)),
         ("deflate", raw_deflate(&doc)),
         ("br", brotli_enc(&doc)),
+        ("zstd", zstd_enc(&doc)),
         ("identity", doc.clone()),
     ] {
         let f = fx()
@@ -1272,13 +1277,46 @@ fn encoded_bodies_are_decoded() {
 fn unknown_encoding_keeps_raw_bytes() {
     let f = fx()
         .req(b"GET / HTTP/1.1\r\n\r\n", 100)
-        .resp(&encoded_response("zstd", b"\x28\xb5\x2f\xfd"), 200);
+        .resp(&encoded_response("compress", b"\x1f\x9d\x90"), 200);
     let (x, stats, _) = check(&f);
     let body = &x[0].response.as_ref().unwrap().body;
-    assert_eq!(body.bytes, b"\x28\xb5\x2f\xfd");
+    assert_eq!(body.bytes, b"\x1f\x9d\x90");
     assert_eq!(
         body.decode_error.as_deref(),
-        Some("unsupported content-encoding: zstd")
+        Some("unsupported content-encoding: compress")
+    );
+    assert_eq!(stats.decode_errors, 1);
+}
+
+#[test]
+fn zstd_frames_in_sequence_cut_short_or_over_the_window_cap() {
+    let doc = json_doc(300);
+    let response = |settings: fn(&mut HttpSettings), encoded: &[u8]| {
+        let f = fx()
+            .settings(settings)
+            .req(b"GET / HTTP/1.1\r\n\r\n", 100)
+            .resp(&encoded_response("zstd", encoded), 200);
+        let (x, stats, _) = check(&f);
+        (x[0].response.as_ref().unwrap().body.clone(), stats)
+    };
+    let mut two_frames = zstd_enc(&doc[..1000]);
+    two_frames.extend(zstd_enc(&doc[1000..]));
+    let (body, stats) = response(|_| {}, &two_frames);
+    assert_eq!(body.bytes, doc, "a second frame continues the body");
+    assert_eq!((body.decode_error, stats.decode_errors), (None, 0));
+
+    let whole = zstd_enc(&doc);
+    let (body, _) = response(|_| {}, &whole[..whole.len() - 5]);
+    assert_eq!(
+        body.decode_error.as_deref(),
+        Some("compressed stream ended early")
+    );
+
+    let (body, stats) = response(|s| s.max_decoder_memory = 1024, &whole);
+    let error = body.decode_error.unwrap_or_default();
+    assert!(
+        error.starts_with("zstd: ") && body.bytes.is_empty(),
+        "a frame whose window exceeds the decoder memory is refused before any output: {error:?}"
     );
     assert_eq!(stats.decode_errors, 1);
 }
@@ -1289,6 +1327,7 @@ fn truncation_at_decoded_limit() {
     for (name, enc) in [
         ("gzip", gzip(&doc)),
         ("br", brotli_enc(&doc)),
+        ("zstd", zstd_enc(&doc)),
         ("identity", doc.clone()),
     ] {
         let f = fx()
