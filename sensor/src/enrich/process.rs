@@ -234,21 +234,22 @@ pub enum NameSource {
 }
 
 /// The service name of a process's records, first found of: the process's own environment
-/// (`HT_SERVICE_NAME`, `OTEL_SERVICE_NAME`, `service.name` in `OTEL_RESOURCE_ATTRIBUTES`); the
-/// `service_name` of its agent file ([`AgentFile`]); its pod's service-name annotation, `app.kubernetes.io/name` label or owning workload (see
-/// [`PodContainer::service_name`]); the name derived from its command line; the configured
-/// `service_name`; `unknown_service`.
+/// (`HT_SERVICE_NAME`, `OTEL_SERVICE_NAME`, `service.name` in `OTEL_RESOURCE_ATTRIBUTES`); its
+/// pod's service-name annotation, `app.kubernetes.io/name` label or owning workload (see
+/// [`PodContainer::service_name`]); the `service_name` of its agent file ([`AgentFile`]: after
+/// the pod, as the agent's guides mount one ConfigMap into many services); the name derived
+/// from its command line; the configured `service_name`; `unknown_service`.
 pub fn resolve_service_name(
     process: &ProcessInfo,
     pod: Option<&PodContainer>,
     configured: Option<&str>,
 ) -> String {
     let own = (!process.service_name.is_empty()).then_some(process.service_name.as_str());
-    let declared = own.filter(|_| process.name_source != NameSource::CommandLine);
-    let from_command_line = own.filter(|_| process.name_source == NameSource::CommandLine);
-    declared
+    let from = |source: NameSource| own.filter(|_| process.name_source == source);
+    from(NameSource::Environment)
         .or_else(|| pod.and_then(PodContainer::service_name))
-        .or(from_command_line)
+        .or(from(NameSource::AgentFile))
+        .or(from(NameSource::CommandLine))
         .or(configured.map(str::trim).filter(|c| !c.is_empty()))
         .unwrap_or("unknown_service")
         .to_owned()
@@ -1095,7 +1096,8 @@ mod tests {
         );
         assert_eq!(
             name(&with_agent_file, Some(&pod), configured),
-            "from-agent-file"
+            "from-annotation",
+            "a pod names its service over an agent file many pods may share"
         );
         assert_eq!(name(&plain, Some(&pod), configured), "from-annotation");
         pod.annotations.remove(SERVICE_NAME_ANNOTATION);
@@ -1106,7 +1108,16 @@ mod tests {
         assert_eq!(name(&plain, Some(&pod), configured), "orders-api");
         pod.workload = Workload::default();
         assert_eq!(name(&plain, Some(&pod), configured), "orders");
+        assert_eq!(
+            name(&with_agent_file, Some(&pod), configured),
+            "from-agent-file"
+        );
         assert_eq!(name(&plain, None, configured), "orders");
+        assert_eq!(
+            name(&with_agent_file, None, configured),
+            "from-agent-file",
+            "outside a pod the agent file names the service over the command line"
+        );
         assert_eq!(name(&unknown, None, configured), "configured");
         assert_eq!(name(&unknown, None, None), "unknown_service");
     }
