@@ -461,6 +461,41 @@ pub fn openssl_items(proc_root: &Path, pids: &[u32]) -> Vec<Item> {
         .collect()
 }
 
+/// For each live process: the service name it gives itself and where from, and whether it
+/// opts out of discovery — what `run` names its records before pod metadata and the configured
+/// name are consulted. Troubleshoots a "wrong service name" without capturing anything.
+pub fn identity_items(proc_root: &Path, pids: &[u32]) -> Vec<Item> {
+    use crate::enrich::process::{NameSource, read_proc};
+    pids.iter()
+        .filter_map(|&pid| read_proc(proc_root, pid).map(|info| (pid, info)))
+        .map(|(pid, info)| {
+            let source = match info.name_source {
+                NameSource::Environment => {
+                    "its environment (HT_SERVICE_NAME, OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES)"
+                        .to_owned()
+                }
+                NameSource::AgentFile => format!(
+                    "its agent file {} (pod metadata, when present, comes first)",
+                    info.env.get("HT_CONFIG_FILE").map_or("", String::as_str)
+                ),
+                NameSource::CommandLine => {
+                    "its command line (pod metadata, when present, comes first)".to_owned()
+                }
+            };
+            let opted_out = if info.opted_out() {
+                "; it opts out (HT_ENABLED or its agent file's enabled: false): discovery leaves it unwatched"
+            } else {
+                ""
+            };
+            Item::new(
+                "identity",
+                true,
+                format!("pid {pid}: service {:?} from {source}{opted_out}", info.service_name),
+            )
+        })
+        .collect()
+}
+
 /// Runs every check; the capture is loaded with `capture`, as `run` would.
 pub fn run_checks(capture: &CaptureOptions) -> Vec<Item> {
     let tracefs = layout::tracefs_root();
@@ -567,6 +602,52 @@ mod tests {
         );
         assert!(!items[1].ok);
         assert!(items[1].detail.contains("no such process"));
+    }
+
+    #[test]
+    fn identity_of_a_process_names_its_source() {
+        let root =
+            std::env::temp_dir().join(format!("sensor-check-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let fake = |pid: u32, environ: &str| {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("root/etc")).unwrap();
+            std::fs::write(dir.join("cmdline"), "/venv/bin/gunicorn\0orders:app\0").unwrap();
+            std::fs::write(dir.join("environ"), environ).unwrap();
+            std::fs::write(
+                dir.join("root/etc/agent.yaml"),
+                "serviceName: orders-api\nenabled: false\n",
+            )
+            .unwrap();
+        };
+        fake(1, "PATH=/bin\0");
+        fake(2, "HT_CONFIG_FILE=/etc/agent.yaml\0");
+        fake(
+            3,
+            "HT_CONFIG_FILE=/etc/agent.yaml\0HT_SERVICE_NAME=billing\0HT_ENABLED=true\0",
+        );
+        let items = identity_items(&root, &[1, 2, 3, 4]);
+        let details: Vec<&str> = items.iter().map(|i| i.detail.as_str()).collect();
+        assert_eq!(
+            details.len(),
+            3,
+            "no item for a missing process: {details:?}"
+        );
+        assert!(details[0].starts_with("pid 1: service \"orders\" from its command line"));
+        assert!(
+            details[1]
+                .starts_with("pid 2: service \"orders-api\" from its agent file /etc/agent.yaml")
+                && details[1].contains("opts out"),
+            "{}",
+            details[1]
+        );
+        assert!(
+            details[2].starts_with("pid 3: service \"billing\" from its environment")
+                && !details[2].contains("opts out"),
+            "{}",
+            details[2]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

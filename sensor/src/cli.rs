@@ -110,7 +110,8 @@ pub struct TraceArgs {
 /// Options of `sensor check`.
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {
-    /// Also check these processes (e.g. whether their OpenSSL was found).
+    /// Also check these processes: the service name each gives itself, and whether its
+    /// OpenSSL was found.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
     /// Configuration file (also HT_CONFIG_FILE and the HT_* variables, as for `run`): the

@@ -54,10 +54,9 @@ fn main() -> Result<()> {
                 items.push(check::kubernetes_item().await);
                 items
             });
-            items.extend(check::openssl_items(
-                std::path::Path::new("/proc"),
-                &args.pids,
-            ));
+            let proc_root = std::path::Path::new("/proc");
+            items.extend(check::identity_items(proc_root, &args.pids));
+            items.extend(check::openssl_items(proc_root, &args.pids));
             let mut failed = false;
             for item in &items {
                 println!(
