@@ -29,10 +29,9 @@ const ID_API_RESTARTED: &str = "a52a5ff65435156c1eb562148c5cdece2a8593f0ab429b7d
 const ID_PAYMENTS: &str = "b21fcecd76c5ce452afef907c322659a78ee45bf3658c7a5173537f999831042";
 
 fn fixture(name: &str) -> String {
-    let path = format!(
-        "{}/tests/fixtures/kubernetes/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = format!("{manifest_dir}/tests/fixtures/kubernetes/{name}");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

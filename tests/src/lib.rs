@@ -31,7 +31,11 @@ pub fn require_root() {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The run-time value (cargo test sets it) follows the checkout under test; the compiled-in
+    // one is stale when another checkout sharing CARGO_TARGET_DIR built this binary.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("tests/ is inside the workspace")
         .to_path_buf()

@@ -1234,7 +1234,11 @@ sensor:
 /// The README's configuration table is the generated one: every key, default and variable.
 #[test]
 fn readme_lists_every_key_as_generated() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+    // cargo test sets CARGO_MANIFEST_DIR at run time too: the checkout under test, which the
+    // compiled-in path is not when another checkout sharing the target directory built this.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let readme = std::fs::read_to_string(format!("{manifest_dir}/../README.md"))
         .expect("README.md next to the workspace");
     let generated = super::keys_markdown();
     let table_start = generated.find("| Key").expect("a table");

@@ -1092,7 +1092,9 @@ fn resource_merges_record_extra_and_sdk_attributes() {
 }
 
 fn testdata(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .join("src/export/otlp/testdata")
         .join(name)
 }
