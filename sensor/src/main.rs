@@ -1,5 +1,7 @@
 //! The `sensor` command: see `sensor --help`.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Result;
 use clap::Parser as _;
 use sensor::{
@@ -16,15 +18,38 @@ use sensor::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// The variable that picks the log format: `text` (the default) or `json`.
+const LOG_FORMAT_VARIABLE: &str = "PYSENSOR_LOG_FORMAT";
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): one JSON object per line when
+/// `PYSENSOR_LOG_FORMAT=json` (for log pipelines), else text, coloured only on a terminal
+/// (journald and `kubectl logs` would show the escape sequences) and not under `NO_COLOR`.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let format = std::env::var(LOG_FORMAT_VARIABLE).unwrap_or_default();
+    match format.as_str() {
+        "json" => builder.json().init(),
+        other => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init();
+            if !other.is_empty() && other != "text" {
+                tracing::warn!(
+                    variable = LOG_FORMAT_VARIABLE,
+                    value = other,
+                    "unknown log format (text or json); text used"
+                );
+            }
+        }
+    }
+}
+
 fn main() -> Result<()> {
     sensor::allocator::configure();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

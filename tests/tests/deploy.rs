@@ -676,3 +676,42 @@ fn dockerfile_builds_like_xtask_and_ships_the_binary() {
     let ignore = std::fs::read_to_string(deploy_dir().join("Dockerfile.dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "target"));
 }
+
+/// Logs on a pipe (journald, `kubectl logs`) carry no colour escapes; with
+/// `PYSENSOR_LOG_FORMAT=json` every line is one JSON object with its level and fields.
+#[test]
+fn logs_are_plain_on_a_pipe_and_json_when_asked() {
+    require_root();
+    let check = |format: Option<&str>| {
+        let mut command = Command::new(sensor_bin());
+        command
+            .arg("check")
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(format) = format {
+            command.env("PYSENSOR_LOG_FORMAT", format);
+        }
+        let output = command.output().expect("run sensor check");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let text = check(None);
+    assert!(text.contains("capture attached"), "{text}");
+    assert!(!text.contains('\x1b'), "colour escapes on a pipe:\n{text}");
+    let json = check(Some("json"));
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let attached = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "capture attached")
+        .unwrap_or_else(|| panic!("no 'capture attached' line:\n{json}"));
+    assert_eq!(attached["level"], "INFO", "{attached}");
+    assert_eq!(attached["fields"]["openssl_probes"], true, "{attached}");
+    let unknown = check(Some("xml"));
+    assert!(
+        unknown.contains("unknown log format") && unknown.contains("capture attached"),
+        "{unknown}"
+    );
+}
