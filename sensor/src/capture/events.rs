@@ -25,28 +25,50 @@ pub enum CaptureEvent<'a> {
     /// A connection's last descriptor was closed.
     Close(ConnClose),
     /// A watched process forked `child`.
-    Fork { pid: u32, child: u32, time_ns: u64 },
+    Fork {
+        /// The parent.
+        pid: u32,
+        /// The new process.
+        child: u32,
+        /// When (monotonic time, ns).
+        time_ns: u64,
+    },
     /// A process replaced its program.
     Exec(ExecInfo),
     /// One argv/env string of an `execve` in progress on thread `tid`.
     ExecArg(ExecArg),
     /// A watched process ended.
-    Exit { pid: u32, time_ns: u64 },
+    Exit {
+        /// The process.
+        pid: u32,
+        /// When (monotonic time, ns).
+        time_ns: u64,
+    },
     /// A watched process mapped a file executable: a library loaded, maybe an OpenSSL.
-    ExecMapping { pid: u32 },
+    ExecMapping {
+        /// The process that mapped it.
+        pid: u32,
+    },
     /// A client connection's addresses, known once it was established.
     Address {
+        /// The connection.
         conn_id: u64,
+        /// Its local address, when the kernel had one.
         local: Option<SocketAddr>,
+        /// Its peer's address, when the kernel had one.
         remote: Option<SocketAddr>,
     },
     /// A TLS stream's ciphertext travels over a socket connection.
     TlsBind(TlsBind),
     /// A watched process closed the descriptors `first..=last` at once.
     CloseRange {
+        /// The process.
         pid: u32,
+        /// The first descriptor closed.
         first: u32,
+        /// The last descriptor closed (inclusive).
         last: u32,
+        /// When (monotonic time, ns).
         time_ns: u64,
     },
 }
