@@ -1078,6 +1078,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let mut rescan = tokio::time::interval(TLS_RESCAN_ALL_INTERVAL);
     let mut overload_tick = tokio::time::interval(options.policy.sensor.overload_interval());
     overload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let output_closed = pipeline.exporter.output_closed();
     loop {
         tokio::select! {
             result = capture.next_batch(|cap, event| pipeline.handle(cap, event)) => {
@@ -1109,6 +1110,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = output_closed.notified() => break,
             _ = sighup.recv() => pipeline.reload(&options),
         }
     }

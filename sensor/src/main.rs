@@ -1,6 +1,6 @@
 //! The `sensor` command: see `sensor --help`.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Result;
 use clap::Parser as _;
@@ -83,8 +83,11 @@ fn main() -> Result<()> {
             items.extend(check::identity_items(proc_root, &args.pids));
             items.extend(check::openssl_items(proc_root, &args.pids));
             let mut failed = false;
+            // Not println!, which panics when the reader left (`sensor check | head -3`).
+            let mut stdout = std::io::stdout().lock();
             for item in &items {
-                println!(
+                let _ = writeln!(
+                    stdout,
                     "{:<22} {:<4} {}",
                     item.name,
                     if item.ok { "ok" } else { "FAIL" },

@@ -142,6 +142,21 @@ impl Redaction {
     }
 }
 
+/// Set once stdout's reader is gone (`sensor trace … | head`): tracing stops, as programs in
+/// a pipe do.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints one line on stdout. `println!` would panic on a closed pipe; here a closed pipe
+/// sets [`STDOUT_CLOSED`], and a line that cannot be written otherwise is left out.
+fn print_line(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
+    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Prints a stream's held lines whose bytes are all decided, in order.
 fn print_decided(conn: &mut RedactedConn, direction: Direction, limit: usize) {
     let settled = conn.scrubber.settled(direction);
@@ -165,7 +180,7 @@ fn print_decided(conn: &mut RedactedConn, direction: Direction, limit: usize) {
                 escape_masked(&line.payload, limit, &masked)
             );
         }
-        println!("{text}");
+        print_line(&text);
         if !line.refused {
             conn.scrubber.release(direction, end);
         }
@@ -327,7 +342,7 @@ pub async fn run(
                 if let Some(limit) = payload.filter(|_| !chunk.payload.is_empty()) {
                     let _ = write!(line, " payload=\"{}\"", escape_prefix(chunk.payload, limit));
                 }
-                println!("{line}");
+                print_line(&line);
             }
             _ => {}
         };
@@ -339,6 +354,10 @@ pub async fn run(
         }
         if tick && let Some(redaction) = redaction.as_mut() {
             redaction.flush(Some(HOLD_LIMIT));
+        }
+        if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("the reader of stdout is gone; stopping");
+            break;
         }
     }
     if let Some(redaction) = redaction.as_mut() {

@@ -6,7 +6,8 @@
 //! The collector down for ten seconds and SIGTERM flushing buffered spans are in
 //! `otlp_export/delivery.rs`; here: a slow collector, a collector answering 500 / INTERNAL,
 //! SIGKILL and restart, ring-buffer overload, a process exiting mid-exchange, a 1 MB header
-//! line, binary protocols on a watched socket, and 10,000 connections opened and closed.
+//! line, binary protocols on a watched socket, 10,000 connections opened and closed, and the
+//! reader of the sensor's stdout exiting.
 
 use std::{
     collections::BTreeSet,
@@ -16,8 +17,8 @@ use std::{
 };
 
 use sensor_e2e::{
-    Py, Sensor, attr, free_port, gauge, metric, otlp::Receiver, records_of, sensor_bin, wait_until,
-    without_colours,
+    Py, Sensor, attr, free_port, gauge, metric, otlp::Receiver, records_of, scratch_dir,
+    sensor_bin, wait_until, without_colours,
 };
 use serde_json::{Value, json};
 
@@ -952,4 +953,75 @@ fn ten_thousand_connections_are_all_captured_and_released() {
     assert_eq!(served.len(), CONNECTIONS, "each exchange once");
     assert_eq!(records.len(), CONNECTIONS);
     assert_no_panic(&without_colours(&output.stderr));
+}
+
+/// The sensor's output piped into a reader that exits (`sensor run … | head -1`): the sensor
+/// notices at its next write, says so, and stops cleanly, as other programs in a pipe do,
+/// rather than running on with nowhere to write (`run`) or panicking (`trace`).
+#[test]
+fn a_closed_stdout_pipe_stops_the_sensor() {
+    stops_when_its_stdout_closes("closed-stdout-run", &["run", "--output", "jsonl"]);
+    stops_when_its_stdout_closes("closed-stdout-trace", &["trace", "--payload"]);
+}
+
+/// Runs `sensor <args> --pid <server>` with stdout on a pipe, reads its first line (which
+/// shows the first request), closes the pipe, sends another request and expects the sensor
+/// to exit with status 0 saying why.
+fn stops_when_its_stdout_closes(name: &str, args: &[&str]) {
+    let (server, port) = fault_server("fault server");
+    let stderr_path = scratch_dir(name).join("stderr");
+    let mut child = std::process::Command::new(sensor_bin())
+        .args(args)
+        .args(["--pid", &server.pid().to_string()])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("start the sensor");
+    let log = || without_colours(&std::fs::read_to_string(&stderr_path).unwrap_or_default());
+    assert!(
+        wait_until(LONG, || {
+            let log = log();
+            log.contains("sensor running") || log.contains("tracing ")
+        }),
+        "{name}: the sensor started; its log:\n{}",
+        log()
+    );
+    let stdout = child.stdout.take().expect("the sensor's stdout");
+    let (first_line, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = first_line.send(line);
+        // The reader, and with it the pipe's only read end, is dropped here.
+    });
+    let (status, _) = http_get(port, "/hello?first=1");
+    assert_eq!(status, 200);
+    let line = lines.recv_timeout(LONG).expect("a line on stdout");
+    assert!(line.contains("/hello?first=1"), "{name}: {line}");
+    let (status, _) = http_get(port, "/hello?second=1");
+    assert_eq!(
+        status, 200,
+        "{name}: the application is served after the pipe closed"
+    );
+    let mut exited = None;
+    assert!(
+        wait_until(LONG, || {
+            exited = child.try_wait().expect("wait for the sensor");
+            exited.is_some()
+        }),
+        "{name}: the sensor still runs with its stdout closed; its log:\n{}",
+        log()
+    );
+    let log = log();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{name}: exit status {exited:?}; its log:\n{log}"
+    );
+    assert!(
+        log.contains("the reader of stdout is gone; stopping"),
+        "{name}: {log}"
+    );
+    assert_no_panic(&log);
 }

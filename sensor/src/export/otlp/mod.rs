@@ -171,6 +171,7 @@ impl Exporter {
                 tx: super::Sender::Spans(tx, protocol),
                 task,
                 stats,
+                output_closed: Arc::new(tokio::sync::Notify::new()),
             },
             otlp_stats,
         ))
