@@ -29,7 +29,8 @@ pub enum Command {
     /// Without --pid it watches every Python process on the host, present and future; with
     /// --pid only those processes and their children.
     Run(RunArgs),
-    /// Watch the given processes (and their children) from a shell; same as `run --pid`.
+    /// Watch the given processes (and their children) from a shell; same as `run --pid`, and
+    /// ends once they have all exited.
     Attach(AttachArgs),
     /// Debug view of raw capture: one line per captured chunk of a process's sockets.
     Trace(TraceArgs),
@@ -61,6 +62,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Stop once every watched process has exited (`attach`); `run` keeps serving its metrics.
+    #[arg(skip)]
+    pub until_watched_exit: bool,
 }
 
 /// Options of `sensor attach`.
@@ -84,6 +88,7 @@ impl From<AttachArgs> for RunArgs {
             pids: args.pids,
             output: args.output,
             metrics_addr: None,
+            until_watched_exit: true,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use sensor_common::maps::{SocketKey, WatchState};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
@@ -44,6 +44,8 @@ const TLS_RESCAN_ALL_INTERVAL: Duration = Duration::from_secs(60);
 pub struct DaemonOptions {
     /// Processes to watch (with their children); empty means discovery of every Python process.
     pub pids: Vec<u32>,
+    /// With `pids`: stop, as on SIGTERM, once every watched process has exited (`attach`).
+    pub until_watched_exit: bool,
     /// Where records go.
     pub output: Output,
     /// HTTP reassembly settings.
@@ -980,6 +982,16 @@ pub fn with_descendants(proc_root: &Path, pids: &[u32]) -> Vec<u32> {
 /// Runs the daemon until SIGINT/SIGTERM, then flushes everything buffered.
 pub async fn run(options: DaemonOptions) -> Result<()> {
     let discover = options.pids.is_empty();
+    let proc_root = Path::new("/proc");
+    let missing: Vec<u32> = (options.pids.iter().copied())
+        .filter(|pid| !process::is_running(proc_root, *pid))
+        .collect();
+    if !discover && missing.len() == options.pids.len() {
+        bail!("no running process has the pid given ({missing:?}): nothing to watch");
+    }
+    for pid in missing {
+        warn!(pid, "no running process has this pid; watching the others");
+    }
     let mut capture = Capture::load(&CaptureOptions {
         discover,
         ..options.capture.clone()
@@ -1034,7 +1046,6 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         ringbuf_full: (0, RateLimit::new(RINGBUF_FULL_LOG_INTERVAL)),
         stats: DaemonStats::default(),
     };
-    let proc_root = Path::new("/proc");
     if discover {
         for pid in all_pids(proc_root) {
             if pid == std::process::id() {
@@ -1092,6 +1103,13 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
                 pipeline.threads.expire(now);
                 pipeline.decide_deferred(&mut capture);
                 pipeline.recheck_discovery(&mut capture);
+                if options.until_watched_exit
+                    && !discover
+                    && !pipeline.watched.iter().any(|pid| process::is_running(proc_root, *pid))
+                {
+                    info!("every watched process has exited; stopping");
+                    break;
+                }
             }
             _ = ring_check.tick() => {
                 if let Ok(full) = capture.counter(sensor_common::maps::Counter::RingbufFull) {

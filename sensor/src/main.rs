@@ -151,6 +151,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let sensor = &config.sensor;
     daemon::run(DaemonOptions {
         pids: args.pids,
+        until_watched_exit: args.until_watched_exit,
         output,
         http,
         tracker: TrackerSettings {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sensor_e2e::{Py, Sensor, records_of, scratch_dir};
+use sensor_e2e::{Py, Sensor, records_of, scratch_dir, sensor_bin, wait_until, without_colours};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -244,4 +244,78 @@ fn processes_in_fresh_pid_namespaces_keep_their_own_identity() {
     );
     assert_eq!(one.len(), 1);
     assert_eq!(two.len(), 1);
+}
+
+/// `attach` follows its processes: it refuses a pid no process has, and once every process it
+/// watches has exited it reports what it captured and ends by itself (as `strace -p` does).
+#[test]
+fn attach_ends_once_its_processes_have_exited() {
+    use std::io::{Read as _, Write as _};
+
+    let stderr_path = scratch_dir("attach-missing").join("stderr");
+    let mut missing = std::process::Command::new(sensor_bin())
+        .args(["attach", "--pid", "4194303"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("run sensor attach");
+    let mut status = None;
+    let ended = wait_until(LONG, || {
+        status = missing.try_wait().expect("wait for attach");
+        status.is_some()
+    });
+    if !ended {
+        let _ = missing.kill();
+        let _ = missing.wait();
+    }
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success())
+            && stderr.contains("no running process has the pid given"),
+        "attach to a missing pid: {status:?}\n{stderr}"
+    );
+
+    let (server, port) = server("attach");
+    let pid = server.pid();
+    let sensor = Sensor::start(
+        "attach",
+        &["attach", "--pid", &pid.to_string(), "--output", "jsonl"],
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET /hello?attached=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    drop(server);
+    assert!(
+        wait_until(LONG, || !is_running(sensor.pid())),
+        "attach still runs after its process exited; its log:\n{}",
+        sensor.stderr_so_far()
+    );
+    let output = sensor.stop();
+    let log = without_colours(&output.stderr);
+    assert!(
+        log.contains("every watched process has exited; stopping"),
+        "{log}"
+    );
+    let records = output.records();
+    let served = records_of(&records, "server", pid);
+    assert_eq!(served.len(), 1, "{records:#?}");
+    assert_eq!(served[0]["attributes"]["http.target"], "/hello?attached=1");
+}
+
+/// Whether process `pid` runs (a zombie waiting for this test to reap it does not).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
 }

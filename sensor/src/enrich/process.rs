@@ -640,6 +640,17 @@ pub fn parent_pid(proc_root: &Path, pid: u32) -> Option<u32> {
     after_comm.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Whether process `pid` exists and has not exited (a zombie waiting for its parent has).
+pub fn is_running(proc_root: &Path, pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X" | "x"))
+}
+
 /// Whether the command line is a worker Python's `multiprocessing` started with the `spawn` or
 /// `forkserver` method (`python -c "from multiprocessing.spawn import spawn_main; …"
 /// --multiprocessing-fork`), as `uvicorn --workers N` starts its workers: such a process runs
@@ -1338,6 +1349,18 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("environ"), "").unwrap();
+    }
+
+    #[test]
+    fn running_means_present_and_not_a_zombie() {
+        let root = std::env::temp_dir().join(format!("sensor-running-{}", std::process::id()));
+        fake_process(&root, 10, 1, &["python3", "app.py"]);
+        fake_process(&root, 11, 1, &["python3", "done.py"]);
+        std::fs::write(root.join("11/stat"), "11 (a) b) Z 1 11 11 0 -1").unwrap();
+        assert!(is_running(&root, 10));
+        assert!(!is_running(&root, 11), "a zombie has exited");
+        assert!(!is_running(&root, 12), "no such process");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     const SPAWNED: &[&str] = &[
