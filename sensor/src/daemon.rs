@@ -1133,6 +1133,16 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
         }
     }
     info!("stopping: draining capture and flushing buffered exchanges");
+    // Stopping may take a while (a collector that is away, the kernel's detach): a second
+    // Ctrl-C or SIGTERM means now. The kernel unloads everything with the process.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        warn!("second signal while stopping: exiting now, what was not flushed is lost");
+        std::process::exit(130);
+    });
     // Everything already in the ring buffer still counts: read until it is empty (bounded, so
     // a process still flooding it cannot hold the stop up).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

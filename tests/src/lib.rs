@@ -318,6 +318,34 @@ impl Sensor {
         }
     }
 
+    /// Sends SIGTERM, and once the sensor says it is stopping, SIGTERM again; returns how it
+    /// exited (within 20 s) and its output.
+    pub fn terminate_twice(mut self) -> (std::process::ExitStatus, SensorOutput) {
+        signal(self.child.id(), libc::SIGTERM);
+        let stopping = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&self.stderr).is_ok_and(|log| log.contains("stopping:"))
+        });
+        assert!(stopping, "the sensor did not start stopping at SIGTERM");
+        signal(self.child.id(), libc::SIGTERM);
+        let exited = wait_until(Duration::from_secs(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().expect("sensor status");
+        let output = SensorOutput {
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        };
+        assert!(
+            exited,
+            "the sensor ran on 20 s after a second SIGTERM; its log:\n{}",
+            output.stderr
+        );
+        (status, output)
+    }
+
     /// Stops the sensor with SIGTERM (it flushes what it buffered) and returns its output.
     pub fn stop(mut self) -> SensorOutput {
         signal(self.child.id(), libc::SIGTERM);

@@ -1025,3 +1025,27 @@ fn stops_when_its_stdout_closes(name: &str, args: &[&str]) {
     );
     assert_no_panic(&log);
 }
+
+/// A second SIGTERM (or Ctrl-C) while the sensor stops, here waiting to deliver to a collector
+/// that is away, ends it at once, saying what is lost, with status 130.
+#[test]
+fn a_second_signal_while_stopping_exits_at_once() {
+    let (server, port) = fault_server("fault server");
+    let dead_endpoint = format!("http://127.0.0.1:{}", free_port());
+    let (sensor, metrics) = sensor(
+        "second-signal",
+        &[server.pid()],
+        &[("HT_REPORTING_ENDPOINT", &dead_endpoint)],
+    );
+    let (status, _) = http_get(port, "/hello?lost=1");
+    assert_eq!(status, 200);
+    assert_eq!(wait_counter(&metrics, "exchanges", 1, LONG), Ok(()));
+    let (status, output) = sensor.terminate_twice();
+    let log = without_colours(&output.stderr);
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(
+        log.contains("second signal while stopping: exiting now"),
+        "{log}"
+    );
+    assert_no_panic(&log);
+}
