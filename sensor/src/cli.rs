@@ -59,7 +59,8 @@ pub struct RunArgs {
     /// Output for exchange records when no OTLP endpoint is configured.
     #[arg(long, value_enum)]
     pub output: Option<OutputFormat>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics (/metrics) and a health check (/healthz) on this address
+    /// (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Stop once every watched process has exited (`attach`); `run` keeps serving its metrics.

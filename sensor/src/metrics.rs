@@ -24,10 +24,25 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+use crate::ratelimit::RateLimit;
 
 /// How long a scrape waits for the daemon to publish current values.
 pub const REFRESH_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a health check waits for the daemon's loop to answer before it reports it stuck.
+pub const HEALTH_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a scraper may take to send its request before the connection is dropped, so idle
+/// connections cannot pile up.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the server waits after a failed accept (out of descriptors) before the next.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// How often a failing accept is warned about.
+const ACCEPT_FAILURE_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A scrape's request for current values: the daemon publishes them, then drops or answers
 /// the sender.
@@ -112,35 +127,33 @@ impl Metrics {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
-        info!(address = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+        info!(address = %listener.local_addr()?, "serving Prometheus metrics on /metrics (and /healthz)");
         tokio::spawn(async move {
+            let mut accept_failures = RateLimit::new(ACCEPT_FAILURE_WARN_INTERVAL);
             loop {
-                let Ok((mut stream, peer)) = listener.accept().await else {
-                    continue;
+                let (mut stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of descriptors, say: it persists, so wait rather than spin.
+                        let now = crate::capture::Clock::monotonic_now();
+                        if let Some(failures) = accept_failures.hit(now, 1) {
+                            warn!(%error, failures, "metrics server cannot accept a connection");
+                        }
+                        tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                        continue;
+                    }
                 };
                 let metrics = self.clone();
                 let refresh = refresh.clone();
                 tokio::spawn(async move {
                     let mut request = [0u8; 1024];
-                    let n = match stream.read(&mut request).await {
-                        Ok(n) => n,
-                        Err(_) => return,
-                    };
+                    let n =
+                        match tokio::time::timeout(REQUEST_WAIT, stream.read(&mut request)).await {
+                            Ok(Ok(n)) => n,
+                            Ok(Err(_)) | Err(_) => return,
+                        };
                     let head = String::from_utf8_lossy(&request[..n]);
-                    let response = if head.starts_with("GET /metrics") {
-                        let (done, published) = oneshot::channel();
-                        if refresh.try_send(Refresh(done)).is_ok() {
-                            let _ = tokio::time::timeout(REFRESH_WAIT, published).await;
-                        }
-                        let body = metrics.render();
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else {
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .to_owned()
-                    };
+                    let response = respond(&head, &metrics, &refresh).await;
                     if let Err(error) = stream.write_all(response.as_bytes()).await {
                         debug!(%peer, %error, "metrics response not delivered");
                     }
@@ -148,6 +161,48 @@ impl Metrics {
             }
         });
         Ok(())
+    }
+}
+
+/// The answer to one request: `GET /metrics` (the page, with values the daemon publishes for
+/// it within [`REFRESH_WAIT`], else the last ones), `GET /healthz` (200 when the daemon's loop
+/// answers within [`HEALTH_WAIT`], else 503: what a liveness probe should read), else 404.
+async fn respond(head: &str, metrics: &Metrics, refresh: &mpsc::Sender<Refresh>) -> String {
+    if head.starts_with("GET /metrics") {
+        let (done, published) = oneshot::channel();
+        if refresh.try_send(Refresh(done)).is_ok() {
+            let _ = tokio::time::timeout(REFRESH_WAIT, published).await;
+        }
+        let body = metrics.render();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else if head.starts_with("GET /healthz") {
+        let (done, published) = oneshot::channel();
+        let answered = tokio::time::timeout(HEALTH_WAIT, async {
+            refresh.send(Refresh(done)).await.ok()?;
+            published.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        let (status, body) = if answered {
+            ("200 OK", "ok\n".to_owned())
+        } else {
+            warn!(wait = ?HEALTH_WAIT, "health check: the daemon's loop did not answer");
+            (
+                "503 Service Unavailable",
+                format!("the daemon's loop did not answer within {HEALTH_WAIT:?}\n"),
+            )
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
     }
 }
 
@@ -226,6 +281,59 @@ mod tests {
             started.elapsed() >= REFRESH_WAIT,
             "the scrape waited for a refresh"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_dropped_after_the_wait() {
+        let metrics = Arc::new(Metrics::default());
+        let (refresh, _requests) = refresh_channel();
+        let addr = free_addr();
+        metrics.serve(addr, refresh).await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut rest = Vec::new();
+        // The clock is paused: it jumps to the server's deadline once everything waits.
+        let read = tokio::time::timeout(2 * REQUEST_WAIT, idle.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "the idle connection was closed with nothing sent: {read:?}"
+        );
+    }
+
+    /// One request over TCP: the whole answer.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_whether_the_daemon_loop_answers() {
+        let metrics = Arc::new(Metrics::default());
+        let (refresh, mut requests) = refresh_channel();
+        let addr = free_addr();
+        metrics.serve(addr, refresh).await.unwrap();
+        let answering = tokio::spawn(async move {
+            if let Some(Refresh(published)) = requests.recv().await {
+                let _ = published.send(());
+            }
+            // Then the loop is stuck: requests are taken and never answered.
+            let mut held = Vec::new();
+            while let Some(request) = requests.recv().await {
+                held.push(request);
+            }
+        });
+        let healthy = get(addr, "/healthz").await;
+        assert!(
+            healthy.starts_with("HTTP/1.1 200 OK\r\n") && healthy.ends_with("ok\n"),
+            "{healthy}"
+        );
+        let stuck = get(addr, "/healthz").await;
+        assert!(stuck.starts_with("HTTP/1.1 503 "), "{stuck}");
+        assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404 "));
+        answering.abort();
     }
 
     #[test]

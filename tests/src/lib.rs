@@ -547,11 +547,23 @@ pub fn free_port() -> u16 {
 
 /// The `/metrics` page served at `addr` (`--metrics-addr`); `None` when it cannot be read.
 pub fn metrics_page(addr: &str) -> Option<String> {
+    page(addr, "/metrics")
+}
+
+/// The sensor's health answer (`GET /healthz` on its metrics address), status line included.
+pub fn health_page(addr: &str) -> Option<String> {
+    page(addr, "/healthz")
+}
+
+/// One `GET path` to the sensor's metrics server: the whole answer.
+fn page(addr: &str, path: &str) -> Option<String> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     // One write: the server answers after its first read and closes.
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut page = String::new();
     stream.read_to_string(&mut page).ok()?;

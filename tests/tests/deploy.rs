@@ -475,6 +475,33 @@ fn check_pod(spec: &PodSpec, privileged: bool) {
     assert_eq!(field.field_path, "spec.nodeName");
     assert_ne!(spec.automount_service_account_token, Some(false));
     assert_eq!(container.args.as_deref(), Some(&["run".to_owned()][..]));
+    // Metrics on the pod's address, the port named, and the liveness probe asking its health.
+    let metrics_addr = env
+        .iter()
+        .find(|e| e.name == "HT_SENSOR_METRICS_ADDR")
+        .and_then(|e| e.value.as_deref())
+        .expect("HT_SENSOR_METRICS_ADDR");
+    let port: i32 = metrics_addr
+        .strip_prefix("0.0.0.0:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("metrics on every address of the pod: {metrics_addr}"));
+    let ports = container.ports.as_deref().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some("metrics") && p.container_port == port),
+        "the metrics port is declared: {ports:?}"
+    );
+    let probe = container
+        .liveness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .expect("an HTTP liveness probe");
+    assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".into())
+    );
 }
 
 /// The manifests are valid Kubernetes objects and grant exactly what the setpriv tests proved.

@@ -17,8 +17,8 @@ use std::{
 };
 
 use sensor_e2e::{
-    Py, Sensor, attr, free_port, gauge, metric, otlp::Receiver, records_of, scratch_dir,
-    sensor_bin, wait_until, without_colours,
+    Py, Sensor, attr, free_port, gauge, health_page, metric, otlp::Receiver, records_of,
+    scratch_dir, sensor_bin, wait_until, without_colours,
 };
 use serde_json::{Value, json};
 
@@ -59,6 +59,11 @@ fn sensor(name: &str, pids: &[u32], env: &[(&str, &str)]) -> (Sensor, String) {
         wait_until(Duration::from_secs(10), || metric(&metrics, "exchanges")
             .is_some()),
         "{name}: metrics are served on {metrics}"
+    );
+    let health = health_page(&metrics).unwrap_or_default();
+    assert!(
+        health.starts_with("HTTP/1.1 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
+        "{name}: the running daemon is healthy: {health}"
     );
     (sensor, metrics)
 }

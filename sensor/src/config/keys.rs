@@ -404,7 +404,7 @@ pub const KEYS: &[KeyDoc] = &[
         env: "HT_SENSOR_METRICS_ADDR",
         otel: &[],
         flag: Some("--metrics-addr"),
-        description: "Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); unset serves none. Values are read when scraped.",
+        description: "Serve Prometheus metrics (`/metrics`) and a health check (`/healthz`: 200 while the daemon loop answers, 503 when it has not within 5 s) on this address (e.g. 127.0.0.1:9464); unset serves none. Values are read when scraped.",
         setter: Setter::Addr(|c| &mut c.sensor.metrics_addr),
     },
     KeyDoc {
