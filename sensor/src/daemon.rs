@@ -979,18 +979,27 @@ pub fn with_descendants(proc_root: &Path, pids: &[u32]) -> Vec<u32> {
     result
 }
 
-/// Runs the daemon until SIGINT/SIGTERM, then flushes everything buffered.
-pub async fn run(options: DaemonOptions) -> Result<()> {
-    let discover = options.pids.is_empty();
-    let proc_root = Path::new("/proc");
-    let missing: Vec<u32> = (options.pids.iter().copied())
+/// Checks the processes given with `--pid`: a pid no running process has is warned about, and
+/// when none runs there is nothing to watch, which is an error.
+pub fn require_running(proc_root: &Path, pids: &[u32]) -> Result<()> {
+    let missing: Vec<u32> = (pids.iter().copied())
         .filter(|pid| !process::is_running(proc_root, *pid))
         .collect();
-    if !discover && missing.len() == options.pids.len() {
+    if missing.len() == pids.len() {
         bail!("no running process has the pid given ({missing:?}): nothing to watch");
     }
     for pid in missing {
         warn!(pid, "no running process has this pid; watching the others");
+    }
+    Ok(())
+}
+
+/// Runs the daemon until SIGINT/SIGTERM, then flushes everything buffered.
+pub async fn run(options: DaemonOptions) -> Result<()> {
+    let discover = options.pids.is_empty();
+    let proc_root = Path::new("/proc");
+    if !discover {
+        require_running(proc_root, &options.pids)?;
     }
     let mut capture = Capture::load(&CaptureOptions {
         discover,
@@ -1489,6 +1498,23 @@ fn log_counters(capture: &Capture, pipeline: &Pipeline) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_pids_must_include_a_running_process() {
+        let root = std::env::temp_dir().join(format!("sensor-given-pids-{}", std::process::id()));
+        for (pid, state) in [(20, "S"), (21, "Z")] {
+            std::fs::create_dir_all(root.join(pid.to_string())).unwrap();
+            std::fs::write(
+                root.join(format!("{pid}/stat")),
+                format!("{pid} (python3) {state} 1 1 1 0 -1"),
+            )
+            .unwrap();
+        }
+        assert!(require_running(&root, &[20, 21, 22]).is_ok());
+        let error = require_running(&root, &[21, 22]).unwrap_err().to_string();
+        assert!(error.contains("[21, 22]"), "{error}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn rechecks_come_due_in_turn_stop_after_the_last_look_and_stay_bounded() {

@@ -231,6 +231,7 @@ pub async fn run(
     rules: Option<StreamRules>,
     capture: &CaptureOptions,
 ) -> Result<()> {
+    crate::daemon::require_running(Path::new("/proc"), pids)?;
     let mut capture = Capture::load(capture)?;
     let clock = Clock::now()?;
     let mut conns: HashMap<u64, ConnView> = HashMap::new();
