@@ -262,6 +262,9 @@ fn tracepoints_item(root: Option<&Path>) -> Item {
     let Some(root) = root else {
         return Item::new("tracepoints", false, "tracefs is not mounted (see tracefs)");
     };
+    if std::fs::read_dir(root.join("events")).is_err() {
+        return Item::new("tracepoints", false, "tracefs is unreadable (see tracefs)");
+    }
     if !root.join("events/syscalls/sys_enter_read").is_dir() {
         return Item::new(
             "tracepoints",

@@ -742,3 +742,55 @@ fn logs_are_plain_on_a_pipe_and_json_when_asked() {
         "{unknown}"
     );
 }
+
+/// Run as an ordinary user, the sensor says that tracefs is there but not readable and that it
+/// must run as uid 0, rather than that tracefs is not mounted; `sensor check` says the same.
+#[test]
+fn as_another_user_it_says_it_needs_root() {
+    require_root();
+    require_setpriv();
+    // Root's home is closed to other users: a copy of the binary they can run.
+    let dir = scratch_dir("as-nobody");
+    let binary = dir.join("sensor");
+    std::fs::copy(sensor_bin(), &binary).expect("copy the sensor");
+    use std::os::unix::fs::PermissionsExt as _;
+    for path in [&dir, &binary] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(&binary)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the sensor as nobody")
+    };
+    let run = as_nobody(&["run"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "run as nobody succeeded:\n{stderr}");
+    assert!(
+        stderr.contains("tracefs at /sys/kernel/tracing cannot be read")
+            && stderr.contains("run the sensor as uid 0"),
+        "{stderr}"
+    );
+    let check = as_nobody(&["check"]);
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "check as nobody passed:\n{stdout}");
+    let line = check_line(&stdout, "tracefs");
+    assert!(
+        line.contains("FAIL") && line.contains("mounted at /sys/kernel/tracing but"),
+        "{line}"
+    );
+    let line = check_line(&stdout, "tracepoints");
+    assert!(
+        line.contains("tracefs is unreadable (see tracefs)"),
+        "{line}"
+    );
+}

@@ -11,12 +11,18 @@ use sensor_common::settings::TracepointLayout;
 /// Where tracefs is usually mounted.
 pub const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// The mounted tracefs root, if any.
+/// The mounted tracefs root, if any: one whose `events` directory is there, else one this
+/// user may not look into (tracefs is root's, mode 0700), which is mounted but unreadable.
 pub fn tracefs_root() -> Option<PathBuf> {
-    TRACEFS_ROOTS
-        .iter()
-        .map(PathBuf::from)
+    let roots = || TRACEFS_ROOTS.iter().map(PathBuf::from);
+    roots()
         .find(|root| root.join("events").is_dir())
+        .or_else(|| {
+            roots().find(|root| {
+                std::fs::metadata(root.join("events"))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            })
+        })
 }
 
 /// Offset of `field` in a tracepoint `format` file's text.

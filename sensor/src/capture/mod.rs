@@ -206,6 +206,13 @@ impl Capture {
         let root = layout::tracefs_root().ok_or_else(|| {
             anyhow!("tracefs is not mounted; fix: mount -t tracefs tracefs /sys/kernel/tracing")
         })?;
+        if let Err(error) = std::fs::read_dir(root.join("events")) {
+            bail!(
+                "tracefs at {} cannot be read ({error}); fix: run the sensor as uid 0 with the \
+                 capabilities of deploy/capabilities.txt (`sensor check` says what is missing)",
+                root.display()
+            );
+        }
         let layout = layout::read_layout(&root)?;
         let mut loader = EbpfLoader::new();
         let ring_bytes = if options.ring_bytes != 0 {
