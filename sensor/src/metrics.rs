@@ -173,10 +173,10 @@ async fn respond(head: &str, metrics: &Metrics, refresh: &mpsc::Sender<Refresh>)
         if refresh.try_send(Refresh(done)).is_ok() {
             let _ = tokio::time::timeout(REFRESH_WAIT, published).await;
         }
-        let body = metrics.render();
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        answer(
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            &metrics.render(),
         )
     } else if head.starts_with("GET /healthz") {
         let (done, published) = oneshot::channel();
@@ -188,22 +188,24 @@ async fn respond(head: &str, metrics: &Metrics, refresh: &mpsc::Sender<Refresh>)
         .ok()
         .flatten()
         .is_some();
-        let (status, body) = if answered {
-            ("200 OK", "ok\n".to_owned())
+        if answered {
+            answer("200 OK", "text/plain", "ok\n")
         } else {
             warn!(wait = ?HEALTH_WAIT, "health check: the daemon's loop did not answer");
-            (
-                "503 Service Unavailable",
-                format!("the daemon's loop did not answer within {HEALTH_WAIT:?}\n"),
-            )
-        };
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
+            let body = format!("the daemon's loop did not answer within {HEALTH_WAIT:?}\n");
+            answer("503 Service Unavailable", "text/plain", &body)
+        }
     } else {
-        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        answer("404 Not Found", "text/plain", "")
     }
+}
+
+/// A whole HTTP/1.1 response that closes the connection.
+fn answer(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 #[cfg(test)]

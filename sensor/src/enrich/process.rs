@@ -635,20 +635,23 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
 
 /// The parent of a live process, from `/proc/PID/stat`.
 pub fn parent_pid(proc_root: &Path, pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.split_whitespace().nth(1)?.parse().ok()
+    stat_field(proc_root, pid, 1)?.parse().ok()
 }
 
 /// Whether process `pid` exists and has not exited (a zombie waiting for its parent has).
 pub fn is_running(proc_root: &Path, pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, None | Some("Z" | "X" | "x"))
+    !matches!(
+        stat_field(proc_root, pid, 0).as_deref(),
+        None | Some("Z" | "X" | "x")
+    )
+}
+
+/// Field `index` of `/proc/PID/stat` counted after the command name (0 is the state, 1 the
+/// parent), which may itself hold spaces and parentheses.
+fn stat_field(proc_root: &Path, pid: u32, index: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(index).map(str::to_owned)
 }
 
 /// Whether the command line is a worker Python's `multiprocessing` started with the `spawn` or
